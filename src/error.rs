@@ -1,0 +1,40 @@
+//! The library's one error type. Every message says what was wrong and what to do about it.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown model `{name}`; known models: {known}")]
+    UnknownModel { name: String, known: String },
+
+    #[error("model registry is invalid: {0}")]
+    Registry(String),
+
+    #[error("{0}")]
+    Fetch(String),
+
+    #[error("model file hash mismatch for {name}: expected {expected}, got {actual}; the file was deleted, run `hybrid fetch-models {name}` again")]
+    HashMismatch { name: String, expected: String, actual: String },
+
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+
+    #[error("GGUF file is not usable: {0}")]
+    Gguf(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
+    #[error("{0}")]
+    InvalidInput(String),
+
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

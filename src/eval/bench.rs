@@ -1,0 +1,166 @@
+//! `hybrid bench decode`: prefill and decode speed of our decoder and, in the same run
+//! on the same GGUF and thread count, of llama.cpp (through node-llama-cpp), with ratios.
+use super::resolve_model;
+use crate::model::Model;
+use crate::sampler::argmax;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use web_time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct DecodeBenchArgs {
+    /// A model name or a path to a .gguf file.
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    pub model: String,
+    /// Threads for both engines (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Runs per engine; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Skip the llama.cpp anchor (no ratios).
+    #[arg(long)]
+    pub no_llama_cpp: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Speed {
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    model: String,
+    threads: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    repeats: usize,
+    ours: Speed,
+    llama_cpp: Option<Speed>,
+    prefill_vs_llama_cpp: Option<f64>,
+    decode_vs_llama_cpp: Option<f64>,
+}
+
+pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // candle sizes its thread pools from this variable when they are first used.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let path = resolve_model(&args.model)?;
+    let repeats = args.repeats.max(1);
+
+    eprintln!("measuring our decoder ({} runs)…", repeats);
+    let ours = bench_ours(&path, args.prompt_tokens, args.gen_tokens, repeats)?;
+    let llama_cpp = match args.no_llama_cpp {
+        true => None,
+        false => {
+            eprintln!("measuring llama.cpp ({} runs)…", repeats);
+            Some(bench_llama_cpp(&path, threads, args.prompt_tokens, args.gen_tokens, repeats)?)
+        }
+    };
+    let report = Report {
+        model: args.model.clone(),
+        threads,
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        repeats,
+        prefill_vs_llama_cpp: llama_cpp.as_ref().map(|l| round2(ours.prefill_tok_s / l.prefill_tok_s)),
+        decode_vs_llama_cpp: llama_cpp.as_ref().map(|l| round2(ours.decode_tok_s / l.decode_tok_s)),
+        ours,
+        llama_cpp,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} threads, {}-token prompt, {} decoded tokens, best of {}",
+        report.model, threads, report.prompt_tokens, report.gen_tokens, repeats
+    );
+    println!("{:<14}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s");
+    println!("{:<14}{:>16.1}{:>16.1}", "ours", report.ours.prefill_tok_s, report.ours.decode_tok_s);
+    if let (Some(l), Some(p), Some(d)) = (&report.llama_cpp, report.prefill_vs_llama_cpp, report.decode_vs_llama_cpp) {
+        println!("{:<14}{:>16.1}{:>16.1}", "llama.cpp", l.prefill_tok_s, l.decode_tok_s);
+        println!("{:<14}{:>15.2}x{:>15.2}x", "ours/llama.cpp", p, d);
+    }
+    Ok(())
+}
+
+/// Best-of-`repeats` prefill of `prompt_tokens` ids and decode of `gen_tokens` greedy tokens.
+fn bench_ours(path: &Path, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> Result<Speed> {
+    let mut model = Model::load(path)?;
+    let prompt = bench_prompt(&model, prompt_tokens)?;
+    let mut best = Speed { prefill_tok_s: 0.0, decode_tok_s: 0.0 };
+    for _ in 0..repeats {
+        model.decoder.cache_mut().clear();
+        let t = Instant::now();
+        let mut id = argmax(&model.decoder.forward(&prompt)?.logits);
+        let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..gen_tokens {
+            id = argmax(&model.decoder.forward(&[id])?.logits);
+        }
+        let decode = gen_tokens as f64 / t.elapsed().as_secs_f64();
+        best.prefill_tok_s = best.prefill_tok_s.max(prefill);
+        best.decode_tok_s = best.decode_tok_s.max(decode);
+    }
+    Ok(best)
+}
+
+/// Real text, tokenized and repeated to exactly `n` ids.
+fn bench_prompt(model: &Model, n: usize) -> Result<Vec<u32>> {
+    const TEXT: &str = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\nThe quick brown fox jumps over the lazy dog. ";
+    let ids = model.tokenizer.encode(TEXT)?;
+    Ok(ids.iter().copied().cycle().take(n).collect())
+}
+
+fn llama_cpp_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/llamacpp")
+}
+
+/// Runs tests/llamacpp/bench.mjs (installing its npm packages on first use).
+fn bench_llama_cpp(path: &Path, threads: usize, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> Result<Speed> {
+    let dir = llama_cpp_dir();
+    if !dir.join("node_modules/node-llama-cpp").is_dir() {
+        eprintln!("installing node-llama-cpp into {} …", dir.display());
+        run_checked(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir), "npm ci")?;
+    }
+    let output = Command::new("node")
+        .arg(dir.join("bench.mjs"))
+        .args(["--model".as_ref(), path.as_os_str()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--prompt-tokens", &prompt_tokens.to_string()])
+        .args(["--gen-tokens", &gen_tokens.to_string()])
+        .args(["--repeats", &repeats.to_string()])
+        .output()
+        .map_err(|e| Error::InvalidInput(format!("cannot run node ({e}); install Node.js 18+ to measure llama.cpp")))?;
+    if !output.status.success() {
+        return Err(Error::InvalidInput(format!(
+            "llama.cpp benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr).lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
+    serde_json::from_str(line).map_err(|e| Error::InvalidInput(format!("unexpected llama.cpp benchmark output `{line}`: {e}")))
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().map_err(|e| Error::InvalidInput(format!("cannot run {what}: {e}")))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(Error::InvalidInput(format!("{what} failed ({status})"))),
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

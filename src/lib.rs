@@ -1,0 +1,13 @@
+//! hybrid-assistant: a small language model that runs in the browser (or natively) and
+//! asks a large cloud model only for the tokens it is unsure of. See shared DESIGN.md.
+pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod eval;
+pub mod model;
+pub mod generate;
+pub mod sampler;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fetch;
+pub mod registry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,48 @@
+//! The small-model side: GGUF loading, one decoder for the llama/qwen2 family,
+//! the tokenizer built from GGUF metadata, and the chat template.
+pub mod chat;
+pub mod config;
+pub mod decoder;
+pub mod gguf;
+pub mod tokenizer;
+
+use crate::Result;
+use candle_core::quantized::gguf_file::Content;
+use candle_core::Device;
+use std::io::{Read, Seek};
+
+/// Everything one GGUF file provides: the decoder, its tokenizer and its chat template.
+pub struct Model {
+    pub decoder: decoder::Decoder,
+    pub tokenizer: tokenizer::Tokenizer,
+    /// Absent when the GGUF carries no `tokenizer.chat_template`.
+    pub chat: Option<chat::ChatTemplate>,
+}
+
+impl Model {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let mut file = std::fs::File::open(path).map_err(|e| crate::Error::File {
+            path: path.to_path_buf(),
+            message: format!("cannot open model file: {e}"),
+        })?;
+        let content = gguf::read_content(&mut file)?;
+        Self::from_gguf(&content, &mut file, &Device::Cpu)
+    }
+
+    pub fn from_gguf<R: Read + Seek>(content: &Content, reader: &mut R, device: &Device) -> Result<Self> {
+        Ok(Self {
+            tokenizer: tokenizer::Tokenizer::from_gguf(content)?,
+            chat: chat::ChatTemplate::from_gguf(content).ok(),
+            decoder: decoder::Decoder::from_gguf(content, reader, device)?,
+        })
+    }
+
+    /// The prompt as the model's chat template renders one user message, ready to generate the reply.
+    pub fn chat_prompt(&self, user: &str) -> Result<String> {
+        let template = self.chat.as_ref().ok_or_else(|| {
+            crate::Error::ChatTemplate("this model has no chat template; run without --chat".into())
+        })?;
+        template.render(&[chat::Message::user(user)], true)
+    }
+}
