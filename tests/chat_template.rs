@@ -22,7 +22,8 @@ fn gguf_content(name: &str) -> Content {
             path.display()
         )
     });
-    Content::read(&mut file).unwrap_or_else(|e| panic!("{}: not a readable GGUF: {e}", path.display()))
+    Content::read(&mut file)
+        .unwrap_or_else(|e| panic!("{}: not a readable GGUF: {e}", path.display()))
 }
 
 fn template(name: &str) -> ChatTemplate {
@@ -119,7 +120,10 @@ fn broken_template_is_a_clear_error() {
         .and_then(|t| t.render(&user_only(), false))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("no_such_filter") || err.contains("filter"), "{err}");
+    assert!(
+        err.contains("no_such_filter") || err.contains("filter"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -136,7 +140,10 @@ fn template_features() {
         t.render(&[Message::user(" x y ")], true).unwrap(),
         "<s>[USER:x y:yes]\nGO</s>"
     );
-    let err = t.render(&[Message::new("robot", "hi")], false).unwrap_err().to_string();
+    let err = t
+        .render(&[Message::new("robot", "hi")], false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bad role robot"), "{err}");
     let t = ChatTemplate::from_source("{{ messages | length }}", "", "").unwrap();
     assert_eq!(t.render(&[], false).unwrap(), "0");
@@ -158,5 +165,8 @@ fn missing_template_is_a_clear_error() {
 fn message_serde() {
     let m: Message = serde_json::from_str(r#"{"role":"user","content":"hi"}"#).unwrap();
     assert_eq!(m.role, "user");
-    assert_eq!(serde_json::to_string(&Message::assistant("x")).unwrap(), r#"{"role":"assistant","content":"x"}"#);
+    assert_eq!(
+        serde_json::to_string(&Message::assistant("x")).unwrap(),
+        r#"{"role":"assistant","content":"x"}"#
+    );
 }

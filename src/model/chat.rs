@@ -124,7 +124,9 @@ impl ChatTemplate {
             },
         );
         env.add_template_owned(TEMPLATE_NAME, src.to_string())
-            .map_err(|e| Error::ChatTemplate(format!("cannot compile the template: {}", describe(&e))))?;
+            .map_err(|e| {
+                Error::ChatTemplate(format!("cannot compile the template: {}", describe(&e)))
+            })?;
         Ok(Self {
             env,
             bos: bos.to_string(),
@@ -170,7 +172,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.render(&[Message::user("  hi  ")], false).unwrap(), "hi!");
-        let t = ChatTemplate::from_source("{{ raise_exception('no system role') }}", "", "").unwrap();
+        let t =
+            ChatTemplate::from_source("{{ raise_exception('no system role') }}", "", "").unwrap();
         let err = t.render(&[], false).unwrap_err().to_string();
         assert!(err.contains("no system role"), "{err}");
     }

@@ -265,7 +265,7 @@ fn attention(
     // are stacked along the row dimension of one matmul.
     let group = n_head / n_kv;
     let q = q.reshape((n_kv, group * n, hd))?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
     let scores = match mask {
         Some(mask) => scores.reshape((n_kv, group, n, kv_len))?.broadcast_add(mask)?.reshape((n_kv, group * n, kv_len))?,
         None => scores,

@@ -359,8 +359,9 @@ impl Tokenizer {
                 )))
             }
         };
-        let merges_raw = meta_string_array(content, "tokenizer.ggml.merges")?
-            .ok_or_else(|| tok_err("GGUF metadata has no `tokenizer.ggml.merges` (needed for BPE)"))?;
+        let merges_raw = meta_string_array(content, "tokenizer.ggml.merges")?.ok_or_else(|| {
+            tok_err("GGUF metadata has no `tokenizer.ggml.merges` (needed for BPE)")
+        })?;
 
         // token text -> id; like llama.cpp, a repeated text maps to its last id.
         let mut token_to_id: HashMap<String, u32> = HashMap::with_capacity(n);
@@ -386,7 +387,10 @@ impl Tokenizer {
                 return;
             }
             // Lowest id among the candidates present, for determinism.
-            let found = texts.iter().filter_map(|t| token_to_id.get(*t).copied()).min();
+            let found = texts
+                .iter()
+                .filter_map(|t| token_to_id.get(*t).copied())
+                .min();
             if let Some(id) = found {
                 *slot = Some(id);
                 types[id as usize] = TYPE_CONTROL;
@@ -466,18 +470,10 @@ impl Tokenizer {
                 merges.push((a.to_string(), b.to_string()));
             }
         }
-        // Every byte must be a token, or BPE could not spell arbitrary text.
-        for (b, c) in byte_to_char.iter().enumerate() {
-            if !token_to_id.contains_key(&c.to_string()) {
-                return Err(tok_err(format!(
-                    "the vocabulary has no token for byte 0x{b:02X} ({c:?}); not a byte-level BPE vocabulary"
-                )));
-            }
-        }
-        let vocab: tokenizers::models::bpe::Vocab = token_to_id
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
+        // Bytes without a token (smollm2 has none for some ASCII control characters) are dropped
+        // when they occur in text, as llama.cpp does.
+        let vocab: tokenizers::models::bpe::Vocab =
+            token_to_id.iter().map(|(k, v)| (k.clone(), *v)).collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .ignore_merges(false)
@@ -747,7 +743,10 @@ mod tests {
     #[test]
     fn unknown_pre_lists_supported() {
         let err = pre_tokenizer_for("llama-bpe").unwrap_err().to_string();
-        assert!(err.contains("llama-bpe") && err.contains("qwen2") && err.contains("smollm"), "{err}");
+        assert!(
+            err.contains("llama-bpe") && err.contains("qwen2") && err.contains("smollm"),
+            "{err}"
+        );
     }
 
     #[test]
