@@ -1,7 +1,7 @@
 //! Greedy output against llama.cpp's on the same GGUF (ids recorded by
 //! tests/llamacpp/greedy.mjs into tests/data/greedy/). Near-ties can flip between kernels,
-//! so we report how far each prompt agrees and require the agreement measured when this
-//! test was written.
+//! after which free-running outputs part ways for good, so llama.cpp's ids are teacher-forced
+//! and every position is compared; the free-running common prefix is reported too.
 mod common;
 
 use hybrid_assistant::model::Model;
@@ -20,8 +20,8 @@ struct Case {
 /// they quantize activations).
 const NEAR_TIE: f32 = 1e-2;
 
-/// Teacher-forces llama.cpp's greedy ids. Returns, per prompt, how many leading greedy ids
-/// of ours equal llama.cpp's, and asserts that every other position is a near-tie.
+/// Teacher-forces llama.cpp's greedy ids. Returns, per prompt, at how many of the positions
+/// our greedy choice equals llama.cpp's, and asserts that every other position is a near-tie.
 fn agreement(name: &str) -> Vec<usize> {
     let cases: Vec<Case> =
         serde_json::from_str(&std::fs::read_to_string(common::data_path(&format!("greedy/{name}.json"))).unwrap()).unwrap();
@@ -47,37 +47,36 @@ fn agreement(name: &str) -> Vec<usize> {
                 }
                 logits = model.decoder.forward(&[theirs]).unwrap().logits;
             }
-            let prefix = prefix.unwrap_or(case.ids.len());
             eprintln!(
                 "{name}: first {prefix}/{n} greedy ids equal llama.cpp's, {equal}/{n} positions agree teacher-forced (worst near-tie {worst_gap:.1e}) for {:?}",
                 case.prompt,
+                prefix = prefix.unwrap_or(case.ids.len()),
                 n = case.ids.len()
             );
-            prefix
+            equal
         })
         .collect()
 }
 
-/// `at_least[i]`: the greedy prefix measured when this test was written for prompt i;
-/// shorter ones end at a near-tie (or after an end-of-generation token, where any
-/// continuation is arbitrary).
-fn check(name: &str, at_least: &[usize]) {
+/// Out of 32 positions per prompt, at least 30 must agree exactly (measured: 30-32 on every
+/// prompt and model); the rest must be near-ties (checked in `agreement`).
+fn check(name: &str) {
     let got = agreement(name);
-    assert!(got.iter().zip(at_least).all(|(g, m)| g >= m), "{name}: agreement {got:?}, expected at least {at_least:?}");
+    assert!(got.iter().all(|&g| g >= 30), "{name}: positions agreeing per prompt {got:?}, expected at least 30 of 32");
 }
 
 #[test]
 fn smollm2_greedy_agrees_with_llama_cpp() {
-    check("smollm2-135m", &[8, 32, 0, 32]);
+    check("smollm2-135m");
 }
 
 #[test]
 fn qwen2_0_5b_greedy_agrees_with_llama_cpp() {
-    check("qwen2.5-coder-0.5b", &[32, 32, 32, 11]);
+    check("qwen2.5-coder-0.5b");
 }
 
 #[test]
 #[ignore = "1.1 GB model; run with `make test-slow`"]
 fn qwen2_1_5b_greedy_agrees_with_llama_cpp() {
-    check("qwen2.5-coder-1.5b", &[32, 32, 11, 32]);
+    check("qwen2.5-coder-1.5b");
 }

@@ -3,11 +3,12 @@
 //! one token (decode) and returns the logits of the last position and the final hidden
 //! state that produced them (the reward head reads it).
 use super::config::{ModelConfig, RopeLayout};
-use super::gguf::{read_content, tensor};
+use super::gguf::tensor;
+use super::weights::QWeight;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
@@ -20,9 +21,22 @@ pub struct Step {
     pub hidden: Vec<f32>,
 }
 
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Rewrite weight formats that lack SIMD kernels into equivalent ones that have them
+    /// (see `weights.rs`). Off only to compare kernels with a reference bit for bit.
+    pub rewrite_weights: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { rewrite_weights: true }
+    }
+}
+
 /// A quantized projection with an optional bias.
 struct Linear {
-    weight: QMatMul,
+    weight: QWeight,
     bias: Option<Tensor>,
 }
 
@@ -43,9 +57,9 @@ struct Layer {
     v: Linear,
     o: Linear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: QWeight,
+    up: QWeight,
+    down: QWeight,
 }
 
 /// Keys and values of every layer for the positions seen so far, each `(n_head_kv, len, head_dim)`.
@@ -94,7 +108,7 @@ pub struct Decoder {
     embedding: Arc<QTensor>,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    output: QMatMul,
+    output: QWeight,
     /// Rotary tables, `(context_length, head_dim / 2)`.
     cos: Tensor,
     sin: Tensor,
@@ -105,29 +119,43 @@ impl Decoder {
     /// Loads a GGUF model file onto the CPU.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(path: &std::path::Path) -> Result<Self> {
+        Self::load_with(path, LoadOptions::default())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_with(path: &std::path::Path, options: LoadOptions) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| Error::File {
             path: path.to_path_buf(),
             message: format!("cannot open model file: {e}"),
         })?;
-        let content = read_content(&mut file)?;
-        Self::from_gguf(&content, &mut file, &Device::Cpu)
+        let content = super::gguf::read_content(&mut file)?;
+        Self::from_gguf(&content, &mut file, &Device::Cpu, options)
     }
 
-    pub fn from_gguf<R: Read + Seek>(content: &Content, reader: &mut R, device: &Device) -> Result<Self> {
+    pub fn from_gguf<R: Read + Seek>(
+        content: &Content,
+        reader: &mut R,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        let weight = |t: QTensor| match options.rewrite_weights {
+            true => QWeight::new(t),
+            false => QWeight::as_stored(t),
+        };
         let config = ModelConfig::from_gguf(content)?;
         let mut qtensor = |name: &str| tensor(content, reader, name, device);
         let embedding = Arc::new(qtensor("token_embd.weight")?);
         // Small models tie the output projection to the embedding table.
         let output = match content.tensor_infos.contains_key("output.weight") {
-            true => QMatMul::from_qtensor(qtensor("output.weight")?)?,
-            false => QMatMul::from_arc(embedding.clone())?,
+            true => weight(qtensor("output.weight")?)?,
+            false => QWeight::from_arc(embedding.clone())?,
         };
         let output_norm = qtensor("output_norm.weight")?.dequantize(device)?;
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let mut qtensor = |name: &str| tensor(content, reader, &format!("blk.{i}.{name}"), device);
             let mut linear = |name: &str| -> Result<Linear> {
-                let weight = QMatMul::from_qtensor(qtensor(&format!("{name}.weight"))?)?;
+                let weight = weight(qtensor(&format!("{name}.weight"))?)?;
                 let bias = match config.qkv_bias && name != "attn_output" {
                     true => Some(qtensor(&format!("{name}.bias"))?.dequantize(device)?),
                     false => None,
@@ -143,9 +171,9 @@ impl Decoder {
                 o,
                 attn_norm: qtensor("attn_norm.weight")?.dequantize(device)?,
                 ffn_norm: qtensor("ffn_norm.weight")?.dequantize(device)?,
-                gate: QMatMul::from_qtensor(qtensor("ffn_gate.weight")?)?,
-                up: QMatMul::from_qtensor(qtensor("ffn_up.weight")?)?,
-                down: QMatMul::from_qtensor(qtensor("ffn_down.weight")?)?,
+                gate: weight(qtensor("ffn_gate.weight")?)?,
+                up: weight(qtensor("ffn_up.weight")?)?,
+                down: weight(qtensor("ffn_down.weight")?)?,
             });
         }
         let (cos, sin) = rope_tables(&config, device)?;

@@ -5,6 +5,7 @@ pub mod config;
 pub mod decoder;
 pub mod gguf;
 pub mod tokenizer;
+pub mod weights;
 
 use crate::Result;
 use candle_core::quantized::gguf_file::Content;
@@ -34,7 +35,7 @@ impl Model {
         Ok(Self {
             tokenizer: tokenizer::Tokenizer::from_gguf(content)?,
             chat: chat::ChatTemplate::from_gguf(content).ok(),
-            decoder: decoder::Decoder::from_gguf(content, reader, device)?,
+            decoder: decoder::Decoder::from_gguf(content, reader, device, Default::default())?,
         })
     }
 

@@ -1,0 +1,193 @@
+//! Quantized projection weights as the decoder uses them. Formats without a SIMD kernel
+//! in candle (Q5_0, Q4_1) are rewritten once at load time into formats that have one,
+//! without changing the values they encode:
+//! - Q5_0 `d * (q - 16)` with 5-bit `q` is exactly Q8_0 with the same scale.
+//! - Q4_1 `d * q + m` is Q4_0 `d * (q - 8)` plus a per-block offset `c = m + 8d`, whose
+//!   contribution to `x · w` is `c` times the sum of `x` over the block: a small dense matmul.
+use crate::{Error, Result};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{Device, Module, Tensor};
+use half::f16;
+use std::borrow::Cow;
+
+const BLOCK: usize = 32;
+
+/// `y = x · Wᵀ` for a quantized `W` of shape `(out, in)`.
+pub struct QWeight {
+    matmul: QMatMul,
+    /// For rewritten Q4_1: the per-block offsets, `(in / 32, out)`.
+    block_offsets: Option<Tensor>,
+}
+
+impl QWeight {
+    pub fn new(tensor: QTensor) -> Result<Self> {
+        let device = tensor.device();
+        let (out, inp) = tensor.shape().dims2()?;
+        Ok(match tensor.dtype() {
+            GgmlDType::Q5_0 => {
+                let q8 = q5_0_to_q8_0(&tensor.data()?)?;
+                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, block_offsets: None }
+            }
+            GgmlDType::Q4_1 => {
+                let (q4_0, offsets) = q4_1_to_q4_0(&tensor.data()?)?;
+                let offsets = Tensor::from_vec(offsets, (out, inp / BLOCK), &device)?.t()?.contiguous()?;
+                Self {
+                    matmul: qmatmul(q4_0, GgmlDType::Q4_0, (out, inp), &device)?,
+                    block_offsets: Some(offsets),
+                }
+            }
+            _ => Self::as_stored(tensor)?,
+        })
+    }
+
+    /// The tensor in its stored format, whatever kernel candle has for it.
+    pub fn as_stored(tensor: QTensor) -> Result<Self> {
+        Ok(Self { matmul: QMatMul::from_qtensor(tensor)?, block_offsets: None })
+    }
+
+    /// A weight shared with the embedding table (tied output projection), used as it is.
+    pub fn from_arc(tensor: std::sync::Arc<QTensor>) -> Result<Self> {
+        Ok(Self { matmul: QMatMul::from_arc(tensor)?, block_offsets: None })
+    }
+
+    /// `x`: `(rows, in)` → `(rows, out)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.matmul.forward(x)?;
+        Ok(match &self.block_offsets {
+            None => y,
+            Some(offsets) => {
+                let (rows, inp) = x.dims2()?;
+                let sums = q8_block_sums(&x.flatten_all()?.to_vec1::<f32>()?);
+                let sums = Tensor::from_vec(sums, (rows, inp / BLOCK), x.device())?;
+                (y + sums.matmul(offsets)?)?
+            }
+        })
+    }
+}
+
+/// Per 32-value block, the sum of `x` as ggml's Q8_1 activations carry it (quantized to
+/// 8 bits, summed, stored as f16), so Q4_1 offsets meet the same numbers as in llama.cpp.
+fn q8_block_sums(x: &[f32]) -> Vec<f32> {
+    x.chunks_exact(BLOCK)
+        .map(|block| {
+            let amax = block.iter().fold(0f32, |a, &v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let q: i32 = block.iter().map(|&v| (v * id).round() as i32).sum();
+            f16::from_f32(q as f32 * d).to_f32()
+        })
+        .collect()
+}
+
+fn qmatmul(bytes: Vec<u8>, dtype: GgmlDType, shape: (usize, usize), device: &Device) -> Result<QMatMul> {
+    let storage = QStorage::from_data(Cow::Owned(bytes), device, dtype)?;
+    Ok(QMatMul::from_qtensor(QTensor::new(storage, shape)?)?)
+}
+
+fn blocks<'a>(bytes: &'a [u8], size: usize, format: &str) -> Result<std::slice::ChunksExact<'a, u8>> {
+    match bytes.len() % size {
+        0 => Ok(bytes.chunks_exact(size)),
+        _ => Err(Error::Gguf(format!("{format} tensor data is not a whole number of {size}-byte blocks"))),
+    }
+}
+
+fn read_f16(b: &[u8]) -> f16 {
+    f16::from_le_bytes([b[0], b[1]])
+}
+
+/// Q5_0 blocks (d: f16, qh: u32 high bits, qs: 16 bytes of low nibbles) to Q8_0 (d: f16, 32 × i8).
+pub fn q5_0_to_q8_0(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len() / 22 * 34);
+    for b in blocks(bytes, 22, "Q5_0")? {
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let qs = &b[6..22];
+        out.extend_from_slice(&b[0..2]);
+        for j in 0..32 {
+            let low = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
+            let high = ((qh >> j) & 1) as u8;
+            out.push(((low | high << 4) as i8 - 16) as u8);
+        }
+    }
+    Ok(out)
+}
+
+/// Q4_1 blocks (d: f16, m: f16, qs: 16 bytes) to Q4_0 blocks (d: f16, the same qs) and the
+/// per-block offsets `m + 8d`.
+pub fn q4_1_to_q4_0(bytes: &[u8]) -> Result<(Vec<u8>, Vec<f32>)> {
+    let n = bytes.len() / 20;
+    let (mut out, mut offsets) = (Vec::with_capacity(n * 18), Vec::with_capacity(n));
+    for b in blocks(bytes, 20, "Q4_1")? {
+        let (d, m) = (read_f16(&b[0..2]), read_f16(&b[2..4]));
+        out.extend_from_slice(&b[0..2]);
+        out.extend_from_slice(&b[4..20]);
+        offsets.push(m.to_f32() + 8.0 * d.to_f32());
+    }
+    Ok((out, offsets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The rewritten weight encodes exactly the values of the original.
+    fn check_lossless(dtype: GgmlDType) {
+        let (out, inp) = (64, 256);
+        let w = Tensor::from_vec(random(out * inp, 1), (out, inp), &Device::Cpu).unwrap();
+        let original = QTensor::quantize(&w, dtype).unwrap();
+        let expected = original.dequantize(&Device::Cpu).unwrap();
+        let bytes = original.data().unwrap();
+        let rewritten = match dtype {
+            GgmlDType::Q5_0 => {
+                let q8 = q5_0_to_q8_0(&bytes).unwrap();
+                let t = QTensor::new(QStorage::from_data(Cow::Owned(q8), &Device::Cpu, GgmlDType::Q8_0).unwrap(), (out, inp)).unwrap();
+                t.dequantize(&Device::Cpu).unwrap()
+            }
+            _ => {
+                let (q4, offsets) = q4_1_to_q4_0(&bytes).unwrap();
+                let t = QTensor::new(QStorage::from_data(Cow::Owned(q4), &Device::Cpu, GgmlDType::Q4_0).unwrap(), (out, inp)).unwrap();
+                let offsets = Tensor::from_vec(offsets, (out, inp / BLOCK, 1), &Device::Cpu).unwrap();
+                let d = t.dequantize(&Device::Cpu).unwrap().reshape((out, inp / BLOCK, BLOCK)).unwrap();
+                d.broadcast_add(&offsets).unwrap().reshape((out, inp)).unwrap()
+            }
+        };
+        let diff = (expected - rewritten).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{dtype:?}: rewritten weights differ by {diff}");
+    }
+
+    #[test]
+    fn q5_0_as_q8_0_is_lossless() {
+        check_lossless(GgmlDType::Q5_0);
+    }
+
+    #[test]
+    fn q4_1_as_q4_0_plus_offsets_is_lossless() {
+        check_lossless(GgmlDType::Q4_1);
+    }
+
+    #[test]
+    fn rewritten_matmul_matches_the_original_format() {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0] {
+            // 320 inputs: not a multiple of 256, so candle keeps Q8_0 activations (as llama.cpp
+            // does for these formats) rather than its tiled kernels' Q8_K ones.
+            let (out, inp, rows) = (96, 320, 5);
+            let w = Tensor::from_vec(random(out * inp, 2), (out, inp), &Device::Cpu).unwrap();
+            let x = Tensor::from_vec(random(rows * inp, 3), (rows, inp), &Device::Cpu).unwrap();
+            let original = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
+            let rewritten = QWeight::new(QTensor::quantize(&w, dtype).unwrap()).unwrap();
+            let (a, b) = (original.forward(&x).unwrap(), rewritten.forward(&x).unwrap());
+            let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff / scale < 2e-3, "{dtype:?}: {diff} of {scale}");
+        }
+    }
+}
