@@ -11,7 +11,7 @@ demo:
 	$(CARGO) run --quiet -- generate --model qwen2.5-coder-0.5b --chat --prompt "$(PROMPT)"
 
 ## The whole test suite, installing what it needs.
-test: setup models test-native test-wasm-build
+test: setup models test-wasm-build test-native
 
 setup:
 	rustup target add wasm32-unknown-unknown >/dev/null
