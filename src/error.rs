@@ -30,11 +30,16 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
-    #[error("tensor computation failed: {0}")]
+    // candle appends a backtrace to its messages when RUST_BACKTRACE is set: keep the message.
+    #[error("tensor computation failed: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
 
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+fn first_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

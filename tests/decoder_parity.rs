@@ -157,3 +157,12 @@ fn check_incremental_matches_batched(name: &str, extra: usize) {
 fn incremental_decode_matches_one_batched_pass() {
     check_incremental_matches_batched("qwen2.5-coder-0.5b", 24);
 }
+
+#[test]
+fn a_file_that_is_not_gguf_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.gguf");
+    std::fs::write(&path, b"this is not a model").unwrap();
+    let err = Decoder::load(&path).err().expect("a broken file must not load").to_string();
+    assert!(err.contains("GGUF") && err.contains("fetch-models") && !err.contains('\n'), "{err}");
+}

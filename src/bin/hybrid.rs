@@ -96,6 +96,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         false => args.prompt.clone(),
     };
     let prompt = model.tokenizer.encode(&text)?;
+    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty: pass some text with --prompt");
     let mut sampler = Sampler::new(SamplerConfig { temperature: args.temperature, top_p: args.top_p, seed: args.seed });
     let Model { mut decoder, tokenizer, .. } = model;
     let mut stream = TextStream::new(&tokenizer);
