@@ -2,6 +2,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hybrid_assistant::fetch::Fetcher;
+use hybrid_assistant::eval::round2;
 use hybrid_assistant::generate::generate;
 use hybrid_assistant::model::tokenizer::TextStream;
 use hybrid_assistant::model::Model;
@@ -136,9 +137,5 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 

@@ -1,6 +1,6 @@
 //! `hybrid bench decode`: prefill and decode speed of our decoder and, in the same run
 //! on the same GGUF and thread count, of llama.cpp (through node-llama-cpp), with ratios.
-use super::resolve_model;
+use super::{resolve_model, round2};
 use crate::model::Model;
 use crate::sampler::argmax;
 use crate::{Error, Result};
@@ -159,8 +159,4 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
         true => Ok(()),
         false => Err(Error::InvalidInput(format!("{what} failed ({status})"))),
     }
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }

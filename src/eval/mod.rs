@@ -15,3 +15,8 @@ pub fn resolve_model(name_or_path: &str) -> Result<PathBuf> {
     let registry = Registry::builtin();
     Fetcher::from_env().ensure(registry.get(name_or_path)?)
 }
+
+/// Two decimals, for printed figures.
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

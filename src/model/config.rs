@@ -48,7 +48,7 @@ impl ModelConfig {
             .get_u32(&key("attention.head_count_kv"))
             .map(|v| v as usize)
             .unwrap_or(n_head);
-        if n_head == 0 || n_embd % n_head != 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+        if n_head == 0 || !n_embd.is_multiple_of(n_head) || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
             return Err(Error::Gguf(format!(
                 "inconsistent head counts: embedding {n_embd}, heads {n_head}, kv heads {n_head_kv}"
             )));
