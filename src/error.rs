@@ -38,7 +38,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-fn first_line(e: &impl std::fmt::Display) -> String {
+/// The first line of a message (candle appends a backtrace when RUST_BACKTRACE is set).
+pub(crate) fn first_line(e: &impl std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 

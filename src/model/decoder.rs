@@ -78,13 +78,12 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Keep only the first `len` positions.
+    /// Keep only the first `len` positions. Each layer is cut by its own length, so this
+    /// also repairs a cache whose first layers appended during a pass that then failed.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len >= self.len {
-            return Ok(());
-        }
         for entry in self.layers.iter_mut() {
             *entry = match entry.take() {
+                Some((k, v)) if k.dim(1)? <= len => Some((k, v)),
                 Some((k, v)) if len > 0 => Some((
                     k.narrow(1, 0, len)?.contiguous()?,
                     v.narrow(1, 0, len)?.contiguous()?,
@@ -92,7 +91,7 @@ impl KvCache {
                 _ => None,
             };
         }
-        self.len = len;
+        self.len = self.len.min(len);
         Ok(())
     }
 
@@ -205,7 +204,7 @@ impl Decoder {
         match &result {
             Ok(_) => self.cache.len = start + tokens.len(),
             // Layers before the failure already appended; keep the cache consistent.
-            Err(_) => self.cache.truncate_layers(start)?,
+            Err(_) => self.cache.truncate(start)?,
         }
         result
     }
@@ -249,16 +248,6 @@ impl Decoder {
         let hidden = candle_nn::ops::rms_norm(&last, &self.output_norm, eps)?;
         let logits = self.output.forward(&hidden)?;
         Ok(Step { logits: logits.flatten_all()?.to_vec1()?, hidden: hidden.flatten_all()?.to_vec1()? })
-    }
-}
-
-impl KvCache {
-    /// Truncates every layer to `len` without trusting `self.len` (used after a failed pass).
-    fn truncate_layers(&mut self, len: usize) -> Result<()> {
-        self.len = usize::MAX;
-        self.truncate(len)?;
-        self.len = len;
-        Ok(())
     }
 }
 

@@ -60,7 +60,7 @@ pub fn read_content<R: Read + Seek>(reader: &mut R) -> Result<Content> {
     Content::read(reader).map_err(|e| {
         Error::Gguf(format!(
             "cannot parse the GGUF header ({}); the file may be truncated or not a GGUF model: fetch it again with `hybrid fetch-models`",
-            e.to_string().lines().next().unwrap_or_default()
+            crate::error::first_line(&e)
         ))
     })
 }

@@ -79,9 +79,13 @@ fn q8_block_sums(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-fn qmatmul(bytes: Vec<u8>, dtype: GgmlDType, shape: (usize, usize), device: &Device) -> Result<QMatMul> {
+fn qtensor(bytes: Vec<u8>, dtype: GgmlDType, shape: (usize, usize), device: &Device) -> Result<QTensor> {
     let storage = QStorage::from_data(Cow::Owned(bytes), device, dtype)?;
-    Ok(QMatMul::from_qtensor(QTensor::new(storage, shape)?)?)
+    Ok(QTensor::new(storage, shape)?)
+}
+
+fn qmatmul(bytes: Vec<u8>, dtype: GgmlDType, shape: (usize, usize), device: &Device) -> Result<QMatMul> {
+    Ok(QMatMul::from_qtensor(qtensor(bytes, dtype, shape, device)?)?)
 }
 
 fn blocks<'a>(bytes: &'a [u8], size: usize, format: &str) -> Result<std::slice::ChunksExact<'a, u8>> {
@@ -149,12 +153,12 @@ mod tests {
         let rewritten = match dtype {
             GgmlDType::Q5_0 => {
                 let q8 = q5_0_to_q8_0(&bytes).unwrap();
-                let t = QTensor::new(QStorage::from_data(Cow::Owned(q8), &Device::Cpu, GgmlDType::Q8_0).unwrap(), (out, inp)).unwrap();
+                let t = qtensor(q8, GgmlDType::Q8_0, (out, inp), &Device::Cpu).unwrap();
                 t.dequantize(&Device::Cpu).unwrap()
             }
             _ => {
                 let (q4, offsets) = q4_1_to_q4_0(&bytes).unwrap();
-                let t = QTensor::new(QStorage::from_data(Cow::Owned(q4), &Device::Cpu, GgmlDType::Q4_0).unwrap(), (out, inp)).unwrap();
+                let t = qtensor(q4, GgmlDType::Q4_0, (out, inp), &Device::Cpu).unwrap();
                 let offsets = Tensor::from_vec(offsets, (out, inp / BLOCK, 1), &Device::Cpu).unwrap();
                 let d = t.dequantize(&Device::Cpu).unwrap().reshape((out, inp / BLOCK, BLOCK)).unwrap();
                 d.broadcast_add(&offsets).unwrap().reshape((out, inp)).unwrap()
