@@ -30,6 +30,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
+    /// The cloud call failed: unreachable, an HTTP error, or an answer we cannot read.
+    #[error("{0}")]
+    Cloud(String),
+
     // candle appends a backtrace to its messages when RUST_BACKTRACE is set: keep the message.
     #[error("tensor computation failed: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),

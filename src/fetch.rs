@@ -86,6 +86,12 @@ impl Fetcher {
         Ok(paths.model)
     }
 
+    /// Path of the model file if it is already fetched and verified; never downloads.
+    pub fn verified(&self, spec: &ModelSpec) -> Option<PathBuf> {
+        let paths = ModelPaths::new(&self.dir, &spec.name);
+        stamp_matches(&paths, spec).then_some(paths.model)
+    }
+
     /// Fetch several models (CLI `hybrid fetch-models [NAME…]`); stops at the first error.
     pub fn ensure_all(&self, specs: &[&ModelSpec]) -> Result<Vec<PathBuf>> {
         specs.iter().map(|spec| self.ensure(spec)).collect()

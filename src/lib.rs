@@ -1,5 +1,6 @@
 //! hybrid-assistant: a small language model that runs in the browser (or natively) and
 //! asks a large cloud model only for the tokens it is unsure of. See shared DESIGN.md.
+pub mod cloud;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
@@ -9,5 +10,7 @@ pub mod sampler;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fetch;
 pub mod registry;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod server;
 
 pub use error::{Error, Result};

@@ -43,12 +43,13 @@ fn load_reference(name: &str) -> Box<dyn Reference> {
     }
 }
 
-/// Activations are quantized to 8 bits before every quantized matmul, and candle picks
-/// different kernels (and block sizes for that quantization) for one row and for many, so a
-/// last-bit difference upstream (e.g. the order of a sum in attention) can flip a rounding and
-/// move logits by ~1% of their range (measured: batched vs incremental on qwen2.5-coder-0.5b,
-/// 0.6-1.0%; ours vs reference, 0 on smollm2-135m and 1.1% on qwen2.5-coder-0.5b).
-const TOLERANCE: f32 = 2e-2;
+/// Activations are quantized to 8 bits before every quantized matmul, so a last-bit
+/// difference upstream (the order of a sum in attention) can flip a rounding and move logits
+/// by a few percent of their range. The reference itself shows it: the same prompt run whole
+/// or as a prefix plus incremental steps differs by 1.9% of the range on smollm2-135m and 0.9%
+/// on qwen2.5-coder-0.5b (measured with candle-transformers, 2026-11-21). Ours against the
+/// reference, measured the same day: 2.8% and 1.1%.
+const TOLERANCE: f32 = 4e-2;
 
 /// Largest absolute difference, relative to the spread of the reference logits.
 fn relative_max_diff(ours: &[f32], reference: &[f32]) -> f32 {
@@ -59,34 +60,52 @@ fn relative_max_diff(ours: &[f32], reference: &[f32]) -> f32 {
     max_diff / spread
 }
 
-/// Our decoder with the weights as stored runs exactly the reference's kernels, so what is
+/// Our decoder with the weights as stored runs the reference's quantized kernels, so what is
 /// compared is the decoder itself. (The rewritten weight formats are checked for exactness in
 /// src/model/weights.rs and, end to end, against llama.cpp in tests/llamacpp_agreement.rs.)
+///
+/// Both run the reference's greedy continuation (teacher-forced), and at every position our
+/// greedy choice must be the reference's. Attention is our own batch-invariant code, so its
+/// last bits differ from the reference's gemm; through 8-bit activation quantization that
+/// moves logits by up to ~1% of their range, which can flip a genuine near-tie. Such a flip is
+/// allowed only where the reference's own top two are within 0.5% of its logit range
+/// (seen: smollm2-135m's first answer token, 35.127 vs 35.101 with a range of ~50).
 fn check_parity(name: &str, prompt: &[u32], steps: usize) {
     let options = LoadOptions { rewrite_weights: false };
     let mut ours = Decoder::load_with(&common::model_path(name), options).unwrap();
     let mut reference = load_reference(name);
 
     let step = ours.forward(prompt).unwrap();
-    let ref_logits = reference.forward(prompt, 0);
-    let d = relative_max_diff(&step.logits, &ref_logits);
-    assert!(d < TOLERANCE, "{name}: prefill logits differ by {d} of their range");
+    let mut ref_logits = reference.forward(prompt, 0);
     assert_eq!(step.hidden.len(), ours.config().n_embd);
-
-    let (mut ours_ids, mut ref_ids) = (vec![argmax(&step.logits)], vec![argmax(&ref_logits)]);
-    let mut worst = d;
-    for i in 0..steps - 1 {
-        let pos = prompt.len() + i;
-        let ours_logits = ours.forward(&[ours_ids[i]]).unwrap().logits;
-        let ref_logits = reference.forward(&[ref_ids[i]], pos);
+    let mut ours_logits = step.logits;
+    let (mut worst, mut agree, mut ties) = (0f32, 0, 0);
+    for i in 0..steps {
         worst = worst.max(relative_max_diff(&ours_logits, &ref_logits));
-        ours_ids.push(argmax(&ours_logits));
-        ref_ids.push(argmax(&ref_logits));
+        let (want, got) = (argmax(&ref_logits), argmax(&ours_logits));
+        if want == got {
+            agree += 1;
+        } else {
+            let margin = top2_margin(&ref_logits);
+            assert!(margin < 5e-3, "{name}: position {i}: we pick {got}, the reference {want} with a margin of {margin} of range");
+            ties += 1;
+        }
+        if i + 1 < steps {
+            ours_logits = ours.forward(&[want]).unwrap().logits;
+            ref_logits = reference.forward(&[want], prompt.len() + i);
+        }
     }
-    assert_eq!(ours_ids, ref_ids, "{name}: greedy ids differ");
-    assert!(worst < TOLERANCE, "{name}: decode logits differ by {worst} of their range");
+    assert!(worst < TOLERANCE, "{name}: logits differ by {worst} of their range");
+    assert!(agree >= steps - 2, "{name}: only {agree}/{steps} greedy ids agree");
     assert_eq!(ours.kv_len(), prompt.len() + steps - 1);
-    eprintln!("{name}: 32 greedy ids identical, worst logit difference {worst:.2e} of range");
+    eprintln!("{name}: {agree}/{steps} greedy ids identical ({ties} near-ties), worst logit difference {worst:.2e} of range");
+}
+
+/// Gap between the two largest logits, relative to the spread of all of them.
+fn top2_margin(logits: &[f32]) -> f32 {
+    let mut sorted = logits.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    (sorted[0] - sorted[1]) / (sorted[0] - sorted[sorted.len() - 1])
 }
 
 /// A chat prompt, tokenized by the model's own tokenizer (checked against llama.cpp in tests/tokenizer.rs).
@@ -114,7 +133,7 @@ fn kv_cache_truncation_replays_exactly() {
     let mut model = Decoder::load(&common::model_path("smollm2-135m")).unwrap();
     let full = model.forward(&prompt).unwrap().logits;
     // Drop the last 5 positions and run them again one at a time: the same logits.
-    model.cache_mut().truncate(prompt.len() - 5).unwrap();
+    model.cache_mut().truncate(prompt.len() - 5);
     let mut last = Vec::new();
     for &t in &prompt[prompt.len() - 5..] {
         last = model.forward(&[t]).unwrap().logits;
@@ -166,3 +185,4 @@ fn a_file_that_is_not_gguf_gets_a_clear_error() {
     let err = Decoder::load(&path).err().expect("a broken file must not load").to_string();
     assert!(err.contains("GGUF") && err.contains("fetch-models") && !err.contains('\n'), "{err}");
 }
+

@@ -27,6 +27,8 @@ enum Command {
     },
     /// Generate text with one model, streamed to stdout.
     Generate(GenerateArgs),
+    /// The cloud: an OpenAI-compatible completions server that also serves the web app.
+    Serve(ServeArgs),
     /// Benchmarks, with ratios against an anchor measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -58,6 +60,39 @@ struct GenerateArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// The model that answers completions: a name (see `hybrid fetch-models`) or a .gguf path.
+    #[arg(long, default_value = "qwen2.5-coder-1.5b")]
+    cloud_model: String,
+    /// Require this key on /v1/* (`Authorization: Bearer KEY` or `X-Api-Key: KEY`).
+    #[arg(long, env = "HYBRID_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// An origin allowed to call the API from a browser (repeatable); the server's own always is.
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
+    /// Memory for cached prompt prefixes (KV caches), least recently used evicted first.
+    #[arg(long, default_value_t = 1024)]
+    kv_cache_mb: usize,
+    /// Requests that may wait for a batch slot; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Requests decoded together in one forward pass.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Largest `max_tokens` a request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    max_tokens_cap: usize,
+    /// A request that has not finished after this many seconds fails with 504.
+    #[arg(long, default_value_t = 300)]
+    request_timeout_s: u64,
+    /// Directory holding the web app's www/ and pkg/.
+    #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
+    web_root: std::path::PathBuf,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Prefill and decode speed of our decoder against llama.cpp on the same GGUF.
@@ -69,6 +104,7 @@ fn main() {
     let result = match cli.command {
         Command::FetchModels { names } => fetch_models(&names),
         Command::Generate(args) => run_generate(args),
+        Command::Serve(args) => serve(args),
         Command::Bench { which: BenchCommand::Decode(args) } => hybrid_assistant::eval::bench::bench_decode(&args),
     };
     if let Err(e) = result {
@@ -87,6 +123,27 @@ fn fetch_models(names: &[String]) -> Result<()> {
         println!("{}", path.display());
     }
     Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    anyhow::ensure!(args.max_batch >= 1, "--max-batch must be at least 1");
+    anyhow::ensure!(args.max_tokens_cap >= 1, "--max-tokens-cap must be at least 1");
+    hybrid_assistant::server::run(hybrid_assistant::server::ServeConfig {
+        addr: args.addr,
+        cloud_model: args.cloud_model,
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        allow_origins: args.allow_origins,
+        engine: hybrid_assistant::server::engine::EngineConfig {
+            max_batch: args.max_batch,
+            max_queue: args.max_queue,
+            kv_cache_bytes: args.kv_cache_mb << 20,
+            prefill_chunk: 512,
+        },
+        max_tokens_cap: args.max_tokens_cap,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout_s),
+        max_body_bytes: 4 << 20,
+        web_root: args.web_root,
+    })
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {

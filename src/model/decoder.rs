@@ -2,13 +2,15 @@
 //! straight from the GGUF tensors. `forward` takes a batch of new tokens (prefill) or
 //! one token (decode) and returns the logits of the last position and the final hidden
 //! state that produced them (the reward head reads it).
-use super::config::{ModelConfig, RopeLayout};
+pub use super::attention::KvCache;
+use super::attention::{attend, Rope};
+use super::config::ModelConfig;
 use super::gguf::tensor;
 use super::weights::QWeight;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::QTensor;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
@@ -62,45 +64,6 @@ struct Layer {
     down: QWeight,
 }
 
-/// Keys and values of every layer for the positions seen so far, each `(n_head_kv, len, head_dim)`.
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-}
-
-impl KvCache {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Keep only the first `len` positions. Each layer is cut by its own length, so this
-    /// also repairs a cache whose first layers appended during a pass that then failed.
-    pub fn truncate(&mut self, len: usize) -> Result<()> {
-        for entry in self.layers.iter_mut() {
-            *entry = match entry.take() {
-                Some((k, v)) if k.dim(1)? <= len => Some((k, v)),
-                Some((k, v)) if len > 0 => Some((
-                    k.narrow(1, 0, len)?.contiguous()?,
-                    v.narrow(1, 0, len)?.contiguous()?,
-                )),
-                _ => None,
-            };
-        }
-        self.len = self.len.min(len);
-        Ok(())
-    }
-
-    pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|e| *e = None);
-        self.len = 0;
-    }
-}
-
 pub struct Decoder {
     config: ModelConfig,
     device: Device,
@@ -108,9 +71,7 @@ pub struct Decoder {
     layers: Vec<Layer>,
     output_norm: Tensor,
     output: QWeight,
-    /// Rotary tables, `(context_length, head_dim / 2)`.
-    cos: Tensor,
-    sin: Tensor,
+    rope: Rope,
     cache: KvCache,
 }
 
@@ -175,9 +136,8 @@ impl Decoder {
                 down: weight(qtensor("ffn_down.weight")?)?,
             });
         }
-        let (cos, sin) = rope_tables(&config, device)?;
-        let cache = KvCache { layers: (0..config.n_layer).map(|_| None).collect(), len: 0 };
-        Ok(Self { config, device: device.clone(), embedding, layers, output_norm, output, cos, sin, cache })
+        let rope = Rope::new(&config);
+        Ok(Self { config, device: device.clone(), embedding, layers, output_norm, output, rope, cache: KvCache::default() })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -199,118 +159,122 @@ impl Decoder {
 
     /// Runs `tokens` at the positions after the cached ones and appends them to the cache.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Step> {
-        let start = self.cache.len;
-        let result = self.forward_at(tokens, start);
-        match &result {
-            Ok(_) => self.cache.len = start + tokens.len(),
-            // Layers before the failure already appended; keep the cache consistent.
-            Err(_) => self.cache.truncate(start)?,
+        let mut cache = std::mem::take(&mut self.cache);
+        let result = self.forward_batch(&mut [Sequence { cache: &mut cache, tokens }]);
+        self.cache = cache;
+        Ok(result?.pop().expect("one step per sequence"))
+    }
+
+    /// One forward pass over several sequences, each with its own KV cache and new tokens
+    /// (a prefill chunk or a single decode token). The projections run once over the rows of
+    /// all sequences, so a batch of decode steps reads each weight matrix once; attention runs
+    /// per sequence. Returns one `Step` per sequence, for its last new token. On error every
+    /// cache is left as it was.
+    pub fn forward_batch(&self, batch: &mut [Sequence<'_>]) -> Result<Vec<Step>> {
+        let row = self.config.n_head_kv * self.config.head_dim;
+        for seq in batch.iter_mut() {
+            seq.cache.prepare(self.config.n_layer, row);
+        }
+        let starts: Vec<usize> = batch.iter().map(|s| s.cache.len).collect();
+        for (seq, &start) in batch.iter().zip(&starts) {
+            self.check_input(seq.tokens, start)?;
+        }
+        let result = self.forward_rows(batch, &starts);
+        for (seq, &start) in batch.iter_mut().zip(&starts) {
+            match &result {
+                Ok(_) => seq.cache.len = start + seq.tokens.len(),
+                // Layers before the failure already appended; keep every cache consistent.
+                Err(_) => seq.cache.truncate(start),
+            }
         }
         result
     }
 
-    fn forward_at(&mut self, tokens: &[u32], start: usize) -> Result<Step> {
-        let n = tokens.len();
+    /// Self-attention of layer `l` for every sequence of the batch; `x` holds the rows of
+    /// all sequences in batch order, at `positions`.
+    fn attention(&self, layer: &Layer, l: usize, x: &Tensor, positions: &[usize], batch: &mut [Sequence<'_>]) -> Result<Tensor> {
         let cfg = &self.config;
+        let (rows, hd) = (x.dim(0)?, cfg.head_dim);
+        let flat = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let mut q = flat(layer.q.forward(x)?)?;
+        let mut k = flat(layer.k.forward(x)?)?;
+        let v = flat(layer.v.forward(x)?)?;
+        let (q_row, kv_row) = (cfg.n_head * hd, cfg.n_head_kv * hd);
+        for (r, &pos) in positions.iter().enumerate() {
+            self.rope.apply(&mut q[r * q_row..][..q_row], pos);
+            self.rope.apply(&mut k[r * kv_row..][..kv_row], pos);
+        }
+        let mut out = Vec::with_capacity(rows * q_row);
+        let mut first = 0;
+        for seq in batch.iter_mut() {
+            let n = seq.tokens.len();
+            let cache = &mut seq.cache.layers[l];
+            cache.k.extend_from_slice(&k[first * kv_row..(first + n) * kv_row]);
+            cache.v.extend_from_slice(&v[first * kv_row..(first + n) * kv_row]);
+            out.extend(attend(cfg, &q[first * q_row..(first + n) * q_row], &positions[first..first + n], cache));
+            first += n;
+        }
+        layer.o.forward(&Tensor::from_vec(out, (rows, q_row), &self.device)?)
+    }
+
+    fn check_input(&self, tokens: &[u32], start: usize) -> Result<()> {
+        let n = tokens.len();
+        let context = self.config.context_length;
         if n == 0 {
             return Err(Error::InvalidInput("forward needs at least one token".into()));
         }
-        if start + n > cfg.context_length {
+        if start + n > context {
             return Err(Error::InvalidInput(format!(
-                "context full: {start} cached + {n} new tokens exceed the model's {} positions; start a new conversation or truncate the cache",
-                cfg.context_length
+                "context full: {start} cached + {n} new tokens exceed the model's {context} positions; start a new conversation or truncate the cache"
             )));
         }
-        let vocab = self.embedding.shape().dims()[0];
+        let vocab = self.vocab_size();
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::InvalidInput(format!("token id {bad} is outside the vocabulary of {vocab} ids")));
         }
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embedding.embedding(&ids)?; // (n, n_embd)
-        let cos = self.cos.narrow(0, start, n)?;
-        let sin = self.sin.narrow(0, start, n)?;
-        let mask = match n {
-            1 => None,
-            _ => Some(causal_mask(n, start, &self.device)?),
-        };
+        Ok(())
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embedding.shape().dims()[0]
+    }
+
+    fn forward_rows(&self, batch: &mut [Sequence<'_>], starts: &[usize]) -> Result<Vec<Step>> {
+        let cfg = &self.config;
+        let tokens: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let positions: Vec<usize> =
+            batch.iter().zip(starts).flat_map(|(s, &start)| start..start + s.tokens.len()).collect();
+        let ids = Tensor::new(tokens.as_slice(), &self.device)?;
+        let mut x = self.embedding.embedding(&ids)?; // (rows, n_embd)
         let eps = cfg.rms_eps;
-        for (layer, cache) in self.layers.iter().zip(self.cache.layers.iter_mut()) {
+        for (l, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let a = attention(cfg, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
+            let a = self.attention(layer, l, &h, &positions, batch)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
             let f = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
             x = (x + f)?;
         }
-        // Only the last position's logits are needed: skip the vocabulary projection for the rest.
-        let last = x.narrow(0, n - 1, 1)?;
+        // Only each sequence's last position needs logits: skip the vocabulary projection for the rest.
+        let last = match batch {
+            [one] => x.narrow(0, one.tokens.len() - 1, 1)?,
+            _ => {
+                let mut end = 0u32;
+                let rows: Vec<u32> = batch.iter().map(|s| { end += s.tokens.len() as u32; end - 1 }).collect();
+                x.index_select(&Tensor::new(rows.as_slice(), &self.device)?, 0)?
+            }
+        };
         let hidden = candle_nn::ops::rms_norm(&last, &self.output_norm, eps)?;
         let logits = self.output.forward(&hidden)?;
-        Ok(Step { logits: logits.flatten_all()?.to_vec1()?, hidden: hidden.flatten_all()?.to_vec1()? })
+        let (logits, hidden) = (logits.to_vec2::<f32>()?, hidden.to_vec2::<f32>()?);
+        Ok(logits.into_iter().zip(hidden).map(|(logits, hidden)| Step { logits, hidden }).collect())
     }
 }
 
-fn attention(
-    cfg: &ModelConfig,
-    layer: &Layer,
-    x: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    mask: Option<&Tensor>,
-    cache: &mut Option<(Tensor, Tensor)>,
-) -> Result<Tensor> {
-    let (n, hd, n_head, n_kv) = (x.dim(0)?, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
-    let heads = |t: Tensor, h: usize| -> Result<Tensor> {
-        Ok(t.reshape((1, n, h, hd))?.transpose(1, 2)?.contiguous()?) // (1, h, n, hd)
-    };
-    let q = heads(layer.q.forward(x)?, n_head)?;
-    let k = heads(layer.k.forward(x)?, n_kv)?;
-    let v = heads(layer.v.forward(x)?, n_kv)?;
-    let (q, k) = match cfg.rope_layout {
-        RopeLayout::Interleaved => (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?),
-        RopeLayout::Halves => (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?),
-    };
-    let (k, v) = (k.squeeze(0)?, v.squeeze(0)?); // (n_kv, n, hd)
-    let (k, v) = match cache.take() {
-        None => (k, v),
-        Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 1)?, Tensor::cat(&[&cv, &v], 1)?),
-    };
-    *cache = Some((k.clone(), v.clone()));
-    let kv_len = k.dim(1)?;
-    // Grouped-query attention without copying K/V: the query heads sharing a kv head
-    // are stacked along the row dimension of one matmul.
-    let group = n_head / n_kv;
-    let q = q.reshape((n_kv, group * n, hd))?;
-    let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-    let scores = match mask {
-        Some(mask) => scores.reshape((n_kv, group, n, kv_len))?.broadcast_add(mask)?.reshape((n_kv, group * n, kv_len))?,
-        None => scores,
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    let y = probs.matmul(&v)?; // (n_kv, group * n, hd)
-    let y = y.reshape((n_head, n, hd))?.transpose(0, 1)?.reshape((n, n_head * hd))?;
-    layer.o.forward(&y)
-}
-
-/// Additive mask `(n, start + n)`: query i (at position start + i) sees keys 0..=start + i.
-fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Tensor> {
-    let kv_len = start + n;
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..kv_len).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Ok(Tensor::from_vec(mask, (n, kv_len), device)?)
-}
-
-fn rope_tables(cfg: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
-    let half = cfg.head_dim / 2;
-    let inv_freq: Vec<f32> =
-        (0..half).map(|i| 1.0 / cfg.rope_base.powf(2.0 * i as f32 / cfg.head_dim as f32)).collect();
-    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-    let positions = Tensor::arange(0u32, cfg.context_length as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((cfg.context_length, 1))?;
-    let angles = positions.broadcast_mul(&inv_freq)?;
-    Ok((angles.cos()?.contiguous()?, angles.sin()?.contiguous()?))
+/// One sequence's part of a batched forward pass.
+pub struct Sequence<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
 }
 

@@ -1,5 +1,6 @@
 //! The small-model side: GGUF loading, one decoder for the llama/qwen2 family,
 //! the tokenizer built from GGUF metadata, and the chat template.
+pub mod attention;
 pub mod chat;
 pub mod config;
 pub mod decoder;

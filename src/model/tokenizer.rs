@@ -665,21 +665,42 @@ enum Fragment<'t> {
 /// multi-byte character split over tokens is held back until it is complete.
 pub struct TextStream<'a> {
     tok: &'a Tokenizer,
-    pending: Vec<u8>,
+    utf8: Utf8Stream,
 }
 
 impl<'a> TextStream<'a> {
     pub fn new(tok: &'a Tokenizer) -> Self {
-        Self {
-            tok,
-            pending: Vec::new(),
-        }
+        Self { tok, utf8: Utf8Stream::default() }
     }
 
-    /// Adds one token; returns the text that became complete (possibly empty). Bytes that can
-    /// never become valid UTF-8 are emitted as U+FFFD.
+    /// Adds one token; returns the text that became complete (possibly empty).
     pub fn push(&mut self, id: u32) -> String {
-        self.pending.extend_from_slice(self.tok.token_bytes(id));
+        self.utf8.push(self.tok.token_bytes(id))
+    }
+
+    /// Flushes whatever is held back (an incomplete character becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        self.utf8.finish()
+    }
+
+    /// Whether bytes of an incomplete character are being held back.
+    pub fn has_pending(&self) -> bool {
+        self.utf8.has_pending()
+    }
+}
+
+/// Bytes in, complete UTF-8 text out: what `TextStream` does without holding the tokenizer
+/// (for owners that keep the tokenizer elsewhere, such as the server's sequences).
+#[derive(Debug, Default, Clone)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Adds bytes; returns the text that became complete (possibly empty). Bytes that can
+    /// never become valid UTF-8 are emitted as U+FFFD.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
         let mut out = String::new();
         let mut start = 0;
         loop {
@@ -692,10 +713,7 @@ impl<'a> TextStream<'a> {
                 Err(e) => {
                     let valid = e.valid_up_to();
                     // Safety net free: the prefix was just validated.
-                    out.push_str(
-                        std::str::from_utf8(&self.pending[start..start + valid])
-                            .unwrap_or_default(),
-                    );
+                    out.push_str(std::str::from_utf8(&self.pending[start..start + valid]).unwrap_or_default());
                     start += valid;
                     match e.error_len() {
                         // Incomplete sequence at the end: wait for more bytes.
@@ -712,14 +730,12 @@ impl<'a> TextStream<'a> {
         out
     }
 
-    /// Flushes whatever is held back (an incomplete character becomes U+FFFD).
     pub fn finish(&mut self) -> String {
         let s = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         s
     }
 
-    /// Whether bytes of an incomplete character are being held back.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }

@@ -16,3 +16,4 @@ pub fn model_path(name: &str) -> PathBuf {
 pub fn data_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
 }
+pub mod server;

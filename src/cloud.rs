@@ -1,0 +1,402 @@
+//! The cloud call: the wire types of OpenAI-compatible `POST /v1/completions` (our server
+//! emits them, the client sends and reads them), the normaliser that reads the response
+//! shapes real engines return into one token list, and the native HTTP transport.
+//!
+//! Two response shapes exist in the wild:
+//! - vLLM/SGLang (and our server): legacy `logprobs {tokens, token_logprobs, top_logprobs,
+//!   text_offset}` plus `token_ids` on the choice (`return_token_ids`), or token strings
+//!   of the form `token_id:123` (`return_tokens_as_token_ids`).
+//! - llama.cpp's server: `logprobs.content[{id, token, bytes, logprob, top_logprobs}]`
+//!   (`/v1/completions`), or `completion_probabilities` with the same entries (`/completion`).
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// A prompt as token ids (when both sides share a tokenizer) or as text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Ids(Vec<u32>),
+    Text(String),
+}
+
+/// What the client sends. Fields are the OpenAI/vLLM names; `cache_prompt` is llama.cpp's
+/// switch for prefix reuse (vLLM and our server reuse prefixes anyway).
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
+    pub return_token_ids: bool,
+    pub cache_prompt: bool,
+    pub stream: bool,
+}
+
+impl CompletionRequest {
+    /// A greedy consult for the next `max_tokens` tokens after `prompt`, with the top
+    /// `logprobs` alternatives of each.
+    pub fn consult(model: &str, prompt: Prompt, max_tokens: usize, logprobs: usize) -> Self {
+        Self {
+            model: model.to_string(),
+            prompt,
+            max_tokens,
+            temperature: 0.0,
+            top_p: None,
+            seed: None,
+            logprobs: Some(logprobs),
+            return_token_ids: true,
+            cache_prompt: true,
+            stream: false,
+        }
+    }
+}
+
+/// A completion response in the vLLM shape (what our server emits; also read from others).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletionResponse {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub model: String,
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Choice {
+    #[serde(default)]
+    pub index: usize,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub logprobs: Option<LegacyLogprobs>,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
+}
+
+/// The legacy completions logprobs: one entry per generated token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LegacyLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<Option<f32>>,
+    /// Per token, the top alternatives as `{text: logprob}` in rank order.
+    pub top_logprobs: Vec<Option<TopMap>>,
+    pub text_offset: Vec<usize>,
+}
+
+/// A JSON object `{text: logprob}` that keeps its entries in rank order (a plain map would
+/// sort them by text).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopMap(pub Vec<(String, f32)>);
+
+impl Serialize for TopMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for TopMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = TopMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of token text to logprob")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> std::result::Result<TopMap, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((k, v)) = a.next_entry::<String, f32>()? {
+                    entries.push((k, v));
+                }
+                Ok(TopMap(entries))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
+}
+
+/// One generated token, whatever engine produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudToken {
+    pub id: u32,
+    pub text: String,
+    /// Log-probability of this token; absent when the engine did not report it.
+    pub logprob: Option<f32>,
+    /// The engine's top alternatives, best first.
+    pub top: Vec<TopToken>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopToken {
+    /// Known when the engine reports ids for alternatives (llama.cpp, or vLLM with
+    /// `return_tokens_as_token_ids`).
+    pub id: Option<u32>,
+    pub text: String,
+    pub logprob: f32,
+}
+
+/// Reads a completion response body of any supported engine into its generated tokens.
+pub fn normalize(body: &serde_json::Value) -> Result<Vec<CloudToken>> {
+    let bad = |what: &str| Error::Cloud(format!("unexpected completion response: {what}"));
+    if let Some(error) = body.get("error") {
+        let message = error.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
+        return Err(Error::Cloud(format!("the cloud answered with an error: {message}")));
+    }
+    // llama.cpp's native /completion.
+    if let Some(probs) = body.get("completion_probabilities") {
+        return content_entries(probs).map_err(|e| bad(&e));
+    }
+    let choice = body
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .ok_or_else(|| bad("no choices[0]"))?;
+    let logprobs = choice.get("logprobs").filter(|l| !l.is_null());
+    if let Some(content) = logprobs.and_then(|l| l.get("content")) {
+        return content_entries(content).map_err(|e| bad(&e));
+    }
+    let choice: Choice = serde_json::from_value(choice.clone()).map_err(|e| bad(&e.to_string()))?;
+    legacy_tokens(&choice).map_err(|e| bad(&e))
+}
+
+/// vLLM/SGLang: ids from `token_ids` or from `token_id:N` strings, texts and logprobs from
+/// the legacy lists.
+fn legacy_tokens(choice: &Choice) -> std::result::Result<Vec<CloudToken>, String> {
+    let lp = choice.logprobs.clone().unwrap_or_default();
+    let ids: Vec<u32> = match (&choice.token_ids, lp.tokens.is_empty()) {
+        (Some(ids), _) => ids.clone(),
+        (None, false) => lp
+            .tokens
+            .iter()
+            .map(|t| token_id_string(t).ok_or_else(|| format!("token {t:?} carries no id")))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| format!("{e}; ask with return_token_ids (vLLM) so the response carries token ids"))?,
+        (None, true) => {
+            return Err("no token ids; ask with return_token_ids (vLLM) or use a server that reports ids".into())
+        }
+    };
+    if !lp.tokens.is_empty() && lp.tokens.len() != ids.len() {
+        return Err(format!("{} token ids but {} logprob entries", ids.len(), lp.tokens.len()));
+    }
+    Ok(ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let text = match lp.tokens.get(i) {
+                Some(t) if token_id_string(t).is_none() => t.clone(),
+                // Without per-token texts, the whole text belongs to a single token.
+                _ if ids.len() == 1 => choice.text.clone(),
+                _ => String::new(),
+            };
+            let mut top: Vec<TopToken> = lp
+                .top_logprobs
+                .get(i)
+                .cloned()
+                .flatten()
+                .unwrap_or_default()
+                .0
+                .into_iter()
+                .map(|(text, logprob)| TopToken { id: token_id_string(&text), text, logprob })
+                .collect();
+            // A JSON object's order is not guaranteed to survive parsing: rank by logprob.
+            top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+            CloudToken { id, text, logprob: lp.token_logprobs.get(i).copied().flatten(), top }
+        })
+        .collect())
+}
+
+/// vLLM's `return_tokens_as_token_ids` spelling of a token.
+fn token_id_string(s: &str) -> Option<u32> {
+    s.strip_prefix("token_id:")?.parse().ok()
+}
+
+/// llama.cpp: `[{id, token, logprob, top_logprobs: [{id, token, logprob}]}]`.
+fn content_entries(entries: &serde_json::Value) -> std::result::Result<Vec<CloudToken>, String> {
+    #[derive(Deserialize)]
+    struct Entry {
+        id: u32,
+        #[serde(default)]
+        token: String,
+        logprob: Option<f32>,
+        #[serde(default)]
+        top_logprobs: Vec<Alt>,
+    }
+    #[derive(Deserialize)]
+    struct Alt {
+        id: Option<u32>,
+        #[serde(default)]
+        token: String,
+        logprob: f32,
+    }
+    let entries: Vec<Entry> = serde_json::from_value(entries.clone()).map_err(|e| e.to_string())?;
+    Ok(entries
+        .into_iter()
+        .map(|e| CloudToken {
+            id: e.id,
+            text: e.token,
+            logprob: e.logprob,
+            top: e.top_logprobs.into_iter().map(|a| TopToken { id: a.id, text: a.token, logprob: a.logprob }).collect(),
+        })
+        .collect())
+}
+
+/// Where the cloud is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct CloudConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8080` (with or without a trailing `/v1`).
+    pub url: String,
+    pub api_key: Option<String>,
+    pub model: String,
+    pub timeout: std::time::Duration,
+}
+
+impl CloudConfig {
+    pub fn completions_url(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        match base.ends_with("/v1") {
+            true => format!("{base}/completions"),
+            false => format!("{base}/v1/completions"),
+        }
+    }
+}
+
+/// The native transport: a blocking HTTP client (the browser uses `fetch` instead).
+#[cfg(not(target_arch = "wasm32"))]
+pub struct CloudClient {
+    config: CloudConfig,
+    agent: ureq::Agent,
+}
+
+/// What one completion call returned.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub tokens: Vec<CloudToken>,
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+    pub bytes_up: usize,
+    pub bytes_down: usize,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl CloudClient {
+    pub fn new(config: CloudConfig) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(config.timeout))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Self { config, agent }
+    }
+
+    pub fn config(&self) -> &CloudConfig {
+        &self.config
+    }
+
+    /// Sends one non-streaming completion request and normalises the answer. HTTP errors
+    /// come back as `Error::Cloud` with the server's own message.
+    pub fn complete(&self, request: &CompletionRequest) -> Result<Completion> {
+        let url = self.config.completions_url();
+        let body = serde_json::to_string(request).map_err(|e| Error::Cloud(e.to_string()))?;
+        let mut call = self.agent.post(&url).header("Content-Type", "application/json");
+        if let Some(key) = &self.config.api_key {
+            call = call.header("Authorization", &format!("Bearer {key}"));
+        }
+        let mut response = call
+            .send(body.as_bytes())
+            .map_err(|e| Error::Cloud(format!("cannot reach the cloud at {url}: {e}")))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .map_err(|e| Error::Cloud(format!("reading the cloud's answer from {url}: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+            Error::Cloud(format!("the cloud at {url} answered HTTP {status} with a body that is not JSON: {}", crate::error::first_line(&text)))
+        })?;
+        if status >= 400 {
+            let message = json.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or(&text);
+            return Err(Error::Cloud(format!("the cloud at {url} answered HTTP {status}: {message}")));
+        }
+        let tokens = normalize(&json)?;
+        let response: Option<CompletionResponse> = serde_json::from_value(json).ok();
+        Ok(Completion {
+            tokens,
+            finish_reason: response.as_ref().and_then(|r| r.choices.first()?.finish_reason.clone()),
+            usage: response.and_then(|r| r.usage),
+            bytes_up: body.len(),
+            bytes_down: text.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consult_request_serialises_as_the_design_says() {
+        let r = CompletionRequest::consult("qwen2.5-coder-1.5b", Prompt::Ids(vec![151644, 872, 198]), 1, 5);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"model":"qwen2.5-coder-1.5b","prompt":[151644,872,198],"max_tokens":1,
+                "temperature":0.0,"logprobs":5,"return_token_ids":true,"cache_prompt":true,"stream":false})
+        );
+    }
+
+    #[test]
+    fn completions_url_accepts_bases_with_and_without_v1() {
+        let mut c = CloudConfig { url: "http://h:1/".into(), api_key: None, model: "m".into(), timeout: Default::default() };
+        assert_eq!(c.completions_url(), "http://h:1/v1/completions");
+        c.url = "https://h/v1".into();
+        assert_eq!(c.completions_url(), "https://h/v1/completions");
+    }
+
+    #[test]
+    fn top_map_keeps_rank_order_both_ways() {
+        let m = TopMap(vec![("z".into(), -0.1), ("a".into(), -2.0)]);
+        let s = serde_json::to_string(&m).unwrap();
+        assert_eq!(s, r#"{"z":-0.1,"a":-2.0}"#);
+        assert_eq!(serde_json::from_str::<TopMap>(&s).unwrap(), m);
+    }
+
+    #[test]
+    fn an_error_body_is_an_error_with_its_message() {
+        let e = normalize(&serde_json::json!({"error":{"message":"prompt too long","type":"invalid_request_error"}}));
+        assert!(e.unwrap_err().to_string().contains("prompt too long"));
+    }
+}

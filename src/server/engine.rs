@@ -1,0 +1,407 @@
+//! The model worker: one thread that owns the decoder and runs every admitted request in
+//! one batched forward pass per step (continuous batching). New requests join between steps
+//! with their prompt (minus what the prefix cache already holds) as a prefill chunk; running
+//! ones contribute one decode token each. Requests wait in a bounded queue for a slot.
+use super::prefix_cache::{PrefixCache, PrefixCacheStats};
+use super::stop::StopText;
+use crate::model::decoder::{Decoder, KvCache, Sequence};
+use crate::model::tokenizer::{Tokenizer, Utf8Stream};
+use crate::sampler::{Sampler, SamplerConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Requests decoded together in one forward pass.
+    pub max_batch: usize,
+    /// Requests allowed to wait for a batch slot; more are refused (HTTP 429).
+    pub max_queue: usize,
+    /// Budget for cached prefixes' KV memory.
+    pub kv_cache_bytes: usize,
+    /// Most prompt rows one step computes, so a long prompt does not stall running decodes.
+    pub prefill_chunk: usize,
+}
+
+/// One completion request as the engine sees it: validated token ids and parameters.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    pub stop: Vec<String>,
+    /// Number of top alternatives to report per token (None: no logprobs at all).
+    pub logprobs: Option<usize>,
+    pub deadline: Instant,
+    pub events: UnboundedSender<Event>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// The request got a batch slot; this many prompt tokens came from the prefix cache.
+    Started { cached_tokens: usize },
+    Token(GeneratedToken),
+    /// The end; `tail` is text held back until now (a split character, a false stop start).
+    Done { finish: Finish, tail: String },
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone)]
+pub struct GeneratedToken {
+    pub id: u32,
+    /// Text released with this token: complete UTF-8 only, stop strings held back and cut.
+    pub text: String,
+    /// Natural-log probability of `id` under the model's distribution (no temperature).
+    pub logprob: f32,
+    /// Top alternatives, best first (empty unless logprobs were asked for).
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// End-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` generated.
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub enum Failure {
+    Timeout,
+    Internal(String),
+}
+
+/// Live numbers for /health.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct EngineStats {
+    pub waiting: usize,
+    pub active: usize,
+    pub max_batch: usize,
+    pub max_queue: usize,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub forward_passes: u64,
+    pub prefix_cache: PrefixCacheStats,
+}
+
+/// The request side's handle: submits jobs, reads stats. Cloning is cheap.
+#[derive(Clone)]
+pub struct EngineHandle {
+    jobs: mpsc::Sender<Job>,
+    waiting: Arc<AtomicUsize>,
+    stats: Arc<Mutex<EngineStats>>,
+    max_queue: usize,
+}
+
+/// The queue is full; the caller should answer 429.
+#[derive(Debug)]
+pub struct QueueFull;
+
+impl EngineHandle {
+    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+        let admitted = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| (w < self.max_queue).then_some(w + 1))
+            .is_ok();
+        if !admitted {
+            return Err(QueueFull);
+        }
+        if self.jobs.send(job).is_err() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(QueueFull);
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let mut s = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        s.waiting = self.waiting.load(Ordering::SeqCst);
+        s
+    }
+}
+
+/// Starts the worker thread; it ends when every handle is dropped and the last request is done.
+pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> EngineHandle {
+    let (jobs, rx) = mpsc::channel();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let stats = Arc::new(Mutex::new(EngineStats {
+        max_batch: config.max_batch,
+        max_queue: config.max_queue,
+        prefix_cache: PrefixCacheStats { capacity_bytes: config.kv_cache_bytes, ..Default::default() },
+        ..Default::default()
+    }));
+    let handle = EngineHandle { jobs, waiting: waiting.clone(), stats: stats.clone(), max_queue: config.max_queue };
+    let mut engine = Engine {
+        decoder,
+        tokenizer,
+        prefix_cache: PrefixCache::new(config.kv_cache_bytes),
+        config,
+        active: Vec::new(),
+        jobs: rx,
+        waiting,
+        stats,
+    };
+    std::thread::Builder::new()
+        .name("hybrid-engine".into())
+        .spawn(move || engine.run())
+        .expect("the engine thread starts");
+    handle
+}
+
+struct Engine {
+    decoder: Decoder,
+    tokenizer: Arc<Tokenizer>,
+    prefix_cache: PrefixCache<KvCache>,
+    config: EngineConfig,
+    active: Vec<Running>,
+    jobs: mpsc::Receiver<Job>,
+    waiting: Arc<AtomicUsize>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+/// A request holding a batch slot.
+struct Running {
+    job: Job,
+    cache: KvCache,
+    /// Tokens whose keys and values are in `cache`, in order.
+    fed: Vec<u32>,
+    /// Tokens still to feed: the uncached rest of the prompt, then each sampled token.
+    pending: Vec<u32>,
+    generated: usize,
+    sampler: Sampler,
+    utf8: Utf8Stream,
+    stop: StopText,
+}
+
+impl Running {
+    /// Text still held back at the end: an incomplete character, a possible stop start.
+    fn flush(&mut self) -> String {
+        let rest = self.utf8.finish();
+        let released = self.stop.push(&rest);
+        match released.stopped {
+            true => released.text,
+            false => released.text + &self.stop.finish(),
+        }
+    }
+}
+
+impl Engine {
+    fn run(&mut self) {
+        loop {
+            if self.active.is_empty() {
+                // Idle: sleep until a request arrives, or end when the server is gone.
+                match self.jobs.recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => return,
+                }
+            }
+            while self.active.len() < self.config.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => break,
+                }
+            }
+            self.drop_abandoned();
+            if !self.active.is_empty() {
+                self.step();
+            }
+            self.publish_stats();
+        }
+    }
+
+    fn admit(&mut self, job: Job) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if Instant::now() > job.deadline {
+            let _ = job.events.send(Event::Failed(Failure::Timeout));
+            return;
+        }
+        // At least the last prompt token is computed: its logits give the first new token.
+        let (reused, cache) = match self.prefix_cache.lookup(&job.prompt) {
+            Some((common, kv)) => {
+                let reused = common.min(job.prompt.len() - 1);
+                let mut cache = kv.clone();
+                cache.truncate(reused);
+                (reused, cache)
+            }
+            None => (0, KvCache::default()),
+        };
+        {
+            let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.requests += 1;
+            s.prompt_tokens += job.prompt.len() as u64;
+            s.cached_prompt_tokens += reused as u64;
+        }
+        if job.events.send(Event::Started { cached_tokens: reused }).is_err() {
+            return; // the client is gone
+        }
+        self.active.push(Running {
+            fed: job.prompt[..reused].to_vec(),
+            pending: job.prompt[reused..].to_vec(),
+            cache,
+            generated: 0,
+            sampler: Sampler::new(job.sampler),
+            utf8: Utf8Stream::default(),
+            stop: StopText::new(job.stop.clone()),
+            job,
+        });
+    }
+
+    /// Requests whose client went away or whose time ran out leave the batch; what they
+    /// computed still goes to the prefix cache.
+    fn drop_abandoned(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.active.len() {
+            let r = &self.active[i];
+            if r.job.events.is_closed() || now > r.job.deadline {
+                let r = self.active.swap_remove(i);
+                let _ = r.job.events.send(Event::Failed(Failure::Timeout));
+                self.keep(r);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// One forward pass over every running request: decodes first, then prompt chunks up to
+    /// the row budget.
+    fn step(&mut self) {
+        let mut budget = self.config.prefill_chunk.max(1);
+        let mut rows: Vec<usize> = vec![0; self.active.len()];
+        let decoding = |r: &Running| r.generated > 0;
+        for pass in [true, false] {
+            for (r, n) in self.active.iter().zip(rows.iter_mut()) {
+                if decoding(r) == pass && budget > 0 {
+                    *n = r.pending.len().min(budget).max(usize::from(pass));
+                    budget = budget.saturating_sub(*n);
+                }
+            }
+        }
+        let mut batch: Vec<Sequence> = self
+            .active
+            .iter_mut()
+            .zip(&rows)
+            .filter(|(_, &n)| n > 0)
+            .map(|(r, &n)| Sequence { cache: &mut r.cache, tokens: &r.pending[..n] })
+            .collect();
+        let result = self.decoder.forward_batch(&mut batch);
+        drop(batch);
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).forward_passes += 1;
+        let steps = match result {
+            Ok(steps) => steps,
+            Err(e) => {
+                // Inputs are validated before they get here, so this is a bug: fail the
+                // requests of this pass rather than loop on it.
+                let message = format!("the model failed: {e}");
+                let mut i = 0;
+                for n in rows {
+                    if n > 0 {
+                        let r = self.active.remove(i);
+                        let _ = r.job.events.send(Event::Failed(Failure::Internal(message.clone())));
+                    } else {
+                        i += 1;
+                    }
+                }
+                return;
+            }
+        };
+        let mut steps = steps.into_iter();
+        let mut finished = Vec::new();
+        for (i, &n) in rows.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let step = steps.next().expect("one step per sequence");
+            let r = &mut self.active[i];
+            r.fed.extend(r.pending.drain(..n));
+            if r.pending.is_empty() && self.sample_next(i, &step.logits) {
+                finished.push(i);
+            }
+        }
+        for i in finished.into_iter().rev() {
+            let r = self.active.swap_remove(i);
+            self.keep(r);
+        }
+    }
+
+    /// Samples request `i`'s next token from `logits` and reports it. Returns true when
+    /// the request is done.
+    fn sample_next(&mut self, i: usize, logits: &[f32]) -> bool {
+        let r = &mut self.active[i];
+        let id = r.sampler.sample(logits);
+        if self.tokenizer.is_eog(id) {
+            let tail = r.flush();
+            let _ = r.job.events.send(Event::Done { finish: Finish::Stop, tail });
+            return true;
+        }
+        r.generated += 1;
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).generated_tokens += 1;
+        let (logprob, top) = match r.job.logprobs {
+            Some(k) => log_probs(logits, id, k),
+            None => (f32::NAN, Vec::new()),
+        };
+        let piece = r.utf8.push(self.tokenizer.token_bytes(id));
+        let released = r.stop.push(&piece);
+        let sent = r.job.events.send(Event::Token(GeneratedToken { id, text: released.text, logprob, top })).is_ok();
+        if released.stopped || r.generated >= r.job.max_tokens {
+            let (finish, tail) = match released.stopped {
+                true => (Finish::Stop, String::new()),
+                false => (Finish::Length, r.flush()),
+            };
+            let _ = r.job.events.send(Event::Done { finish, tail });
+            return true;
+        }
+        r.pending.push(id);
+        !sent
+    }
+
+    /// A finished request's KV cache goes to the prefix cache for the next consult.
+    fn keep(&mut self, mut r: Running) {
+        r.cache.shrink_to_fit();
+        self.prefix_cache.insert(r.fed, r.cache);
+    }
+
+    fn publish_stats(&self) {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        s.active = self.active.len();
+        s.prefix_cache = self.prefix_cache.stats();
+    }
+}
+
+/// Log-probability of `id` and the `k` most likely tokens with theirs, from raw logits.
+pub fn log_probs(logits: &[f32], id: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() < k || l > top[top.len() - 1].1 {
+                let at = top.partition_point(|&(_, t)| t >= l);
+                top.insert(at, (i as u32, l));
+                top.truncate(k);
+            }
+        }
+    }
+    let top = top.into_iter().map(|(t, l)| (t, l - log_sum)).collect();
+    (logits[id as usize] - log_sum, top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_probs_are_normalised_and_ranked() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let (lp, top) = log_probs(&logits, 2, 3);
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((lp - (2.0f32.exp() / z).ln()).abs() < 1e-6);
+        // Ties keep the lower id first, as greedy sampling does.
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 2]);
+        assert!((top[0].1 - (3.0f32.exp() / z).ln()).abs() < 1e-6);
+        assert!(log_probs(&logits, 0, 0).1.is_empty());
+    }
+}

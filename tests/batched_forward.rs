@@ -1,0 +1,83 @@
+//! `Decoder::forward_batch` (what the server's continuous batching runs) against one
+//! sequence at a time: the same logits and hidden states for each sequence, whatever else
+//! shares the pass, and caches left untouched by a failed pass.
+mod common;
+
+use hybrid_assistant::model::decoder::{Decoder, KvCache, Sequence};
+use hybrid_assistant::model::Model;
+use hybrid_assistant::sampler::argmax;
+
+fn load(name: &str) -> Model {
+    Model::load(&common::model_path(name)).unwrap()
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let spread = b.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) - b.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / spread
+}
+
+/// Decodes `steps` greedy tokens for every prompt in one batch per step (prompts prefilled
+/// together in the first pass), and returns each sequence's ids and last logits.
+fn batched(decoder: &Decoder, prompts: &[Vec<u32>], steps: usize) -> Vec<(Vec<u32>, Vec<f32>)> {
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::default()).collect();
+    let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
+    let mut out: Vec<(Vec<u32>, Vec<f32>)> = prompts.iter().map(|_| (vec![], vec![])).collect();
+    for _ in 0..steps {
+        let mut batch: Vec<Sequence> =
+            caches.iter_mut().zip(&inputs).map(|(cache, tokens)| Sequence { cache, tokens }).collect();
+        let steps = decoder.forward_batch(&mut batch).unwrap();
+        for ((step, input), o) in steps.into_iter().zip(inputs.iter_mut()).zip(out.iter_mut()) {
+            let id = argmax(&step.logits);
+            o.0.push(id);
+            o.1 = step.logits;
+            *input = vec![id];
+        }
+    }
+    out
+}
+
+fn check_model(name: &str) {
+    let mut model = load(name);
+    let texts = ["def fibonacci(n):", "The capital of France is", "1, 2, 3, 4,", "<|im_start|>user\nHi<|im_end|>\n"];
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| model.tokenizer.encode(t).unwrap()).collect();
+    let steps = 8;
+    let together = batched(&model.decoder, &prompts, steps);
+    for (prompt, (ids, logits)) in prompts.iter().zip(&together) {
+        let alone = batched(&model.decoder, std::slice::from_ref(prompt), steps);
+        assert_eq!(ids, &alone[0].0, "{name}: greedy ids differ when batched");
+        let d = max_rel_diff(logits, &alone[0].1);
+        assert!(d < 2e-2, "{name}: batched logits differ by {d} of the range");
+    }
+    // The convenience `forward` on the decoder's own cache is the same computation.
+    model.decoder.cache_mut().clear();
+    let step = model.decoder.forward(&prompts[0]).unwrap();
+    assert_eq!(argmax(&step.logits), together[0].0[0]);
+    assert_eq!(step.hidden.len(), model.decoder.config().n_embd);
+}
+
+#[test]
+fn batch_equals_one_at_a_time_smollm2() {
+    check_model("smollm2-135m");
+}
+
+#[test]
+fn batch_equals_one_at_a_time_qwen_05b() {
+    check_model("qwen2.5-coder-0.5b");
+}
+
+#[test]
+fn a_bad_sequence_fails_the_pass_and_leaves_every_cache_as_it_was() {
+    let model = load("smollm2-135m");
+    let vocab = model.decoder.vocab_size() as u32;
+    let (mut a, mut b) = (KvCache::default(), KvCache::default());
+    model.decoder.forward_batch(&mut [Sequence { cache: &mut a, tokens: &[1, 2, 3] }]).unwrap();
+    let err = model
+        .decoder
+        .forward_batch(&mut [Sequence { cache: &mut a, tokens: &[4] }, Sequence { cache: &mut b, tokens: &[vocab] }])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside the vocabulary"), "{err}");
+    assert_eq!((a.len(), b.len()), (3, 0));
+    let err = model.decoder.forward_batch(&mut [Sequence { cache: &mut b, tokens: &[] }]).unwrap_err().to_string();
+    assert!(err.contains("at least one token"), "{err}");
+}

@@ -1,0 +1,383 @@
+//! `hybrid serve` over real HTTP on 127.0.0.1, smollm2-135m as the cloud model: answers equal
+//! `hybrid generate`'s, prefix-cache hits change nothing, concurrent sessions each get their
+//! own answer, every bad input gets its 4xx, auth and CORS, the queue bound, streaming, stop
+//! strings, timeouts, model files with ranges, the native client, and a clean SIGTERM.
+mod common;
+
+use common::server::{call, completion, post_json, Server};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::Command;
+
+const PROMPTS: [&str; 4] = ["def fibonacci(n):", "The capital of France is", "import numpy as np\n", "Once upon a time"];
+
+/// `hybrid generate --json` ids for a raw-text prompt.
+fn generate_ids(prompt: &str, max_tokens: usize) -> Vec<u32> {
+    let out = Command::new(env!("CARGO_BIN_EXE_hybrid"))
+        .args(["generate", "--model", "smollm2-135m", "--json", "--max-tokens", &max_tokens.to_string(), "--prompt", prompt])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter_map(|v| v.get("id").map(|id| id.as_u64().unwrap() as u32))
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v["choices"][0]["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn logprobs(v: &Value) -> Vec<f64> {
+    v["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+fn greedy(prompt: Value, max_tokens: usize) -> Value {
+    json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "logprobs": 3, "return_token_ids": true})
+}
+
+/// Asserts an OpenAI-shaped error with this status whose message mentions `needle`.
+fn assert_error(answer: &common::server::Answer, status: u16, needle: &str) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    let v = answer.json();
+    let message = v["error"]["message"].as_str().unwrap_or_else(|| panic!("no error.message: {v}"));
+    assert!(v["error"]["type"].is_string() && v["error"]["code"].is_string(), "{v}");
+    assert!(message.contains(needle), "message {message:?} does not mention {needle:?}");
+}
+
+#[test]
+fn greedy_answers_equal_hybrid_generate_for_text_and_id_prompts() {
+    let server = Server::smollm2(&[]);
+    for prompt in PROMPTS {
+        let expected = generate_ids(prompt, 12);
+        let a = completion(&server, greedy(json!(prompt), 12));
+        assert_eq!(a.status, 200, "{}", a.body);
+        let v = a.json();
+        assert_eq!(ids(&v), expected, "prompt {prompt:?}");
+        let prompt_ids = v["choices"][0]["prompt_token_ids"].clone();
+        // The same prompt as ids gives the same answer, and a 1-token consult its first token.
+        let b = completion(&server, greedy(prompt_ids.clone(), 12)).json();
+        assert_eq!(ids(&b), expected);
+        let c = completion(&server, greedy(prompt_ids, 1)).json();
+        assert_eq!(ids(&c), expected[..1]);
+        assert_eq!(c["choices"][0]["finish_reason"], "length");
+        assert_eq!(c["usage"]["completion_tokens"], 1);
+    }
+}
+
+#[test]
+fn prefix_cache_hits_give_the_same_answers_as_a_server_without_cache() {
+    let cached = Server::smollm2(&[]);
+    let uncached = Server::smollm2(&["--kv-cache-mb", "0"]);
+    // A conversation that grows: each consult's prompt extends the previous one.
+    let mut prompt: Vec<u32> = completion(&uncached, greedy(json!(PROMPTS[0]), 1)).json()["choices"][0]["prompt_token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let mut hits = 0;
+    for round in 0..6 {
+        let a = completion(&cached, greedy(json!(prompt), 4)).json();
+        let b = completion(&uncached, greedy(json!(prompt), 4)).json();
+        assert_eq!(ids(&a), ids(&b), "round {round}");
+        for (x, y) in logprobs(&a).iter().zip(logprobs(&b)) {
+            assert!((x - y).abs() < 0.05, "round {round}: logprobs {x} vs {y}");
+        }
+        assert_eq!(b["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        let reused = a["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() as usize;
+        if round > 0 {
+            // Everything but the last prompt token came from the cache.
+            assert_eq!(reused, prompt.len() - 1, "round {round}");
+            hits += 1;
+        }
+        prompt.extend(ids(&a));
+    }
+    assert_eq!(hits, 5);
+    let health = call("GET", &format!("{}/health", cached.url), &[], None).json();
+    assert!(health["engine"]["cached_prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(health["engine"]["prefix_cache"]["bytes"].as_u64().unwrap() > 0);
+    let health = call("GET", &format!("{}/health", uncached.url), &[], None).json();
+    assert_eq!(health["engine"]["prefix_cache"]["bytes"], 0);
+}
+
+#[test]
+fn concurrent_sessions_get_their_own_answers() {
+    let server = Server::smollm2(&["--kv-cache-mb", "0"]);
+    let expected: Vec<Vec<u32>> = PROMPTS.iter().map(|p| ids(&completion(&server, greedy(json!(p), 16)).json())).collect();
+    let url = server.url.clone();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let v = post_json(&format!("{url}/v1/completions"), &greedy(json!(PROMPTS[i % 4]), 16)).json();
+                (i, ids(&v))
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, got) = h.join().unwrap();
+        assert_eq!(got, expected[i % 4], "session {i}");
+    }
+    let health = call("GET", &format!("{}/health", server.url), &[], None).json();
+    let engine = &health["engine"];
+    // Batched: fewer forward passes than tokens generated.
+    assert!(
+        engine["forward_passes"].as_u64().unwrap() < engine["generated_tokens"].as_u64().unwrap(),
+        "no batching happened: {engine}"
+    );
+}
+
+#[test]
+fn every_bad_input_gets_a_4xx_that_says_what_was_wrong() {
+    let server = Server::smollm2(&["--max-tokens-cap", "64"]);
+    let url = format!("{}/v1/completions", server.url);
+    let post = |body: &str| call("POST", &url, &[("Content-Type", "application/json")], Some(body.as_bytes()));
+    assert_error(&post("{\"prompt\": "), 400, "not valid JSON");
+    assert_error(&post("[1,2]"), 400, "not a valid completion request");
+    assert_error(&post(r#"{"prompt": "x", "max_tokens": "ten"}"#), 400, "max_tokens");
+    let c = |body: Value| completion(&server, body);
+    assert_error(&c(json!({"max_tokens": 1})), 400, "`prompt` is required");
+    assert_error(&c(json!({"prompt": ""})), 400, "empty");
+    assert_error(&c(json!({"prompt": []})), 400, "empty");
+    assert_error(&c(json!({"prompt": {"a": 1}})), 400, "string or a list of token ids");
+    assert_error(&c(json!({"prompt": ["a", "b"]})), 400, "one request per prompt");
+    assert_error(&c(json!({"prompt": [1, 49152]})), 400, "49152");
+    assert_error(&c(json!({"prompt": [1, -3]})), 400, "-3");
+    assert_error(&c(json!({"prompt": vec![1; 8192]})), 400, "context");
+    assert_error(&c(json!({"prompt": vec![1; 8150], "max_tokens": 60})), 400, "lower max_tokens");
+    assert_error(&c(json!({"prompt": "x", "max_tokens": 0})), 400, "between 1 and 64");
+    assert_error(&c(json!({"prompt": "x", "max_tokens": 65})), 400, "between 1 and 64");
+    assert_error(&c(json!({"prompt": "x", "n": 2})), 400, "`n`");
+    assert_error(&c(json!({"prompt": "x", "best_of": 3})), 400, "best_of");
+    assert_error(&c(json!({"prompt": "x", "echo": true})), 400, "echo");
+    assert_error(&c(json!({"prompt": "x", "suffix": "y"})), 400, "suffix");
+    assert_error(&c(json!({"prompt": "x", "logprobs": 21})), 400, "logprobs");
+    assert_error(&c(json!({"prompt": "x", "temperature": 2.5})), 400, "temperature");
+    assert_error(&c(json!({"prompt": "x", "top_p": 0})), 400, "top_p");
+    assert_error(&c(json!({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]})), 400, "stop");
+    assert_error(&c(json!({"prompt": "x", "model": "gpt-4"})), 404, "gpt-4");
+    let huge = json!({"prompt": "x".repeat(5 << 20)}).to_string();
+    assert_error(&post(&huge), 413, "limit");
+    // Defaults are not errors: n = 1, echo = false, an empty suffix, our own model name.
+    let ok = c(json!({"prompt": "x", "n": 1, "echo": false, "suffix": "", "model": "smollm2-135m", "max_tokens": 2}));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
+
+#[test]
+fn api_key_guards_v1_but_not_health() {
+    let server = Server::smollm2(&["--api-key", "s3cret-key"]);
+    let models = format!("{}/v1/models", server.url);
+    assert_error(&call("GET", &models, &[], None), 401, "needs an API key");
+    assert_error(&call("GET", &models, &[("Authorization", "Bearer wrong")], None), 401, "wrong");
+    assert_error(&call("GET", &models, &[("X-Api-Key", "s3cret-ke")], None), 401, "wrong");
+    let ok = call("GET", &models, &[("Authorization", "Bearer s3cret-key")], None);
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json()["data"][0]["id"], "smollm2-135m");
+    assert_eq!(ok.json()["data"][0]["max_model_len"], 8192);
+    let body = greedy(json!("Hi"), 1).to_string();
+    let url = format!("{}/v1/completions", server.url);
+    let with_key = call("POST", &url, &[("Content-Type", "application/json"), ("X-Api-Key", "s3cret-key")], Some(body.as_bytes()));
+    assert_eq!(with_key.status, 200, "{}", with_key.body);
+    assert_error(&call("POST", &url, &[("Content-Type", "application/json")], Some(body.as_bytes())), 401, "API key");
+    assert_eq!(call("GET", &format!("{}/health", server.url), &[], None).status, 200);
+}
+
+#[test]
+fn cors_allows_listed_origins_and_the_servers_own_only() {
+    let server = Server::smollm2(&["--api-key", "k", "--allow-origin", "https://app.example"]);
+    let url = format!("{}/v1/completions", server.url);
+    let preflight = |origin: &str| {
+        call(
+            "OPTIONS",
+            &url,
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "authorization, x-api-key, content-type"),
+            ],
+            None,
+        )
+    };
+    let own = server.url.clone();
+    for origin in ["https://app.example", own.as_str()] {
+        let a = preflight(origin);
+        assert!(a.status < 300, "preflight from {origin}: {}", a.status);
+        assert_eq!(a.header("access-control-allow-origin"), Some(origin));
+        let allowed = a.header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
+        for h in ["authorization", "x-api-key", "content-type"] {
+            assert!(allowed.contains(h), "{h} not in {allowed}");
+        }
+    }
+    let a = preflight("https://evil.example");
+    assert_eq!(a.header("access-control-allow-origin"), None);
+    // A real request from an allowed origin carries the header (and still needs the key).
+    let a = call("GET", &format!("{}/v1/models", server.url), &[("Origin", "https://app.example"), ("X-Api-Key", "k")], None);
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("access-control-allow-origin"), Some("https://app.example"));
+}
+
+#[test]
+fn a_request_over_the_queue_bound_gets_429_with_retry_after() {
+    let server = Server::smollm2(&["--max-batch", "1", "--max-queue", "1"]);
+    let url = format!("{}/v1/completions", server.url);
+    // A holds the only batch slot while it streams.
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "stream": true}).to_string();
+    let stream = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+        .post(&url)
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes())
+        .unwrap();
+    let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+    // B waits in the queue.
+    let waiting = std::thread::spawn({
+        let url = url.clone();
+        move || post_json(&url, &json!({"prompt": "Hi", "max_tokens": 2})).status
+    });
+    let health = format!("{}/health", server.url);
+    let t = std::time::Instant::now();
+    while call("GET", &health, &[], None).json()["engine"]["waiting"] != 1 {
+        assert!(t.elapsed().as_secs() < 20, "B never queued");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // C finds the queue full.
+    let c = post_json(&url, &json!({"prompt": "Hi", "max_tokens": 2}));
+    assert_error(&c, 429, "busy");
+    assert_eq!(c.header("retry-after"), Some("1"));
+    // Closing A's stream frees the slot; B then completes.
+    drop(lines);
+    assert_eq!(waiting.join().unwrap(), 200);
+}
+
+#[test]
+fn streaming_matches_the_plain_answer_and_ends_with_done() {
+    let server = Server::smollm2(&[]);
+    let plain = completion(&server, greedy(json!(PROMPTS[2]), 20)).json();
+    let mut body = greedy(json!(PROMPTS[2]), 20);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let a = completion(&server, body);
+    assert_eq!(a.status, 200);
+    assert!(a.header("content-type").unwrap().starts_with("text/event-stream"));
+    let data: Vec<&str> = a.body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(text, plain["choices"][0]["text"].as_str().unwrap());
+    let streamed_ids: Vec<u32> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["token_ids"].as_array())
+        .flatten()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(streamed_ids, ids(&plain));
+    let finish: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+    assert_eq!(finish, vec![&json!("length")]);
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 20);
+    assert_eq!(usage["prompt_tokens"], plain["usage"]["prompt_tokens"]);
+}
+
+#[test]
+fn stop_strings_end_the_text_before_them() {
+    let server = Server::smollm2(&[]);
+    let free = completion(&server, greedy(json!(PROMPTS[0]), 24)).json();
+    let text = free["choices"][0]["text"].as_str().unwrap().to_string();
+    let stop = "return";
+    let at = text.find(stop).expect("the free-running answer contains the stop string");
+    let mut body = greedy(json!(PROMPTS[0]), 24);
+    body["stop"] = json!([stop, "never-appears"]);
+    let v = completion(&server, body).json();
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), &text[..at]);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn a_request_past_the_timeout_gets_504() {
+    let server = Server::smollm2(&["--request-timeout-s", "1", "--max-tokens-cap", "8000"]);
+    let a = completion(&server, json!({"prompt": "Once upon a time", "max_tokens": 7000, "temperature": 0}));
+    assert_error(&a, 504, "1 s");
+    // The server goes on serving.
+    assert_eq!(completion(&server, greedy(json!("Hi"), 2)).status, 200);
+}
+
+#[test]
+fn model_files_are_served_with_ranges_etag_and_cache_headers() {
+    let server = Server::smollm2(&[]);
+    let path = common::model_path("smollm2-135m");
+    let file = std::fs::read(&path).unwrap();
+    let spec = hybrid_assistant::registry::Registry::builtin().get("smollm2-135m").unwrap().clone();
+    let url = format!("{}/models/smollm2-135m.gguf", server.url);
+    let etag = format!("\"{}\"", spec.sha256);
+    let a = call("GET", &url, &[("Range", "bytes=0-3")], None);
+    assert_eq!(a.status, 206);
+    assert_eq!(a.body, "GGUF");
+    assert_eq!(a.header("content-range"), Some(format!("bytes 0-3/{}", file.len()).as_str()));
+    assert_eq!(a.header("etag"), Some(etag.as_str()));
+    assert!(a.header("cache-control").unwrap().contains("immutable"));
+    assert_eq!(a.header("accept-ranges"), Some("bytes"));
+    // Resuming from the middle gives exactly the file's bytes.
+    let start = file.len() - 1000;
+    let a = call("GET", &url, &[("Range", &format!("bytes={start}-"))], None);
+    assert_eq!(a.status, 206);
+    assert_eq!(a.header("content-length"), Some("1000"));
+    let resumed = ureq::get(&url).header("Range", &format!("bytes={start}-")).call().unwrap().into_body().read_to_vec().unwrap();
+    assert_eq!(resumed, file[start..]);
+    assert_eq!(call("GET", &url, &[("If-None-Match", &etag)], None).status, 304);
+    assert_eq!(call("GET", &url, &[("Range", &format!("bytes={}-", file.len()))], None).status, 416);
+    // A stale If-Range gets the whole file instead of a wrong piece.
+    let head = call("HEAD", &url, &[("Range", "bytes=0-3"), ("If-Range", "\"old\"")], None);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some(file.len().to_string().as_str()));
+    let missing = call("GET", &format!("{}/models/gpt-5.gguf", server.url), &[], None);
+    assert_error(&missing, 404, "unknown model");
+}
+
+#[test]
+fn the_native_client_reads_our_server() {
+    use hybrid_assistant::cloud::{CloudClient, CloudConfig, CompletionRequest, Prompt};
+    let server = Server::smollm2(&["--api-key", "k"]);
+    let expected = generate_ids(PROMPTS[1], 3);
+    let config = |key: Option<&str>| CloudConfig {
+        url: server.url.clone(),
+        api_key: key.map(String::from),
+        model: "smollm2-135m".into(),
+        timeout: std::time::Duration::from_secs(30),
+    };
+    let client = CloudClient::new(config(Some("k")));
+    let c = client.complete(&CompletionRequest::consult("smollm2-135m", Prompt::Text(PROMPTS[1].into()), 3, 5)).unwrap();
+    assert_eq!(c.tokens.iter().map(|t| t.id).collect::<Vec<_>>(), expected);
+    assert!(c.tokens.iter().all(|t| t.top.len() == 5 && t.logprob.is_some_and(|l| l <= 0.0)));
+    assert_eq!(c.tokens[0].top[0].text, c.tokens[0].text, "greedy takes the top alternative");
+    assert!(c.bytes_up > 0 && c.bytes_down > 0);
+    let err = CloudClient::new(config(Some("bad"))).complete(&CompletionRequest::consult("smollm2-135m", Prompt::Ids(vec![1]), 1, 0));
+    assert!(err.unwrap_err().to_string().contains("401"));
+    let nobody = CloudConfig { url: "http://127.0.0.1:9".into(), ..config(None) };
+    let err = CloudClient::new(nobody).complete(&CompletionRequest::consult("m", Prompt::Ids(vec![1]), 1, 0));
+    assert!(err.unwrap_err().to_string().contains("cannot reach the cloud"));
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits() {
+    let mut server = Server::smollm2(&[]);
+    let url = format!("{}/v1/completions", server.url);
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0, "stream": true}).to_string();
+    let response = ureq::post(&url).header("Content-Type", "application/json").send(body.as_bytes()).unwrap();
+    let mut lines = BufReader::new(response.into_body().into_reader()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let rest: Vec<String> = lines.map_while(Result::ok).filter(|l| l.starts_with("data: ")).collect();
+    assert_eq!(rest.last().map(String::as_str), Some("data: [DONE]"), "the stream was cut");
+    assert!(rest.len() >= 63, "{} chunks after SIGTERM", rest.len());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(server.url.trim_start_matches("http://")).is_err());
+}
