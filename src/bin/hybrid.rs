@@ -97,6 +97,8 @@ struct ServeArgs {
 enum BenchCommand {
     /// Prefill and decode speed of our decoder against llama.cpp on the same GGUF.
     Decode(hybrid_assistant::eval::bench::DecodeBenchArgs),
+    /// The cloud server under browser-like load: consult cost, batching gain, latency, memory.
+    Serve(hybrid_assistant::eval::bench_serve::ServeBenchArgs),
 }
 
 fn main() {
@@ -106,6 +108,7 @@ fn main() {
         Command::Generate(args) => run_generate(args),
         Command::Serve(args) => serve(args),
         Command::Bench { which: BenchCommand::Decode(args) } => hybrid_assistant::eval::bench::bench_decode(&args),
+        Command::Bench { which: BenchCommand::Serve(args) } => hybrid_assistant::eval::bench_serve::bench_serve(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

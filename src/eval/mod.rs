@@ -1,5 +1,6 @@
 //! Native-only evaluation and benchmarks.
 pub mod bench;
+pub mod bench_serve;
 
 use crate::fetch::Fetcher;
 use crate::registry::Registry;

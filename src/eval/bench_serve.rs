@@ -1,0 +1,309 @@
+//! `hybrid bench serve`: the cloud under the load the browser puts on it, on loopback.
+//!
+//! Three measurements, each against an anchor taken in the same run:
+//! 1. consult cost: a 1-token consult on a 512-token prompt whose first 500 tokens are cached,
+//!    against a 1-token consult that adds a single token to a cached prompt (one decode step);
+//! 2. batching: total decode throughput of 8 concurrent sessions against one session alone;
+//! 3. load: `--concurrency` sessions replaying growing-prefix 1-token consults, `--requests`
+//!    in all: latency p50/p99, throughput, 429s, failures, cache hit rate, server memory.
+use super::round2;
+use crate::cloud::{CloudClient, CloudConfig, CompletionRequest, Prompt};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Serialize;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct ServeBenchArgs {
+    /// A running server; without it, `hybrid serve --cloud-model MODEL` is started on a free
+    /// loopback port for the run.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The model for the server this command starts.
+    #[arg(long, default_value = "qwen2.5-coder-1.5b")]
+    pub model: String,
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Sessions in the load phase.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Requests in the load phase, over all sessions.
+    #[arg(long, default_value_t = 2000)]
+    pub requests: usize,
+    /// Tokens each session generates in the batching phase.
+    #[arg(long, default_value_t = 32)]
+    pub batch_tokens: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    url: String,
+    model: String,
+    consult_ms: f64,
+    decode_step_ms: f64,
+    /// The first target: at most 2.
+    consult_vs_decode_step: f64,
+    one_session_tok_s: f64,
+    eight_sessions_tok_s: f64,
+    /// The second target: at least 3.
+    eight_vs_one_session: f64,
+    load: LoadReport,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct LoadReport {
+    concurrency: usize,
+    requests: usize,
+    ok: usize,
+    rejected_429: usize,
+    failed: usize,
+    seconds: f64,
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cache_hit_rate: f64,
+    server_peak_rss_mb: f64,
+    prefix_cache_mb: f64,
+    prefix_cache_capacity_mb: f64,
+}
+
+/// The server this benchmark started; stopped when dropped.
+struct OwnServer(Child);
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(model: &str) -> anyhow::Result<(OwnServer, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--addr", "127.0.0.1:0", "--cloud-model", model])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let server = OwnServer(child);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let url = rest.split_whitespace().next().unwrap_or_default().to_string();
+            return Ok((server, url));
+        }
+    }
+    anyhow::bail!("hybrid serve exited before listening; run it by hand to see why")
+}
+
+pub fn bench_serve(args: &ServeBenchArgs) -> anyhow::Result<()> {
+    let (_own, url) = match &args.url {
+        Some(url) => (None, url.trim_end_matches('/').to_string()),
+        None => {
+            eprintln!("starting hybrid serve --cloud-model {}…", args.model);
+            let (server, url) = start_server(&args.model)?;
+            (Some(server), url)
+        }
+    };
+    let health = |url: &str| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&ureq::get(&format!("{url}/health")).call()?.into_body().read_to_string()?)?)
+    };
+    let model = health(&url)?["model"].as_str().unwrap_or_default().to_string();
+    let client = |timeout_s| {
+        CloudClient::new(CloudConfig {
+            url: url.clone(),
+            api_key: args.api_key.clone(),
+            model: model.clone(),
+            timeout: Duration::from_secs(timeout_s),
+        })
+    };
+    let consult = |c: &CloudClient, prompt: &[u32], max_tokens| {
+        c.complete(&CompletionRequest::consult(&model, Prompt::Ids(prompt.to_vec()), max_tokens, 0))
+    };
+    let mut rng = StdRng::seed_from_u64(7);
+    // Ordinary token ids, clear of special tokens at either end of the vocabulary.
+    let mut random_ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(100..20_000)).collect() };
+
+    eprintln!("consult cost on a cached 500-token prefix…");
+    let c = client(600);
+    let (mut consult_ms, mut step_ms) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let prefix = random_ids(500);
+        consult(&c, &prefix, 1)?;
+        let mut step = prefix.clone();
+        step.extend(random_ids(1));
+        let t = Instant::now();
+        consult(&c, &step, 1)?;
+        step_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        // A fresh session with the same first 500 tokens and 12 new ones.
+        let mut long = prefix;
+        long.extend(random_ids(12));
+        let t = Instant::now();
+        consult(&c, &long, 1)?;
+        consult_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (consult_ms, decode_step_ms) = (median(&mut consult_ms), median(&mut step_ms));
+
+    eprintln!("decode throughput, one session and eight…");
+    let throughput = |sessions: usize, prompts: Vec<Vec<u32>>| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let handles: Vec<_> = prompts
+            .into_iter()
+            .take(sessions)
+            .map(|p| {
+                let c = client(600);
+                let model = model.clone();
+                let n = args.batch_tokens;
+                std::thread::spawn(move || {
+                    let mut r = CompletionRequest::consult(&model, Prompt::Ids(p), n, 0);
+                    r.logprobs = None;
+                    c.complete(&r).map(|c| c.tokens.len())
+                })
+            })
+            .collect();
+        let mut tokens = 0;
+        for h in handles {
+            tokens += h.join().map_err(|_| anyhow::anyhow!("a session panicked"))??;
+        }
+        Ok(tokens as f64 / t.elapsed().as_secs_f64())
+    };
+    let one = throughput(1, vec![random_ids(16)])?;
+    let eight = throughput(8, (0..8).map(|_| random_ids(16)).collect())?;
+
+    eprintln!("load: {} sessions, {} consults…", args.concurrency, args.requests);
+    let load = load_phase(args, &model, &client)?;
+    let h = health(&url)?;
+    let mb = |v: &serde_json::Value| round2(v.as_f64().unwrap_or(0.0) / (1 << 20) as f64);
+    let load = LoadReport {
+        server_peak_rss_mb: mb(&h["memory"]["peak_rss_bytes"]),
+        prefix_cache_mb: mb(&h["engine"]["prefix_cache"]["bytes"]),
+        prefix_cache_capacity_mb: mb(&h["engine"]["prefix_cache"]["capacity_bytes"]),
+        ..load
+    };
+    let report = Report {
+        url,
+        model,
+        consult_ms: round2(consult_ms),
+        decode_step_ms: round2(decode_step_ms),
+        consult_vs_decode_step: round2(consult_ms / decode_step_ms),
+        one_session_tok_s: round2(one),
+        eight_sessions_tok_s: round2(eight),
+        eight_vs_one_session: round2(eight / one),
+        load,
+    };
+    match args.json {
+        true => println!("{}", serde_json::to_string(&report)?),
+        false => print_report(&report),
+    }
+    Ok(())
+}
+
+fn load_phase(
+    args: &ServeBenchArgs,
+    model: &str,
+    client: &dyn Fn(u64) -> CloudClient,
+) -> anyhow::Result<LoadReport> {
+    let remaining = Arc::new(Mutex::new(args.requests));
+    let results = Arc::new(Mutex::new(Vec::<(f64, Result<usize, String>)>::new()));
+    let t = Instant::now();
+    let handles: Vec<_> = (0..args.concurrency.max(1))
+        .map(|s| {
+            let (c, remaining, results, model) = (client(120), remaining.clone(), results.clone(), model.to_string());
+            std::thread::spawn(move || {
+                let mut rng = StdRng::seed_from_u64(1000 + s as u64);
+                let mut prompt: Vec<u32> = Vec::new();
+                loop {
+                    {
+                        let mut left = remaining.lock().unwrap_or_else(|e| e.into_inner());
+                        if *left == 0 {
+                            return;
+                        }
+                        *left -= 1;
+                    }
+                    // A session: a prompt, then a few local tokens between consults; a new
+                    // conversation once it passes 512 tokens.
+                    if prompt.is_empty() || prompt.len() > 512 {
+                        prompt = (0..64).map(|_| rng.random_range(100..20_000)).collect();
+                    }
+                    prompt.extend((0..rng.random_range(1..6)).map(|_| rng.random_range(100..20_000u32)));
+                    let started = Instant::now();
+                    let r = c.complete(&CompletionRequest::consult(&model, Prompt::Ids(prompt.clone()), 1, 0));
+                    let ms = started.elapsed().as_secs_f64() * 1e3;
+                    let outcome = match r {
+                        Ok(done) => {
+                            prompt.extend(done.tokens.iter().map(|t| t.id));
+                            Ok(done.usage.and_then(|u| u.prompt_tokens_details).map_or(0, |d| d.cached_tokens))
+                        }
+                        Err(e) => {
+                            if e.to_string().contains("HTTP 429") {
+                                std::thread::sleep(Duration::from_millis(200));
+                            }
+                            Err(e.to_string())
+                        }
+                    };
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push((ms, outcome));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut ok_ms: Vec<f64> = results.iter().filter(|r| r.1.is_ok()).map(|r| r.0).collect();
+    let rejected = results.iter().filter(|r| matches!(&r.1, Err(e) if e.contains("HTTP 429"))).count();
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.1.as_ref().err()).filter(|e| !e.contains("HTTP 429")).collect();
+    if let Some(first) = failures.first() {
+        eprintln!("first failure: {first}");
+    }
+    let hits = results.iter().filter(|r| matches!(r.1, Ok(c) if c > 0)).count();
+    Ok(LoadReport {
+        concurrency: args.concurrency,
+        requests: results.len(),
+        ok: ok_ms.len(),
+        rejected_429: rejected,
+        failed: failures.len(),
+        seconds: round2(seconds),
+        requests_per_s: round2(ok_ms.len() as f64 / seconds),
+        p50_ms: round2(percentile(&mut ok_ms, 0.50)),
+        p99_ms: round2(percentile(&mut ok_ms, 0.99)),
+        cache_hit_rate: round2(hits as f64 / ok_ms.len().max(1) as f64),
+        ..Default::default()
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    percentile(v, 0.5)
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn print_report(r: &Report) {
+    println!("hybrid bench serve: {} at {}", r.model, r.url);
+    println!(
+        "  consult, 12 new tokens on a cached 500: {:.1} ms = {:.2}x one decode step ({:.1} ms)  [target <= 2]",
+        r.consult_ms, r.consult_vs_decode_step, r.decode_step_ms
+    );
+    println!(
+        "  decode throughput: 8 sessions {:.1} tok/s = {:.2}x one session ({:.1} tok/s)  [target >= 3]",
+        r.eight_sessions_tok_s, r.eight_vs_one_session, r.one_session_tok_s
+    );
+    let l = &r.load;
+    println!(
+        "  load: {} sessions, {} requests in {:.1} s ({:.1}/s): {} ok, {} x 429, {} failed; p50 {:.1} ms, p99 {:.1} ms; cache hits {:.0}%",
+        l.concurrency, l.requests, l.seconds, l.requests_per_s, l.ok, l.rejected_429, l.failed, l.p50_ms, l.p99_ms, l.cache_hit_rate * 100.0
+    );
+    println!(
+        "  server memory: peak RSS {:.0} MiB; prefix cache {:.0} of {:.0} MiB",
+        l.server_peak_rss_mb, l.prefix_cache_mb, l.prefix_cache_capacity_mb
+    );
+}
