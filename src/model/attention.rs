@@ -88,6 +88,17 @@ impl KvCache {
         self.truncate(0);
     }
 
+    /// A copy of the first `len` positions only (what a request reuses from a cached prefix).
+    pub fn prefix(&self, len: usize) -> KvCache {
+        let len = len.min(self.len);
+        let cut = |v: &Vec<f32>| v[..(len * self.row).min(v.len())].to_vec();
+        KvCache {
+            layers: self.layers.iter().map(|l| LayerKv { k: cut(&l.k), v: cut(&l.v) }).collect(),
+            len,
+            row: self.row,
+        }
+    }
+
     /// Memory held, counting allocated capacity.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|l| (l.k.capacity() + l.v.capacity()) * std::mem::size_of::<f32>()).sum()
@@ -259,6 +270,8 @@ mod tests {
             l.v.extend([0.0; 12]);
         }
         kv.len = 4;
+        let head = kv.prefix(3);
+        assert_eq!((head.len(), head.layers[0].k.len(), head.layers[1].v.len()), (3, 9, 9));
         kv.truncate(2);
         assert_eq!((kv.len(), kv.layers[0].k.len(), kv.layers[1].v.len()), (2, 6, 6));
         kv.clear();

@@ -4,8 +4,7 @@ use super::engine::{Event, Failure, Finish, GeneratedToken, Job};
 use super::AppState;
 use crate::cloud::{Choice, CompletionResponse, LegacyLogprobs, PromptTokensDetails, TopMap, Usage};
 use crate::sampler::SamplerConfig;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -113,8 +112,12 @@ struct Request {
     include_usage: bool,
 }
 
-pub async fn completions(State(app): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    match start_completion(&app, body) {
+pub async fn completions(State(app): State<Arc<AppState>>, body: Body) -> Response {
+    let body = match read_body(body, app.max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    match start_completion(&app, &body) {
         Ok((request, events)) => match request.stream {
             true => stream_completion(app, request, events).await,
             false => collect_completion(&app, request, events).await.unwrap_or_else(|e| e.into_response()),
@@ -123,21 +126,37 @@ pub async fn completions(State(app): State<Arc<AppState>>, body: Result<Bytes, B
     }
 }
 
-fn start_completion(
-    app: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(Request, UnboundedReceiver<Event>), ApiError> {
-    let body = body.map_err(|e| {
-        let status = e.status();
-        let message = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                format!("request body is larger than this server's limit of {} bytes", app.max_body_bytes)
-            }
-            _ => e.body_text(),
-        };
-        ApiError::new(status, "invalid_request_error", "invalid_body", message)
-    })?;
-    let request = parse_request(app, &body)?;
+/// The request body, at most `limit` bytes. A larger body is read on and discarded up to four
+/// times the limit before the 413 goes out: a server that answers and closes while the client
+/// is still sending makes the client see a broken pipe instead of the answer.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let (mut kept, mut total) = (Vec::new(), 0usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_body", format!("cannot read the request body: {e}"))
+        })?;
+        total += chunk.len();
+        if total <= limit {
+            kept.extend_from_slice(&chunk);
+        } else if total > limit.saturating_mul(4) {
+            break;
+        }
+    }
+    if total > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "invalid_body",
+            format!("request body is larger than this server's limit of {limit} bytes"),
+        ));
+    }
+    Ok(kept)
+}
+
+fn start_completion(app: &AppState, body: &[u8]) -> Result<(Request, UnboundedReceiver<Event>), ApiError> {
+    let request = parse_request(app, body)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let job = Job {
         prompt: request.prompt.clone(),

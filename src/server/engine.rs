@@ -127,12 +127,13 @@ impl EngineHandle {
 pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> EngineHandle {
     let (jobs, rx) = mpsc::channel();
     let waiting = Arc::new(AtomicUsize::new(0));
-    let stats = Arc::new(Mutex::new(EngineStats {
+    let counters = EngineStats {
         max_batch: config.max_batch,
         max_queue: config.max_queue,
         prefix_cache: PrefixCacheStats { capacity_bytes: config.kv_cache_bytes, ..Default::default() },
         ..Default::default()
-    }));
+    };
+    let stats = Arc::new(Mutex::new(counters));
     let handle = EngineHandle { jobs, waiting: waiting.clone(), stats: stats.clone(), max_queue: config.max_queue };
     let mut engine = Engine {
         decoder,
@@ -143,6 +144,7 @@ pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig) 
         jobs: rx,
         waiting,
         stats,
+        counters,
     };
     std::thread::Builder::new()
         .name("hybrid-engine".into())
@@ -159,7 +161,9 @@ struct Engine {
     active: Vec<Running>,
     jobs: mpsc::Receiver<Job>,
     waiting: Arc<AtomicUsize>,
+    /// What /health reads; `counters` is this thread's copy, published once per step.
     stats: Arc<Mutex<EngineStats>>,
+    counters: EngineStats,
 }
 
 /// A request holding a batch slot.
@@ -222,18 +226,13 @@ impl Engine {
         let (reused, cache) = match self.prefix_cache.lookup(&job.prompt) {
             Some((common, kv)) => {
                 let reused = common.min(job.prompt.len() - 1);
-                let mut cache = kv.clone();
-                cache.truncate(reused);
-                (reused, cache)
+                (reused, kv.prefix(reused))
             }
             None => (0, KvCache::default()),
         };
-        {
-            let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-            s.requests += 1;
-            s.prompt_tokens += job.prompt.len() as u64;
-            s.cached_prompt_tokens += reused as u64;
-        }
+        self.counters.requests += 1;
+        self.counters.prompt_tokens += job.prompt.len() as u64;
+        self.counters.cached_prompt_tokens += reused as u64;
         if job.events.send(Event::Started { cached_tokens: reused }).is_err() {
             return; // the client is gone
         }
@@ -289,7 +288,7 @@ impl Engine {
             .collect();
         let result = self.decoder.forward_batch(&mut batch);
         drop(batch);
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).forward_passes += 1;
+        self.counters.forward_passes += 1;
         let steps = match result {
             Ok(steps) => steps,
             Err(e) => {
@@ -338,7 +337,7 @@ impl Engine {
             return true;
         }
         r.generated += 1;
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).generated_tokens += 1;
+        self.counters.generated_tokens += 1;
         let (logprob, top) = match r.job.logprobs {
             Some(k) => log_probs(logits, id, k),
             None => (f32::NAN, Vec::new()),
@@ -364,10 +363,11 @@ impl Engine {
         self.prefix_cache.insert(r.fed, r.cache);
     }
 
-    fn publish_stats(&self) {
-        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        s.active = self.active.len();
-        s.prefix_cache = self.prefix_cache.stats();
+    /// Copies this thread's counters to where /health reads them, once per step.
+    fn publish_stats(&mut self) {
+        self.counters.active = self.active.len();
+        self.counters.prefix_cache = self.prefix_cache.stats();
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.counters;
     }
 }
 

@@ -11,7 +11,7 @@ use crate::fetch::Fetcher;
 use crate::model::Model;
 use crate::registry::Registry;
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -113,8 +113,7 @@ fn router(state: Arc<AppState>, config: &ServeConfig, addr: SocketAddr) -> Route
     let api = Router::new()
         .route("/v1/completions", post(api::completions))
         .route("/v1/models", get(api::models))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key))
-        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
     let www = config.web_root.join("www");
     let pkg = config.web_root.join("pkg");
     Router::new()

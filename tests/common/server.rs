@@ -6,8 +6,6 @@ use std::process::{Child, Command, Stdio};
 pub struct Server {
     pub child: Child,
     pub url: String,
-    /// What the server printed after its "listening" line, read by a background thread.
-    pub output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -27,14 +25,9 @@ impl Server {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
         };
-        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = output.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Server { child, url, output }
+        // Keep reading, so the server never blocks on a full stdout pipe.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        Server { child, url }
     }
 
     pub fn smollm2(extra: &[&str]) -> Server {
