@@ -1,88 +1,510 @@
-//! The decoding loop: prefill the prompt, then propose one token at a time until an
-//! end-of-generation token or the token budget. (The hybrid loop that consults the
-//! cloud builds on this; see DESIGN.md.)
-use crate::model::decoder::Decoder;
-use crate::model::tokenizer::Tokenizer;
+//! The hybrid decoding loop, the same code natively and in the browser: the small model
+//! proposes a token, the reward head scores it, the policy keeps it or asks the cloud for the
+//! next token(s) given the whole prefix, and whatever is emitted is fed back to the small
+//! model. The decision comes before a token enters the small model's KV cache, so nothing is
+//! ever rolled back. A cloud that fails, is slow or refuses leaves the small model's token in
+//! place (marked `fallback`); after repeated failures consults pause and are retried later.
+//!
+//! Only the transport of the cloud call ([`CloudTransport`]) and the model backend ([`Slm`])
+//! differ between native and wasm; the loop is `async` so the browser can await `fetch`.
+//! `hybrid generate` is this loop with the `never` policy.
+use crate::cloud::{Completion, CompletionRequest, Prompt};
+use crate::model::decoder::{Decoder, Step};
+use crate::model::tokenizer::{TextStream, Tokenizer};
+use crate::policy::{Policy, Signals};
+use crate::reward::{LogitFeatures, RewardHead};
 use crate::sampler::Sampler;
-use crate::Result;
+use crate::{Error, Result};
+use serde::Serialize;
+use std::time::Duration;
 use web_time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The small model as the loop sees it.
+pub trait Slm {
+    /// Forgets the previous conversation (empties the KV cache).
+    fn reset(&mut self);
+    /// Runs new tokens after the cached ones; the step predicts the token after the last.
+    fn forward(&mut self, tokens: &[u32]) -> Result<Step>;
+    /// The input embedding of a token (the reward head reads it).
+    fn token_embedding(&self, id: u32) -> Result<Vec<f32>>;
+}
+
+impl Slm for Decoder {
+    fn reset(&mut self) {
+        self.cache_mut().clear();
+    }
+
+    fn forward(&mut self, tokens: &[u32]) -> Result<Step> {
+        Decoder::forward(self, tokens)
+    }
+
+    fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {
+        Decoder::token_embedding(self, id)
+    }
+}
+
+/// How a consult reaches the cloud. Native: a blocking HTTP client; browser: `fetch`.
+/// The future need not be `Send`: in the browser nothing is.
+#[allow(async_fn_in_trait)]
+pub trait CloudTransport {
+    /// The model name to put in requests.
+    fn model(&self) -> &str;
+    async fn complete(&mut self, request: &CompletionRequest) -> Result<Completion>;
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl CloudTransport for crate::cloud::CloudClient {
+    fn model(&self) -> &str {
+        &self.config().model
+    }
+
+    async fn complete(&mut self, request: &CompletionRequest) -> Result<Completion> {
+        crate::cloud::CloudClient::complete(self, request)
+    }
+}
+
+/// Where an emitted token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The small model's proposal, accepted.
+    Local,
+    /// Supplied by the cloud model.
+    Cloud,
+    /// The small model's proposal, kept because the consult it needed failed or was skipped.
+    Fallback,
+}
+
+/// One emitted token, as the UI renders it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenEvent {
+    pub id: u32,
+    /// The text this token completes (may be empty while a multi-byte character is split).
+    pub text: String,
+    pub source: Source,
+    /// The reward head's score of the small model's proposal at this position, when scored.
+    pub reward: Option<f32>,
+    /// The small model's probability of this token, when it was computed for it.
+    pub slm_prob: Option<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum StopReason {
-    /// The model produced an end-of-generation token (not emitted).
+    /// An end-of-generation token was chosen (not emitted).
     EndOfGeneration,
     /// `max_tokens` were emitted.
     MaxTokens,
-    /// The caller's callback asked to stop.
+    /// The caller asked to stop.
     Stopped,
 }
 
+/// When consults pause after failures, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackoffConfig {
+    /// Consecutive failed consults before the first pause.
+    pub failures_before_pause: u32,
+    pub first_pause: Duration,
+    /// Pauses double up to this.
+    pub max_pause: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self { failures_before_pause: 3, first_pause: Duration::from_secs(2), max_pause: Duration::from_secs(60) }
+    }
+}
+
+/// Consults pause after `failures_before_pause` failures in a row; once a pause is over one
+/// consult is tried, and if it fails too the next pause is twice as long. A success resets.
+/// Time is passed in (time since the loop started), so the logic is testable.
 #[derive(Debug, Clone)]
-pub struct GenerationStats {
+pub struct Backoff {
+    config: BackoffConfig,
+    failures_in_row: u32,
+    pauses: u32,
+    paused_until: Option<Duration>,
+}
+
+impl Backoff {
+    pub fn new(config: BackoffConfig) -> Self {
+        Self { config, failures_in_row: 0, pauses: 0, paused_until: None }
+    }
+
+    /// Whether a consult may be tried at `now`.
+    pub fn allows(&self, now: Duration) -> bool {
+        self.paused_until.is_none_or(|until| now >= until)
+    }
+
+    pub fn record_success(&mut self) {
+        *self = Self::new(self.config);
+    }
+
+    pub fn record_failure(&mut self, now: Duration) {
+        self.failures_in_row += 1;
+        if self.failures_in_row >= self.config.failures_before_pause {
+            let pause = self.config.first_pause.saturating_mul(1 << self.pauses.min(16)).min(self.config.max_pause);
+            self.paused_until = Some(now + pause);
+            self.pauses += 1;
+        }
+    }
+}
+
+/// Everything the loop needs besides the models.
+#[derive(Debug, Clone)]
+pub struct HybridConfig {
+    pub max_tokens: usize,
+    /// Tokens one consult asks the cloud for (1 as in the paper; more saves round trips).
+    pub consult_tokens: usize,
+    pub backoff: BackoffConfig,
+}
+
+impl Default for HybridConfig {
+    fn default() -> Self {
+        Self { max_tokens: 256, consult_tokens: 1, backoff: BackoffConfig::default() }
+    }
+}
+
+/// What one answer cost and how it went.
+#[derive(Debug, Clone, Serialize)]
+pub struct HybridStats {
     pub prompt_tokens: usize,
     /// Tokens emitted (end-of-generation excluded).
     pub tokens: usize,
-    /// Seconds of the prompt's forward pass (which yields the first token's logits).
+    pub cloud_tokens: usize,
+    /// Consults sent (successful or not).
+    pub consults: usize,
+    pub fallbacks: usize,
+    pub failed_consults: usize,
+    /// Consults the policy wanted while consults were paused (each a fallback, no request).
+    pub skipped_consults: usize,
+    pub bytes_up: usize,
+    pub bytes_down: usize,
+    /// Sum of the prompt lengths of all consults: what an API billing every prompt charges.
+    pub cloud_prompt_tokens: usize,
+    /// Of those, the ones the cloud reported as served from its prefix cache.
+    pub cloud_cached_tokens: usize,
+    pub cloud_completion_tokens: usize,
+    /// Seconds of the prompt's forward pass in the small model.
     pub prefill_secs: f64,
-    /// Decode forward passes (one per token after the first) and their seconds.
+    /// Small-model forward passes after the prompt, and their seconds.
     pub decode_steps: usize,
     pub decode_secs: f64,
+    /// Milliseconds of each consult, in order.
+    pub consult_ms: Vec<f64>,
     pub stop: StopReason,
+    /// The last consult failure, for the UI's banner.
+    pub last_cloud_error: Option<String>,
+    /// Text of bytes still pending after the last token (an incomplete character), to append.
+    pub tail: String,
 }
 
-impl GenerationStats {
+impl HybridStats {
+    fn new(prompt_tokens: usize) -> Self {
+        Self {
+            prompt_tokens,
+            tokens: 0,
+            cloud_tokens: 0,
+            consults: 0,
+            fallbacks: 0,
+            failed_consults: 0,
+            skipped_consults: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            cloud_prompt_tokens: 0,
+            cloud_cached_tokens: 0,
+            cloud_completion_tokens: 0,
+            prefill_secs: 0.0,
+            decode_steps: 0,
+            decode_secs: 0.0,
+            consult_ms: Vec::new(),
+            stop: StopReason::MaxTokens,
+            last_cloud_error: None,
+            tail: String::new(),
+        }
+    }
+
+    /// Share of emitted tokens that came from the cloud.
+    pub fn cloud_share(&self) -> f64 {
+        self.cloud_tokens as f64 / self.tokens.max(1) as f64
+    }
+
     pub fn prefill_tok_s(&self) -> f64 {
         self.prompt_tokens as f64 / self.prefill_secs.max(1e-9)
     }
 
-    pub fn decode_tok_s(&self) -> f64 {
+    /// Small-model decode speed (forward passes after the prompt), cloud time excluded.
+    pub fn local_tok_s(&self) -> f64 {
         match self.decode_steps {
             0 => 0.0,
             n => n as f64 / self.decode_secs.max(1e-9),
         }
     }
+
+    /// The `p`-th percentile (0–100, nearest rank) of consult latency in ms; 0 without consults.
+    pub fn consult_ms_percentile(&self, p: f64) -> f64 {
+        percentile(&self.consult_ms, p)
+    }
+
+    /// The statistics line of `hybrid chat --json` and the evaluation.
+    pub fn summary(&self) -> serde_json::Value {
+        let r2 = |x: f64| (x * 100.0).round() / 100.0;
+        serde_json::json!({
+            "done": true,
+            "tokens": self.tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "cloud_tokens": self.cloud_tokens,
+            "cloud_share": (self.cloud_share() * 1e4).round() / 1e4,
+            "consults": self.consults,
+            "fallbacks": self.fallbacks,
+            "failed_consults": self.failed_consults,
+            "skipped_consults": self.skipped_consults,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "cloud_prompt_tokens": self.cloud_prompt_tokens,
+            "cloud_cached_tokens": self.cloud_cached_tokens,
+            "cloud_completion_tokens": self.cloud_completion_tokens,
+            "prefill_tok_s": r2(self.prefill_tok_s()),
+            "local_tok_s": r2(self.local_tok_s()),
+            "consult_ms_p50": r2(self.consult_ms_percentile(50.0)),
+            "consult_ms_p95": r2(self.consult_ms_percentile(95.0)),
+            "stop": self.stop,
+            "last_cloud_error": self.last_cloud_error,
+        })
+    }
 }
 
-/// Generates after `prompt` (token ids) on a fresh KV cache, calling `on_token(id)` for each
-/// emitted token; returning `false` from it stops generation.
-pub fn generate(
-    decoder: &mut Decoder,
-    tokenizer: &Tokenizer,
-    prompt: &[u32],
-    max_tokens: usize,
-    sampler: &mut Sampler,
-    mut on_token: impl FnMut(u32) -> bool,
-) -> Result<GenerationStats> {
-    decoder.cache_mut().clear();
-    let t0 = Instant::now();
-    let mut logits = decoder.forward(prompt)?.logits;
-    let prefill_secs = t0.elapsed().as_secs_f64();
-    let mut stats = GenerationStats {
-        prompt_tokens: prompt.len(),
-        tokens: 0,
-        prefill_secs,
-        decode_steps: 0,
-        decode_secs: 0.0,
-        stop: StopReason::MaxTokens,
-    };
-    while stats.tokens < max_tokens {
-        let id = sampler.sample(&logits);
-        if tokenizer.is_eog(id) {
-            stats.stop = StopReason::EndOfGeneration;
-            break;
-        }
-        stats.tokens += 1;
-        if !on_token(id) {
-            stats.stop = StopReason::Stopped;
-            break;
-        }
-        if stats.tokens == max_tokens {
-            break;
-        }
-        let t = Instant::now();
-        logits = decoder.forward(&[id])?.logits;
-        stats.decode_secs += t.elapsed().as_secs_f64();
-        stats.decode_steps += 1;
+/// Nearest-rank percentile of unsorted values; 0 for none.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
     }
-    Ok(stats)
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// One answer's worth of hybrid decoding. Build it, then [`run`](Self::run).
+pub struct HybridLoop<'a, M: Slm, C: CloudTransport> {
+    pub slm: &'a mut M,
+    pub tokenizer: &'a Tokenizer,
+    /// Scores every proposal when present (the `reward` policy requires it).
+    pub head: Option<&'a RewardHead>,
+    /// `None` runs the small model alone: wanted consults become fallbacks.
+    pub cloud: Option<&'a mut C>,
+    pub policy: Policy,
+    pub sampler: Sampler,
+    pub config: HybridConfig,
+}
+
+/// The tokens one consult supplied; `ended` when the cloud chose to end the answer after them.
+struct CloudAnswer {
+    ids: Vec<u32>,
+    ended: bool,
+}
+
+/// Type for a loop without a cloud (`hybrid generate`, the `never` policy).
+pub enum NoCloud {}
+
+impl CloudTransport for NoCloud {
+    fn model(&self) -> &str {
+        match *self {}
+    }
+
+    async fn complete(&mut self, _: &CompletionRequest) -> Result<Completion> {
+        match *self {}
+    }
+}
+
+impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
+    /// Generates after `prompt` (token ids, e.g. a rendered chat template) on a fresh KV cache,
+    /// calling `on_event` for each emitted token; returning `false` from it stops generation.
+    pub async fn run(&mut self, prompt: &[u32], mut on_event: impl FnMut(&TokenEvent) -> bool) -> Result<HybridStats> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty: give the model some text".into()));
+        }
+        if self.policy.kind().needs_reward() && self.head.is_none() {
+            return Err(Error::InvalidInput(
+                "the reward policy needs a reward head (`--reward-head FILE`, default assets/reward/); or pick maxprob, entropy, random, never or always".into(),
+            ));
+        }
+        let started = Instant::now();
+        let mut stats = HybridStats::new(prompt.len());
+        let mut backoff = Backoff::new(self.config.backoff);
+        let mut context = prompt.to_vec();
+        let mut text = TextStream::new(self.tokenizer);
+
+        self.slm.reset();
+        let t = Instant::now();
+        let mut step = self.slm.forward(prompt)?;
+        stats.prefill_secs = t.elapsed().as_secs_f64();
+
+        'generation: while stats.tokens < self.config.max_tokens {
+            let proposal = self.sampler.sample(&step.logits);
+            let features = LogitFeatures::from_logits(&step.logits, proposal);
+            let reward = match self.head {
+                Some(head) => Some(head.score(&step.hidden, &self.slm.token_embedding(proposal)?, &features)?),
+                None => None,
+            };
+            let signals = Signals { reward, top1_prob: features.top1_p, entropy: features.entropy };
+            let slm_prob = Some(features.log_p.exp());
+
+            // What this position emits: the proposal, or the cloud's token(s).
+            let mut emitted: Vec<TokenEvent> = Vec::new();
+            let mut cloud_ended = false;
+            let local = |source| TokenEvent { id: proposal, text: String::new(), source, reward, slm_prob };
+            if !self.policy.consult(&signals)? {
+                emitted.push(local(Source::Local));
+            } else {
+                let budget = (self.config.max_tokens - stats.tokens).min(self.config.consult_tokens.max(1));
+                match self.consult(&context, budget, &mut backoff, started, &mut stats).await {
+                    Some(answer) => {
+                        for (i, &id) in answer.ids.iter().enumerate() {
+                            // The small model's view of the first cloud token is known; of later ones it is not.
+                            let slm_prob = (i == 0).then(|| LogitFeatures::from_logits(&step.logits, id).log_p.exp());
+                            let reward = if i == 0 { reward } else { None };
+                            emitted.push(TokenEvent { id, text: String::new(), source: Source::Cloud, reward, slm_prob });
+                        }
+                        cloud_ended = answer.ended;
+                    }
+                    None => emitted.push(local(Source::Fallback)),
+                }
+            }
+
+            let mut fed = Vec::with_capacity(emitted.len());
+            for mut event in emitted {
+                if self.tokenizer.is_eog(event.id) {
+                    stats.stop = StopReason::EndOfGeneration;
+                    break 'generation;
+                }
+                event.text = text.push(event.id);
+                stats.tokens += 1;
+                match event.source {
+                    Source::Cloud => stats.cloud_tokens += 1,
+                    Source::Fallback => stats.fallbacks += 1,
+                    Source::Local => {}
+                }
+                fed.push(event.id);
+                if !on_event(&event) {
+                    stats.stop = StopReason::Stopped;
+                    break 'generation;
+                }
+            }
+            context.extend_from_slice(&fed);
+            if cloud_ended {
+                stats.stop = StopReason::EndOfGeneration;
+                break;
+            }
+            if stats.tokens >= self.config.max_tokens {
+                break;
+            }
+            let t = Instant::now();
+            step = self.slm.forward(&fed)?;
+            stats.decode_secs += t.elapsed().as_secs_f64();
+            stats.decode_steps += 1;
+        }
+        stats.tail = text.finish();
+        Ok(stats)
+    }
+
+    /// Asks the cloud for up to `budget` tokens after `context`. `None` when the consult failed,
+    /// was refused or skipped by the back-off: the caller keeps its own token.
+    /// Engines leave the end-of-generation token out of the answer and say `finish_reason:
+    /// "stop"` instead: then the answer ends there (possibly with no tokens at all).
+    async fn consult(
+        &mut self,
+        context: &[u32],
+        budget: usize,
+        backoff: &mut Backoff,
+        started: Instant,
+        stats: &mut HybridStats,
+    ) -> Option<CloudAnswer> {
+        let Some(cloud) = self.cloud.as_deref_mut() else {
+            stats.skipped_consults += 1;
+            return None;
+        };
+        if !backoff.allows(started.elapsed()) {
+            stats.skipped_consults += 1;
+            return None;
+        }
+        let request = CompletionRequest::consult(cloud.model(), Prompt::Ids(context.to_vec()), budget, 1);
+        let t = Instant::now();
+        let answer = cloud.complete(&request).await;
+        stats.consult_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        stats.consults += 1;
+        stats.cloud_prompt_tokens += context.len();
+        let vocab = self.tokenizer.vocab_size();
+        let checked = answer.and_then(|c| {
+            stats.bytes_up += c.bytes_up;
+            stats.bytes_down += c.bytes_down;
+            if let Some(usage) = &c.usage {
+                stats.cloud_cached_tokens += usage.prompt_tokens_details.as_ref().map_or(0, |d| d.cached_tokens);
+            }
+            let ids: Vec<u32> = c.tokens.iter().map(|t| t.id).take(budget).collect();
+            let ended = c.finish_reason.as_deref() == Some("stop") && ids.len() < budget;
+            match ids.iter().find(|&&id| id as usize >= vocab) {
+                _ if ids.is_empty() && !ended => Err(Error::Cloud("the cloud answered with no tokens".into())),
+                Some(bad) => Err(Error::Cloud(format!(
+                    "the cloud answered token id {bad}, outside the small model's vocabulary of {vocab}: the two models must share a tokenizer"
+                ))),
+                None => Ok(CloudAnswer { ids, ended }),
+            }
+        });
+        match checked {
+            Ok(answer) => {
+                backoff.record_success();
+                stats.cloud_completion_tokens += answer.ids.len();
+                Some(answer)
+            }
+            Err(e) => {
+                backoff.record_failure(started.elapsed());
+                stats.failed_consults += 1;
+                stats.last_cloud_error = Some(e.to_string());
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_pauses_after_repeated_failures_doubles_and_resets() {
+        let s = Duration::from_secs;
+        let mut b = Backoff::new(BackoffConfig { failures_before_pause: 3, first_pause: s(2), max_pause: s(5) });
+        for _ in 0..2 {
+            b.record_failure(s(0));
+            assert!(b.allows(s(0)), "paused before the third failure");
+        }
+        b.record_failure(s(10));
+        assert!(!b.allows(s(11)) && b.allows(s(12)), "first pause is 2 s");
+        b.record_failure(s(12));
+        assert!(!b.allows(s(15)) && b.allows(s(16)), "a failed retry pauses twice as long");
+        b.record_failure(s(16));
+        assert!(!b.allows(s(20)) && b.allows(s(21)), "pauses are capped at 5 s");
+        b.record_success();
+        b.record_failure(s(30));
+        assert!(b.allows(s(30)), "a success starts the count afresh");
+    }
+
+    #[test]
+    fn statistics_report_share_speed_and_latency_percentiles() {
+        let mut st = HybridStats::new(10);
+        st.tokens = 40;
+        st.cloud_tokens = 2;
+        st.decode_steps = 20;
+        st.decode_secs = 0.5;
+        st.consult_ms = vec![30.0, 10.0, 20.0, 40.0, 1000.0];
+        assert!((st.cloud_share() - 0.05).abs() < 1e-12);
+        assert!((st.local_tok_s() - 40.0).abs() < 1e-9);
+        assert_eq!(st.consult_ms_percentile(50.0), 30.0);
+        assert_eq!(st.consult_ms_percentile(95.0), 1000.0);
+        let s = st.summary();
+        assert_eq!(s["cloud_share"], 0.05);
+        assert_eq!(s["consult_ms_p50"], 30.0);
+        assert_eq!(HybridStats::new(3).consult_ms_percentile(95.0), 0.0);
+        assert_eq!(HybridStats::new(3).cloud_share(), 0.0);
+    }
 }

@@ -6,11 +6,15 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod generate;
+pub mod policy;
+pub mod reward;
 pub mod sampler;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fetch;
 pub mod registry;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod server;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod train;
 
 pub use error::{Error, Result};

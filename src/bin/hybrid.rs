@@ -2,10 +2,11 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hybrid_assistant::fetch::Fetcher;
-use hybrid_assistant::eval::round2;
-use hybrid_assistant::generate::generate;
-use hybrid_assistant::model::tokenizer::TextStream;
+use hybrid_assistant::cloud::{CloudClient, CloudConfig};
+use hybrid_assistant::generate::{HybridConfig, HybridLoop, HybridStats, NoCloud, Source, TokenEvent};
 use hybrid_assistant::model::Model;
+use hybrid_assistant::policy::{Policy, PolicyKind};
+use hybrid_assistant::reward::RewardHead;
 use hybrid_assistant::registry::Registry;
 use hybrid_assistant::sampler::{Sampler, SamplerConfig};
 use std::io::Write;
@@ -29,6 +30,13 @@ enum Command {
     Generate(GenerateArgs),
     /// The cloud: an OpenAI-compatible completions server that also serves the web app.
     Serve(ServeArgs),
+    /// Answer a prompt with the small model, asking the cloud for the tokens it is unsure of.
+    Chat(ChatArgs),
+    /// The reward head: collect labelled trajectories, train.
+    Reward {
+        #[command(subcommand)]
+        which: RewardCommand,
+    },
     /// Benchmarks, with ratios against an anchor measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -58,6 +66,47 @@ struct GenerateArgs {
     /// One JSON object per token, then a summary line.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct ChatArgs {
+    /// The small model: a name (see `hybrid fetch-models`) or a .gguf path.
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    slm: String,
+    /// Base URL of an OpenAI-compatible completions server (ours: `hybrid serve`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    cloud: String,
+    /// The model name the cloud serves.
+    #[arg(long, default_value = "qwen2.5-coder-1.5b")]
+    cloud_model: String,
+    #[arg(long, env = "HYBRID_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// reward, maxprob, entropy, random, never or always.
+    #[arg(long, default_value = "reward")]
+    policy: PolicyKind,
+    /// Consult when the reward (maxprob: top-1 probability) is below it, when entropy (nats)
+    /// is above it, or at this rate (random).
+    #[arg(long, default_value_t = hybrid_assistant::reward::DEFAULT_THRESHOLD)]
+    threshold: f32,
+    /// Cloud tokens one consult returns.
+    #[arg(long, default_value_t = 1)]
+    consult_tokens: usize,
+    /// A consult slower than this keeps the small model's token (marked fallback).
+    #[arg(long, default_value_t = 5000)]
+    cloud_timeout_ms: u64,
+    /// The reward head (safetensors); default: the one shipped for --slm in assets/reward/.
+    #[arg(long)]
+    reward_head: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    #[arg(long)]
+    prompt: String,
+    /// One JSON object per token, then a statistics line.
+    #[arg(long)]
+    json: bool,
+    /// Seeds the random policy.
+    #[arg(long, default_value_t = SamplerConfig::default().seed)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +143,14 @@ struct ServeArgs {
 }
 
 #[derive(Subcommand)]
+enum RewardCommand {
+    /// Run the small model over prompts and label each position with the cloud model (resumable).
+    Collect(hybrid_assistant::train::collect::CollectArgs),
+    /// Fit the head on collected data; report ROC-AUC and consult rates next to max-prob and entropy.
+    Train(hybrid_assistant::train::fit::TrainArgs),
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Prefill and decode speed of our decoder against llama.cpp on the same GGUF.
     Decode(hybrid_assistant::eval::bench::DecodeBenchArgs),
@@ -107,6 +164,9 @@ fn main() {
         Command::FetchModels { names } => fetch_models(&names),
         Command::Generate(args) => run_generate(args),
         Command::Serve(args) => serve(args),
+        Command::Chat(args) => chat(args),
+        Command::Reward { which: RewardCommand::Collect(args) } => hybrid_assistant::train::collect::collect(&args).map_err(Into::into),
+        Command::Reward { which: RewardCommand::Train(args) } => reward_train(&args),
         Command::Bench { which: BenchCommand::Decode(args) } => hybrid_assistant::eval::bench::bench_decode(&args),
         Command::Bench { which: BenchCommand::Serve(args) } => hybrid_assistant::eval::bench_serve::bench_serve(&args),
     };
@@ -151,51 +211,166 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let path = hybrid_assistant::eval::resolve_model(&args.model)?;
-    let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    let text = match args.chat {
-        true => model.chat_prompt(&args.prompt)?,
-        false => args.prompt.clone(),
+    let mut model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let prompt = prompt_ids(&model, &args.prompt, args.chat)?;
+    let mut run = HybridLoop::<_, NoCloud> {
+        slm: &mut model.decoder,
+        tokenizer: &model.tokenizer,
+        head: None,
+        cloud: None,
+        policy: Policy::new(PolicyKind::Never, 0.0, 0)?,
+        sampler: Sampler::new(SamplerConfig { temperature: args.temperature, top_p: args.top_p, seed: args.seed }),
+        config: HybridConfig { max_tokens: args.max_tokens, ..Default::default() },
     };
-    let prompt = model.tokenizer.encode(&text)?;
-    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty: pass some text with --prompt");
-    let mut sampler = Sampler::new(SamplerConfig { temperature: args.temperature, top_p: args.top_p, seed: args.seed });
-    let Model { mut decoder, tokenizer, .. } = model;
-    let mut stream = TextStream::new(&tokenizer);
-    let mut out = std::io::stdout().lock();
-    let json = args.json;
-    let stats = generate(&mut decoder, &tokenizer, &prompt, args.max_tokens, &mut sampler, |id| {
-        let piece = stream.push(id);
-        let written = match json {
-            true => writeln!(out, "{}", serde_json::json!({"id": id, "text": piece})),
-            false => write!(out, "{piece}"),
-        };
-        // A closed pipe (e.g. `| head`) ends generation quietly.
-        written.and_then(|_| out.flush()).is_ok()
-    })?;
-    let rest = stream.finish();
-    if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({
-                "done": true,
-                "tokens": stats.tokens,
-                "prompt_tokens": stats.prompt_tokens,
-                "prefill_tok_s": round2(stats.prefill_tok_s()),
-                "decode_tok_s": round2(stats.decode_tok_s()),
-                "stop": format!("{:?}", stats.stop),
-            })
-        )?;
+    let mut out = TokenPrinter::new(args.json, false);
+    let stats = pollster::block_on(run.run(&prompt, |event| out.token(event)))?;
+    if args.json {
+        let s = stats.summary();
+        let keys = ["done", "tokens", "prompt_tokens", "prefill_tok_s", "stop"];
+        let mut line: serde_json::Map<String, serde_json::Value> = keys.iter().map(|&k| (k.to_string(), s[k].clone())).collect();
+        line.insert("decode_tok_s".into(), s["local_tok_s"].clone());
+        out.line(&serde_json::Value::Object(line))?;
     } else {
-        writeln!(out, "{rest}")?;
+        out.finish(&stats)?;
         eprintln!(
             "[{} prompt tokens at {:.1} tok/s, {} tokens at {:.1} tok/s]",
             stats.prompt_tokens,
             stats.prefill_tok_s(),
             stats.tokens,
-            stats.decode_tok_s()
+            stats.local_tok_s()
         );
     }
     Ok(())
 }
 
+fn reward_train(args: &hybrid_assistant::train::fit::TrainArgs) -> Result<()> {
+    let report = hybrid_assistant::train::fit::train(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} training / {} held-out positions ({} prompts), {:.2}% disagreements held out; best epoch {}; head written to {}",
+        report.train_positions,
+        report.val_positions,
+        report.val_prompts,
+        report.val_disagreement * 100.0,
+        report.best_epoch,
+        args.out.display()
+    );
+    println!("{:<12} {:>8} {:>22} {:>22}", "gate", "ROC-AUC", "consult for 90% flagged", "consult for 75% flagged");
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}%", v * 100.0));
+    for g in &report.gates {
+        println!("{:<12} {:>8} {:>22} {:>22}", g.name, g.roc_auc.map_or("-".into(), |a| format!("{a:.4}")), pct(g.consult_for_90), pct(g.consult_for_75));
+    }
+    Ok(())
+}
+
+fn chat(args: ChatArgs) -> Result<()> {
+    anyhow::ensure!(args.consult_tokens >= 1, "--consult-tokens must be at least 1");
+    let path = hybrid_assistant::eval::resolve_model(&args.slm)?;
+    let mut model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let prompt = prompt_ids(&model, &args.prompt, true)?;
+    let head = match (&args.reward_head, args.policy.needs_reward()) {
+        (Some(file), _) => Some(load_head(file)?),
+        (None, true) => Some(load_head(&hybrid_assistant::reward::shipped_head(&args.slm).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no reward head ships for `{}` (assets/reward/ has heads for: {}); pass --reward-head FILE or pick --policy maxprob",
+                args.slm,
+                hybrid_assistant::reward::SHIPPED_HEADS.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ")
+            )
+        })?)?),
+        (None, false) => None,
+    };
+    let mut client = CloudClient::new(CloudConfig {
+        url: args.cloud.clone(),
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        model: args.cloud_model.clone(),
+        timeout: std::time::Duration::from_millis(args.cloud_timeout_ms),
+    });
+    let mut run = HybridLoop {
+        slm: &mut model.decoder,
+        tokenizer: &model.tokenizer,
+        head: head.as_ref(),
+        cloud: args.policy.may_consult().then_some(&mut client),
+        policy: Policy::new(args.policy, args.threshold, args.seed)?,
+        sampler: Sampler::new(SamplerConfig::default()),
+        config: HybridConfig { max_tokens: args.max_tokens, consult_tokens: args.consult_tokens, ..Default::default() },
+    };
+    let colour = !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut out = TokenPrinter::new(args.json, colour);
+    let stats = pollster::block_on(run.run(&prompt, |event| out.token(event)))?;
+    if args.json {
+        out.line(&stats.summary())?;
+    } else {
+        out.finish(&stats)?;
+        eprintln!(
+            "[{} tokens, {} from the cloud ({:.1}%) in {} consults, {} fallbacks; local {:.1} tok/s; consult p50 {:.0} ms p95 {:.0} ms{}]",
+            stats.tokens,
+            stats.cloud_tokens,
+            stats.cloud_share() * 100.0,
+            stats.consults,
+            stats.fallbacks,
+            stats.local_tok_s(),
+            stats.consult_ms_percentile(50.0),
+            stats.consult_ms_percentile(95.0),
+            if colour { "; \x1b[1;36mcloud\x1b[0m, \x1b[33mfallback\x1b[0m" } else { "" },
+        );
+        if let Some(e) = &stats.last_cloud_error {
+            eprintln!("[the cloud failed at least once; the last error: {e}]");
+        }
+    }
+    Ok(())
+}
+
+/// The prompt's token ids, wrapped as a user message with the chat template when `chat`.
+fn prompt_ids(model: &Model, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    let text = match chat {
+        true => model.chat_prompt(prompt)?,
+        false => prompt.to_string(),
+    };
+    let ids = model.tokenizer.encode(&text)?;
+    anyhow::ensure!(!ids.is_empty(), "the prompt is empty: pass some text with --prompt");
+    Ok(ids)
+}
+
+fn load_head(path: &std::path::Path) -> Result<RewardHead> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading the reward head {}", path.display()))?;
+    RewardHead::from_safetensors(&bytes).with_context(|| format!("loading the reward head {}", path.display()))
+}
+
+/// Writes tokens to stdout as they come: text (cloud and fallback tokens coloured on a
+/// terminal) or one JSON object per token. A closed pipe (e.g. `| head`) ends generation.
+struct TokenPrinter {
+    out: std::io::StdoutLock<'static>,
+    json: bool,
+    colour: bool,
+}
+
+impl TokenPrinter {
+    fn new(json: bool, colour: bool) -> Self {
+        Self { out: std::io::stdout().lock(), json, colour }
+    }
+
+    fn token(&mut self, event: &TokenEvent) -> bool {
+        let written = match (self.json, self.colour, event.source) {
+            (true, ..) => writeln!(
+                self.out,
+                "{}",
+                serde_json::json!({"id": event.id, "text": event.text, "source": event.source, "reward": event.reward})
+            ),
+            (false, true, Source::Cloud) => write!(self.out, "\x1b[1;36m{}\x1b[0m", event.text),
+            (false, true, Source::Fallback) => write!(self.out, "\x1b[33m{}\x1b[0m", event.text),
+            _ => write!(self.out, "{}", event.text),
+        };
+        written.and_then(|_| self.out.flush()).is_ok()
+    }
+
+    fn line(&mut self, value: &serde_json::Value) -> Result<()> {
+        Ok(writeln!(self.out, "{value}")?)
+    }
+
+    fn finish(&mut self, stats: &HybridStats) -> Result<()> {
+        Ok(writeln!(self.out, "{}", stats.tail)?)
+    }
+}

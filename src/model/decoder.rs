@@ -171,6 +171,10 @@ impl Decoder {
     /// per sequence. Returns one `Step` per sequence, for its last new token. On error every
     /// cache is left as it was.
     pub fn forward_batch(&self, batch: &mut [Sequence<'_>]) -> Result<Vec<Step>> {
+        self.run_batch(batch, Outputs::LastOfEach)
+    }
+
+    fn run_batch(&self, batch: &mut [Sequence<'_>], outputs: Outputs) -> Result<Vec<Step>> {
         let row = self.config.n_head_kv * self.config.head_dim;
         for seq in batch.iter_mut() {
             seq.cache.prepare(self.config.n_layer, row);
@@ -179,7 +183,7 @@ impl Decoder {
         for (seq, &start) in batch.iter().zip(&starts) {
             self.check_input(seq.tokens, start)?;
         }
-        let result = self.forward_rows(batch, &starts);
+        let result = self.forward_rows(batch, &starts, outputs);
         for (seq, &start) in batch.iter_mut().zip(&starts) {
             match &result {
                 Ok(_) => seq.cache.len = start + seq.tokens.len(),
@@ -239,7 +243,24 @@ impl Decoder {
         self.embedding.shape().dims()[0]
     }
 
-    fn forward_rows(&self, batch: &mut [Sequence<'_>], starts: &[usize]) -> Result<Vec<Step>> {
+    /// The input embedding of one token (the reward head reads it).
+    pub fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {
+        self.check_input(&[id], 0)?;
+        let row = self.embedding.embedding(&Tensor::new(&[id], &self.device)?)?;
+        Ok(row.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Like [`forward`](Self::forward), but returns a `Step` for every new token, not only the
+    /// last: the logits that predict the token after each one. Teacher forcing reads these.
+    /// The vocabulary projection costs `tokens.len()` rows of logits: pass chunks.
+    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<Step>> {
+        let mut cache = std::mem::take(&mut self.cache);
+        let result = self.run_batch(&mut [Sequence { cache: &mut cache, tokens }], Outputs::Every);
+        self.cache = cache;
+        result
+    }
+
+    fn forward_rows(&self, batch: &mut [Sequence<'_>], starts: &[usize], outputs: Outputs) -> Result<Vec<Step>> {
         let cfg = &self.config;
         let tokens: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let positions: Vec<usize> =
@@ -256,8 +277,9 @@ impl Decoder {
             let f = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
             x = (x + f)?;
         }
-        // Only each sequence's last position needs logits: skip the vocabulary projection for the rest.
+        // Usually only each sequence's last position needs logits: skip the vocabulary projection for the rest.
         let last = match batch {
+            _ if outputs == Outputs::Every => x,
             [one] => x.narrow(0, one.tokens.len() - 1, 1)?,
             _ => {
                 let mut end = 0u32;
@@ -270,6 +292,13 @@ impl Decoder {
         let (logits, hidden) = (logits.to_vec2::<f32>()?, hidden.to_vec2::<f32>()?);
         Ok(logits.into_iter().zip(hidden).map(|(logits, hidden)| Step { logits, hidden }).collect())
     }
+}
+
+/// Which rows of a forward pass get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outputs {
+    LastOfEach,
+    Every,
 }
 
 /// One sequence's part of a batched forward pass.

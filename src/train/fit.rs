@@ -1,0 +1,228 @@
+//! `hybrid reward train`: fits the reward head on collected shards with candle-nn, holding
+//! out whole prompts for validation, and reports how well the head flags the positions where
+//! the cloud disagrees, next to the max-prob and entropy gates on the same positions.
+use super::collect::{shard_paths, Shard};
+use super::metrics::GateReport;
+use crate::reward::{LogitFeatures, RewardHead};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::{seq::SliceRandom, SeedableRng};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// A directory written by `hybrid reward collect`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write the head (safetensors); a report goes next to it as .json.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 12)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Share of prompts held out for validation (whole prompts, never split).
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 17)]
+    pub seed: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// All positions of a collection, as model inputs and labels.
+struct Dataset {
+    width: usize,
+    hidden_size: usize,
+    rows: Vec<f32>,
+    agree: Vec<f32>,
+    cloud_prob: Vec<f32>,
+    features: Vec<[f32; LogitFeatures::COUNT]>,
+    prompt: Vec<u32>,
+}
+
+impl Dataset {
+    fn load(dir: &Path) -> Result<Self> {
+        let paths = shard_paths(dir)?;
+        if paths.is_empty() {
+            return Err(Error::InvalidInput(format!("{} has no shards; run `hybrid reward collect --out {}` first", dir.display(), dir.display())));
+        }
+        let mut data: Option<Dataset> = None;
+        for path in paths {
+            let shard = Shard::load(&path)?;
+            let n = shard.len();
+            if n == 0 {
+                continue;
+            }
+            let d = shard.hidden.len() / n;
+            let set = data.get_or_insert_with(|| Dataset {
+                width: RewardHead::input_width(d),
+                hidden_size: d,
+                rows: Vec::new(),
+                agree: Vec::new(),
+                cloud_prob: Vec::new(),
+                features: Vec::new(),
+                prompt: Vec::new(),
+            });
+            if d != set.hidden_size {
+                return Err(Error::File { path, message: format!("hidden size {d} differs from the other shards' {}", set.hidden_size) });
+            }
+            for i in 0..n {
+                let f: [f32; 4] = shard.features[i * 4..i * 4 + 4].try_into().expect("four features");
+                set.rows.extend_from_slice(&shard.hidden[i * d..(i + 1) * d]);
+                set.rows.extend_from_slice(&shard.embedding[i * d..(i + 1) * d]);
+                set.rows.extend_from_slice(&f);
+                set.features.push(f);
+            }
+            set.agree.extend(shard.agree.iter().map(|&a| a as f32));
+            set.cloud_prob.extend_from_slice(&shard.cloud_prob);
+            set.prompt.extend_from_slice(&shard.prompt);
+        }
+        data.ok_or_else(|| Error::InvalidInput(format!("the shards in {} hold no positions", dir.display())))
+    }
+
+    fn len(&self) -> usize {
+        self.agree.len()
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.rows[i * self.width..(i + 1) * self.width]
+    }
+
+    fn tensor(&self, idx: &[usize], device: &Device) -> Result<Tensor> {
+        let mut flat = Vec::with_capacity(idx.len() * self.width);
+        for &i in idx {
+            flat.extend_from_slice(self.row(i));
+        }
+        Ok(Tensor::from_vec(flat, (idx.len(), self.width), device)?)
+    }
+}
+
+/// Whether a prompt is held out: a fixed hash of its index, so the split never depends on
+/// how many shards exist yet.
+fn held_out(prompt: u32, fraction: f64) -> bool {
+    let h = (prompt as u64 ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    ((h >> 40) % 10_000) as f64 / 10_000.0 < fraction
+}
+
+/// What `hybrid reward train` prints and writes next to the head.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainReport {
+    pub train_positions: usize,
+    pub val_positions: usize,
+    pub val_prompts: usize,
+    /// Share of held-out positions where the cloud's greedy token differs.
+    pub val_disagreement: f64,
+    pub best_epoch: usize,
+    pub gates: Vec<GateReport>,
+}
+
+pub fn train(args: &TrainArgs) -> Result<TrainReport> {
+    let data = Dataset::load(&args.data)?;
+    let device = Device::Cpu;
+    let (train_idx, val_idx): (Vec<usize>, Vec<usize>) = (0..data.len()).partition(|&i| !held_out(data.prompt[i], args.val_fraction));
+    if train_idx.is_empty() || val_idx.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{} positions give {} for training and {} for validation; collect more prompts",
+            data.len(),
+            train_idx.len(),
+            val_idx.len()
+        )));
+    }
+
+    // Standardise each input column with training statistics (kept in the head).
+    let mut mean = vec![0f64; data.width];
+    let mut sq = vec![0f64; data.width];
+    for &i in &train_idx {
+        for (j, &v) in data.row(i).iter().enumerate() {
+            mean[j] += v as f64;
+            sq[j] += (v as f64) * (v as f64);
+        }
+    }
+    let n = train_idx.len() as f64;
+    let std: Vec<f32> = mean.iter().zip(&sq).map(|(m, s)| ((s / n - (m / n).powi(2)).max(0.0).sqrt() as f32).max(1e-4)).collect();
+    let mean: Vec<f32> = mean.iter().map(|m| (m / n) as f32).collect();
+    let mean_t = Tensor::from_vec(mean, data.width, &device)?;
+    let std_t = Tensor::from_vec(std, data.width, &device)?;
+
+    let varmap = VarMap::new();
+    let head = RewardHead::build(VarBuilder::from_varmap(&varmap, DType::F32, &device), data.hidden_size, mean_t, std_t)?;
+    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: args.lr, weight_decay: 1e-4, ..Default::default() })?;
+    let val_x = data.tensor(&val_idx, &device)?;
+    let disagree: Vec<bool> = val_idx.iter().map(|&i| data.agree[i] < 0.5).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut order = train_idx.clone();
+    let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
+    for epoch in 1..=args.epochs {
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0f64;
+        for batch in order.chunks(args.batch) {
+            let x = data.tensor(batch, &device)?;
+            let hard = Tensor::from_vec(batch.iter().map(|&i| data.agree[i]).collect::<Vec<f32>>(), batch.len(), &device)?;
+            let soft = Tensor::from_vec(batch.iter().map(|&i| data.cloud_prob[i]).collect::<Vec<f32>>(), batch.len(), &device)?;
+            // The hard label says whether the cloud agrees; the cloud's probability of the
+            // token adds how close the call was.
+            let target = ((hard + soft)? * 0.5)?;
+            let loss = candle_nn::loss::binary_cross_entropy_with_logit(&head.logits(&x)?, &target)?;
+            opt.backward_step(&loss)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
+        }
+        let val_scores = suspicion(&head.logits(&val_x)?)?;
+        let auc = GateReport::new("reward", &val_scores, &disagree).roc_auc.unwrap_or(0.5);
+        eprintln!("epoch {epoch}: train loss {:.4}, validation ROC-AUC {auc:.4}", loss_sum / train_idx.len() as f64);
+        if best.as_ref().is_none_or(|(b, _, _)| auc > *b) {
+            let vars = varmap.data().lock().expect("varmap lock");
+            let snapshot = vars.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect::<Result<HashMap<_, _>>>()?;
+            best = Some((auc, epoch, snapshot));
+        }
+    }
+    let (_, best_epoch, mut tensors) = best.ok_or_else(|| Error::InvalidInput("--epochs must be at least 1".into()))?;
+    let (mean_t, std_t) = head.normalisation();
+    tensors.insert("norm.mean".into(), mean_t.clone());
+    tensors.insert("norm.std".into(), std_t.clone());
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    candle_core::safetensors::save(&tensors, &args.out)?;
+
+    // Report the saved head, reloaded the way users load it.
+    let saved = RewardHead::from_safetensors(&std::fs::read(&args.out)?)?;
+    let head_scores = suspicion(&saved.logits(&val_x)?)?;
+    let feats = |f: fn(&[f32; 4]) -> f32| -> Vec<f32> { val_idx.iter().map(|&i| f(&data.features[i])).collect() };
+    let report = TrainReport {
+        train_positions: train_idx.len(),
+        val_positions: val_idx.len(),
+        val_prompts: val_idx.iter().map(|&i| data.prompt[i]).collect::<std::collections::BTreeSet<_>>().len(),
+        val_disagreement: disagree.iter().filter(|&&d| d).count() as f64 / disagree.len() as f64,
+        best_epoch,
+        gates: vec![
+            GateReport::new("reward head", &head_scores, &disagree),
+            GateReport::new("max-prob", &feats(|f| -f[1]), &disagree),
+            GateReport::new("entropy", &feats(|f| f[3]), &disagree),
+        ],
+    };
+    std::fs::write(args.out.with_extension("json"), serde_json::to_string_pretty(&report).expect("report serialises"))?;
+    Ok(report)
+}
+
+/// Scores oriented for the metrics: higher = more likely a disagreement (the reward's complement).
+fn suspicion(logits: &Tensor) -> Result<Vec<f32>> {
+    Ok(logits.neg()?.to_vec1::<f32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_out;
+
+    #[test]
+    fn the_validation_split_holds_out_about_the_asked_share_of_prompts() {
+        let n = (0..10_000).filter(|&p| held_out(p, 0.15)).count();
+        assert!((1300..1700).contains(&n), "{n}");
+        assert_eq!((0..100).filter(|&p| held_out(p, 0.0)).count(), 0);
+    }
+}

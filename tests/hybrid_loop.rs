@@ -1,0 +1,132 @@
+//! The hybrid loop against a real `hybrid serve` on 127.0.0.1, smollm2-135m on both sides:
+//! `never` gives only local tokens (the small model's greedy answer), `always` gives the
+//! cloud's greedy answer exactly (one token or several per consult), and a server killed
+//! mid-answer turns the rest into fallbacks without losing text, with consults backing off.
+mod common;
+
+use common::server::{completion, Server};
+use hybrid_assistant::cloud::{CloudClient, CloudConfig, Completion, CompletionRequest};
+use hybrid_assistant::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, NoCloud, Source, TokenEvent};
+use hybrid_assistant::model::Model;
+use hybrid_assistant::policy::{Policy, PolicyKind};
+use hybrid_assistant::sampler::{Sampler, SamplerConfig};
+use serde_json::json;
+use std::time::Duration;
+
+const PROMPT: &str = "Write a Python function that reverses a list.";
+const MAX_TOKENS: usize = 40;
+
+fn model() -> Model {
+    Model::load(&common::model_path("smollm2-135m")).unwrap()
+}
+
+fn client(server: &Server) -> CloudClient {
+    CloudClient::new(CloudConfig { url: server.url.clone(), api_key: None, model: "smollm2-135m".into(), timeout: Duration::from_secs(30) })
+}
+
+fn run<C: CloudTransport>(model: &mut Model, cloud: Option<&mut C>, policy: PolicyKind, consult_tokens: usize) -> (Vec<TokenEvent>, HybridStats) {
+    let prompt = model.tokenizer.encode(&model.chat_prompt(PROMPT).unwrap()).unwrap();
+    let mut hybrid = HybridLoop {
+        slm: &mut model.decoder,
+        tokenizer: &model.tokenizer,
+        head: None,
+        cloud,
+        policy: Policy::new(policy, 0.5, 1).unwrap(),
+        sampler: Sampler::new(SamplerConfig::default()),
+        config: HybridConfig { max_tokens: MAX_TOKENS, consult_tokens, ..Default::default() },
+    };
+    let mut events = Vec::new();
+    let stats = pollster::block_on(hybrid.run(&prompt, |e| {
+        events.push(e.clone());
+        true
+    }))
+    .unwrap();
+    (events, stats)
+}
+
+fn ids(events: &[TokenEvent]) -> Vec<u32> {
+    events.iter().map(|e| e.id).collect()
+}
+
+/// The server's own greedy answer to the same chat prompt.
+fn cloud_greedy(server: &Server, model: &Model) -> Vec<u32> {
+    let prompt = model.tokenizer.encode(&model.chat_prompt(PROMPT).unwrap()).unwrap();
+    let body = completion(server, json!({"model": "smollm2-135m", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "return_token_ids": true})).json();
+    body["choices"][0]["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn never_is_the_small_model_alone_and_always_is_the_cloud_exactly() {
+    let server = Server::smollm2(&[]);
+    let mut model = model();
+    let expected = cloud_greedy(&server, &model);
+    assert!(!expected.is_empty());
+
+    let (local, stats) = run::<NoCloud>(&mut model, None, PolicyKind::Never, 1);
+    assert!(local.iter().all(|e| e.source == Source::Local));
+    assert_eq!(stats.consults, 0);
+    assert_eq!(stats.cloud_tokens, 0);
+    // Same model on both sides: the small model's greedy answer is the cloud's.
+    assert_eq!(ids(&local), expected);
+
+    for k in [1, 4] {
+        let mut cloud = client(&server);
+        let (events, stats) = run(&mut model, Some(&mut cloud), PolicyKind::Always, k);
+        assert_eq!(ids(&events), expected, "always with --consult-tokens {k}");
+        assert!(events.iter().all(|e| e.source == Source::Cloud), "k={k}");
+        assert_eq!(stats.cloud_tokens, events.len());
+        assert_eq!(stats.fallbacks + stats.failed_consults, 0, "{:?}", stats.last_cloud_error);
+        // K tokens per consult: about tokens/K consults (one more when the cloud ends the answer).
+        let per = stats.tokens.div_ceil(k);
+        assert!((per..=per + 1).contains(&stats.consults), "k={k}: {} consults for {} tokens", stats.consults, stats.tokens);
+        // The prefix cache serves most of each consult's prompt.
+        assert!(stats.cloud_cached_tokens * 10 >= stats.cloud_prompt_tokens * 8, "{stats:?}");
+        assert!(stats.bytes_up > 0 && stats.bytes_down > 0);
+        let text: String = events.iter().map(|e| e.text.as_str()).collect::<String>() + &stats.tail;
+        assert_eq!(text, model.tokenizer.decode(&ids(&events)));
+    }
+}
+
+/// Kills the server just before its `kill_at`-th consult; every later consult fails.
+struct KillAfter {
+    client: CloudClient,
+    server: Option<Server>,
+    calls: usize,
+    kill_at: usize,
+}
+
+impl CloudTransport for KillAfter {
+    fn model(&self) -> &str {
+        CloudTransport::model(&self.client)
+    }
+
+    async fn complete(&mut self, request: &CompletionRequest) -> hybrid_assistant::Result<Completion> {
+        self.calls += 1;
+        if self.calls == self.kill_at {
+            drop(self.server.take());
+        }
+        self.client.complete(request)
+    }
+}
+
+#[test]
+fn a_server_killed_mid_answer_turns_into_fallbacks_without_losing_text() {
+    let server = Server::smollm2(&[]);
+    let mut model = model();
+    let expected = cloud_greedy(&server, &model);
+    let mut cloud = KillAfter { client: client(&server), server: Some(server), calls: 0, kill_at: 6 };
+    let (events, stats) = run(&mut model, Some(&mut cloud), PolicyKind::Always, 1);
+
+    // Five cloud tokens, then the rest of the answer from the small model, marked.
+    let sources: Vec<Source> = events.iter().map(|e| e.source).collect();
+    assert_eq!(&sources[..5], &[Source::Cloud; 5]);
+    assert!(sources[5..].iter().all(|&s| s == Source::Fallback), "{sources:?}");
+    assert_eq!(stats.fallbacks, events.len() - 5);
+    // Nothing lost: the answer is the same greedy text (one model on both sides), whole.
+    assert_eq!(ids(&events), expected);
+    assert_eq!(stats.tokens, events.len());
+    // Back-off: three failures, then consults pause instead of hammering a dead server.
+    assert!(stats.failed_consults >= 3 && stats.skipped_consults > 0, "{stats:?}");
+    assert_eq!(stats.failed_consults + stats.skipped_consults, stats.fallbacks);
+    assert!(stats.last_cloud_error.as_deref().unwrap_or_default().contains("cannot reach the cloud"), "{:?}", stats.last_cloud_error);
+}
