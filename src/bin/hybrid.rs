@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         which: RewardCommand,
     },
+    /// Cost/quality evaluations.
+    Eval {
+        #[command(subcommand)]
+        which: EvalCommand,
+    },
     /// Benchmarks, with ratios against an anchor measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -151,6 +156,12 @@ enum RewardCommand {
 }
 
 #[derive(Subcommand)]
+enum EvalCommand {
+    /// Greedy pass@1 on HumanEval for SLM only, cloud only and each policy and threshold, with cloud cost (resumable).
+    Humaneval(hybrid_assistant::eval::humaneval_run::HumanEvalArgs),
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Prefill and decode speed of our decoder against llama.cpp on the same GGUF.
     Decode(hybrid_assistant::eval::bench::DecodeBenchArgs),
@@ -167,6 +178,7 @@ fn main() {
         Command::Chat(args) => chat(args),
         Command::Reward { which: RewardCommand::Collect(args) } => hybrid_assistant::train::collect::collect(&args).map_err(Into::into),
         Command::Reward { which: RewardCommand::Train(args) } => reward_train(&args),
+        Command::Eval { which: EvalCommand::Humaneval(args) } => hybrid_assistant::eval::humaneval_run::run(&args),
         Command::Bench { which: BenchCommand::Decode(args) } => hybrid_assistant::eval::bench::bench_decode(&args),
         Command::Bench { which: BenchCommand::Serve(args) } => hybrid_assistant::eval::bench_serve::bench_serve(&args),
     };

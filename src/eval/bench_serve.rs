@@ -10,8 +10,6 @@ use super::round2;
 use crate::cloud::{CloudClient, CloudConfig, CompletionRequest, Prompt};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,39 +69,12 @@ struct LoadReport {
     prefix_cache_capacity_mb: f64,
 }
 
-/// The server this benchmark started; stopped when dropped.
-struct OwnServer(Child);
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(model: &str) -> anyhow::Result<(OwnServer, String)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["serve", "--addr", "127.0.0.1:0", "--cloud-model", model])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let server = OwnServer(child);
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            let url = rest.split_whitespace().next().unwrap_or_default().to_string();
-            return Ok((server, url));
-        }
-    }
-    anyhow::bail!("hybrid serve exited before listening; run it by hand to see why")
-}
-
 pub fn bench_serve(args: &ServeBenchArgs) -> anyhow::Result<()> {
     let (_own, url) = match &args.url {
         Some(url) => (None, url.trim_end_matches('/').to_string()),
         None => {
             eprintln!("starting hybrid serve --cloud-model {}…", args.model);
-            let (server, url) = start_server(&args.model)?;
+            let (server, url) = super::OwnServer::start(&args.model)?;
             (Some(server), url)
         }
     };

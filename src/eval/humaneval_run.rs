@@ -1,0 +1,420 @@
+//! `hybrid eval humaneval`: greedy pass@1 on HumanEval for the small model alone, the cloud
+//! model alone, and every policy at every threshold, with the cloud-token share, consults
+//! per 100 tokens and the cloud cost counted two ways (work the cloud really did after its
+//! prefix cache, and what an API billing every prompt in full would charge), each next to
+//! cloud-only generation of the same answers.
+//!
+//! Hybrid configurations consult a real completions server (`--cloud URL`, or our own
+//! `hybrid serve` started on a free loopback port). Cloud-only runs the cloud model in this
+//! process on the same prompt ids: the same greedy tokens the server gives (its attention is
+//! batch-invariant), without one HTTP round trip per token.
+//!
+//! Every answer is appended to `<out>.answers.jsonl` as soon as it is scored; a rerun skips
+//! what is there. Problems run in order with every configuration each, so a partial run
+//! still compares all configurations on the same problems.
+use super::humaneval::{instruction, load_problems, Problem};
+use super::plot::{line_plot, HLine, PlotSpec, Series};
+use super::sandbox;
+use crate::cloud::{CloudClient, CloudConfig};
+use crate::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, NoCloud};
+use crate::model::Model;
+use crate::policy::{Policy, PolicyKind};
+use crate::reward::RewardHead;
+use crate::sampler::Sampler;
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HumanEvalArgs {
+    /// The small model (name or .gguf path).
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    pub slm: String,
+    /// A running completions server; without it, `hybrid serve --cloud-model M` is started on loopback.
+    #[arg(long)]
+    pub cloud: Option<String>,
+    /// The cloud model (name or .gguf path): served, and run in-process for cloud-only.
+    #[arg(long, default_value = "qwen2.5-coder-1.5b")]
+    pub cloud_model: String,
+    #[arg(long, env = "HYBRID_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    #[arg(long, value_delimiter = ',', default_value = "reward,maxprob,entropy,random")]
+    pub policies: Vec<PolicyKind>,
+    /// Thresholds of the reward, maxprob and random policies.
+    #[arg(long, value_delimiter = ',', default_value = "0.3,0.5,0.7")]
+    pub thresholds: Vec<f32>,
+    /// Thresholds of the entropy policy, in nats.
+    #[arg(long, value_delimiter = ',', default_value = "2.0,1.0,0.5")]
+    pub entropy_thresholds: Vec<f32>,
+    #[arg(long, default_value_t = 1)]
+    pub consult_tokens: usize,
+    /// The reward head; default: the one shipped for --slm.
+    #[arg(long)]
+    pub reward_head: Option<PathBuf>,
+    /// Tokens per answer at most (answers also end when their first code block closes).
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Only the first N problems.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// The JSON summary; answers go to <out>.answers.jsonl, the plot to <out>.svg.
+    #[arg(long, default_value = "eval/humaneval.json")]
+    pub out: PathBuf,
+    /// Seconds a test program may run.
+    #[arg(long, default_value_t = 10)]
+    pub test_timeout_s: u64,
+}
+
+/// One configuration: a policy at a threshold. `never` is the small model alone, `always` the
+/// cloud alone.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Setting {
+    pub policy: PolicyKind,
+    pub threshold: f32,
+}
+
+impl Setting {
+    fn key(&self) -> String {
+        match self.policy {
+            PolicyKind::Never => "slm-only".into(),
+            PolicyKind::Always => "cloud-only".into(),
+            p => format!("{p}@{}", self.threshold),
+        }
+    }
+}
+
+/// One scored answer, as stored in the answers file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnswerRecord {
+    pub setting: String,
+    pub task_id: String,
+    pub passed: bool,
+    /// `passed`, `failed` or `timeout`.
+    pub outcome: String,
+    pub prompt_tokens: usize,
+    pub tokens: usize,
+    pub cloud_tokens: usize,
+    pub consults: usize,
+    pub fallbacks: usize,
+    pub cloud_prompt_tokens: usize,
+    pub cloud_cached_tokens: usize,
+    pub cloud_completion_tokens: usize,
+    pub answer: String,
+}
+
+/// The summary of one configuration over the problems every configuration has answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingSummary {
+    pub setting: String,
+    pub policy: PolicyKind,
+    pub threshold: f32,
+    pub problems: usize,
+    pub pass_at_1: f64,
+    pub cloud_share: f64,
+    pub consults_per_100_tokens: f64,
+    /// Share of the SLM-only → cloud-only pass@1 gap this configuration recovers.
+    pub gap_recovered: Option<f64>,
+    /// Prompt tokens the cloud computed after prefix-cache hits, plus generated tokens.
+    pub cloud_work_tokens: usize,
+    /// Every consult's whole prompt, plus generated tokens: what a per-request API bills.
+    pub billed_tokens: usize,
+    /// One cloud request generating each of these same answers: prompt plus answer tokens.
+    pub cloud_only_tokens: usize,
+    pub work_vs_cloud_only: f64,
+    pub billed_vs_cloud_only: f64,
+}
+
+fn settings(args: &HumanEvalArgs) -> Vec<Setting> {
+    let mut all = vec![
+        Setting { policy: PolicyKind::Never, threshold: 0.0 },
+        Setting { policy: PolicyKind::Always, threshold: 1.0 },
+    ];
+    for &policy in &args.policies {
+        let thresholds = match policy {
+            PolicyKind::Entropy => &args.entropy_thresholds,
+            PolicyKind::Never | PolicyKind::Always => continue,
+            _ => &args.thresholds,
+        };
+        all.extend(thresholds.iter().map(|&threshold| Setting { policy, threshold }));
+    }
+    all
+}
+
+/// Paths next to the summary.
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("humaneval");
+    out.with_file_name(format!("{stem}{suffix}"))
+}
+
+pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.consult_tokens >= 1, "--consult-tokens must be at least 1");
+    let mut problems = load_problems()?;
+    problems.truncate(args.limit.unwrap_or(problems.len()));
+    let settings = settings(args);
+    for s in &settings {
+        Policy::new(s.policy, s.threshold, 0)?;
+    }
+    let answers_path = sibling(&args.out, ".answers.jsonl");
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut records = read_records(&answers_path)?;
+    let done: HashSet<(String, String)> = records.iter().map(|r| (r.setting.clone(), r.task_id.clone())).collect();
+
+    let mut slm = Model::load(&crate::eval::resolve_model(&args.slm)?).with_context(|| format!("loading {}", args.slm))?;
+    let head = match (&args.reward_head, settings.iter().any(|s| s.policy.needs_reward())) {
+        (Some(path), _) => Some(RewardHead::from_safetensors(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?),
+        (None, true) => {
+            let path = crate::reward::shipped_head(&args.slm)
+                .with_context(|| format!("no reward head ships for {}; pass --reward-head FILE or leave `reward` out of --policies", args.slm))?;
+            Some(RewardHead::from_safetensors(&std::fs::read(path)?)?)
+        }
+        (None, false) => None,
+    };
+    let pending = |s: &Setting| problems.iter().any(|p| !done.contains(&(s.key(), p.task_id.clone())));
+    let mut cloud_model = match pending(&settings[1]) {
+        true => Some(Model::load(&crate::eval::resolve_model(&args.cloud_model)?).with_context(|| format!("loading {}", args.cloud_model))?),
+        false => None,
+    };
+    let needs_server = settings.iter().filter(|s| s.policy != PolicyKind::Never && s.policy != PolicyKind::Always).any(pending);
+    let (_own_server, url) = match (&args.cloud, needs_server) {
+        (Some(url), _) => (None, url.clone()),
+        (None, true) => {
+            eprintln!("starting hybrid serve --cloud-model {} on loopback…", args.cloud_model);
+            let (server, url) = super::OwnServer::start(&args.cloud_model)?;
+            (Some(server), url)
+        }
+        (None, false) => (None, String::new()),
+    };
+    let mut client = CloudClient::new(CloudConfig {
+        url,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        model: args.cloud_model.clone(),
+        timeout: Duration::from_secs(120),
+    });
+
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&answers_path)?;
+    let config = HybridConfig { max_tokens: args.max_tokens, consult_tokens: args.consult_tokens, ..Default::default() };
+    for (index, problem) in problems.iter().enumerate() {
+        let prompt = slm.tokenizer.encode(&slm.chat_prompt(&instruction(problem))?)?;
+        for setting in &settings {
+            if done.contains(&(setting.key(), problem.task_id.clone())) {
+                continue;
+            }
+            let policy = Policy::new(setting.policy, setting.threshold, 1000 + index as u64)?;
+            let (answer, stats) = match setting.policy {
+                PolicyKind::Always => {
+                    let cloud = cloud_model.as_mut().expect("loaded when cloud-only is pending");
+                    let mut run = HybridLoop::<_, NoCloud> {
+                        slm: &mut cloud.decoder,
+                        tokenizer: &cloud.tokenizer,
+                        head: None,
+                        cloud: None,
+                        policy: Policy::new(PolicyKind::Never, 0.0, 0)?,
+                        sampler: Sampler::new(Default::default()),
+                        config: config.clone(),
+                    };
+                    let (answer, mut stats) = answer_with(&mut run, &prompt)?;
+                    // The whole answer is the cloud's, from one request.
+                    stats.cloud_tokens = stats.tokens;
+                    stats.cloud_prompt_tokens = stats.prompt_tokens;
+                    stats.cloud_completion_tokens = stats.tokens;
+                    stats.consults = 1;
+                    (answer, stats)
+                }
+                _ => {
+                    let mut run = HybridLoop {
+                        slm: &mut slm.decoder,
+                        tokenizer: &slm.tokenizer,
+                        head: head.as_ref(),
+                        cloud: setting.policy.may_consult().then_some(&mut client),
+                        policy,
+                        sampler: Sampler::new(Default::default()),
+                        config: config.clone(),
+                    };
+                    answer_with(&mut run, &prompt)?
+                }
+            };
+            if stats.failed_consults > 0 {
+                bail!(
+                    "{} consults failed on {} ({}); the evaluation needs a working cloud: check it and rerun (finished answers are kept)",
+                    stats.failed_consults,
+                    problem.task_id,
+                    stats.last_cloud_error.unwrap_or_default()
+                );
+            }
+            let record = score(problem, setting, answer, &stats, Duration::from_secs(args.test_timeout_s))?;
+            eprintln!(
+                "{} {:<16} {:<6} {:>3} tokens, {:>2} from the cloud",
+                problem.task_id,
+                record.setting,
+                record.outcome,
+                record.tokens,
+                record.cloud_tokens
+            );
+            writeln!(file, "{}", serde_json::to_string(&record)?)?;
+            file.flush()?;
+            records.push(record);
+        }
+    }
+
+    let summaries = summarise(&settings, &records, &problems);
+    let report = serde_json::json!({
+        "slm": args.slm,
+        "cloud_model": args.cloud_model,
+        "consult_tokens": args.consult_tokens,
+        "max_tokens": args.max_tokens,
+        "settings": summaries,
+    });
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(sibling(&args.out, ".svg"), plot(&summaries, args))?;
+    print_table(&summaries);
+    eprintln!("wrote {}, {} and {}", args.out.display(), sibling(&args.out, ".svg").display(), answers_path.display());
+    Ok(())
+}
+
+/// Runs one answer, ending it when its first code block closes (the rest is prose the test
+/// never reads).
+fn answer_with<M: crate::generate::Slm, C: CloudTransport>(run: &mut HybridLoop<'_, M, C>, prompt: &[u32]) -> anyhow::Result<(String, HybridStats)> {
+    let mut answer = String::new();
+    let stats = pollster::block_on(run.run(prompt, |event| {
+        answer.push_str(&event.text);
+        !code_block_closed(&answer)
+    }))?;
+    answer.push_str(&stats.tail);
+    Ok((answer, stats))
+}
+
+/// Whether the answer's first fenced code block has been closed by a fence line.
+pub fn code_block_closed(answer: &str) -> bool {
+    let Some(open) = answer.find("```") else { return false };
+    let Some(newline) = answer[open..].find('\n') else { return false };
+    answer[open + newline + 1..].lines().any(|line| line.trim_start().starts_with("```"))
+}
+
+fn score(problem: &Problem, setting: &Setting, answer: String, stats: &HybridStats, timeout: Duration) -> anyhow::Result<AnswerRecord> {
+    let outcome = sandbox::check(problem, &answer, timeout)?;
+    Ok(AnswerRecord {
+        setting: setting.key(),
+        task_id: problem.task_id.clone(),
+        passed: outcome.passed(),
+        outcome: match outcome {
+            sandbox::Outcome::Passed => "passed",
+            sandbox::Outcome::Failed { .. } => "failed",
+            sandbox::Outcome::TimedOut => "timeout",
+        }
+        .into(),
+        prompt_tokens: stats.prompt_tokens,
+        tokens: stats.tokens,
+        cloud_tokens: stats.cloud_tokens,
+        consults: stats.consults,
+        fallbacks: stats.fallbacks,
+        cloud_prompt_tokens: stats.cloud_prompt_tokens,
+        cloud_cached_tokens: stats.cloud_cached_tokens,
+        cloud_completion_tokens: stats.cloud_completion_tokens,
+        answer,
+    })
+}
+
+fn read_records(path: &Path) -> anyhow::Result<Vec<AnswerRecord>> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
+    // A line cut by an interrupted run is dropped; its answer is redone.
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+/// Figures per configuration over the problems that every configuration has answered.
+pub fn summarise(settings: &[Setting], records: &[AnswerRecord], problems: &[Problem]) -> Vec<SettingSummary> {
+    let by_key: BTreeMap<(String, String), &AnswerRecord> =
+        records.iter().map(|r| ((r.setting.clone(), r.task_id.clone()), r)).collect();
+    let common: Vec<&Problem> =
+        problems.iter().filter(|p| settings.iter().all(|s| by_key.contains_key(&(s.key(), p.task_id.clone())))).collect();
+    let mut out: Vec<SettingSummary> = settings
+        .iter()
+        .map(|s| {
+            let rs: Vec<&AnswerRecord> = common.iter().map(|p| by_key[&(s.key(), p.task_id.clone())]).collect();
+            let n = rs.len().max(1) as f64;
+            let sum = |f: fn(&AnswerRecord) -> usize| rs.iter().map(|r| f(r)).sum::<usize>();
+            let tokens = sum(|r| r.tokens).max(1);
+            let cloud_only = sum(|r| r.prompt_tokens + r.tokens);
+            let work = sum(|r| r.cloud_prompt_tokens - r.cloud_cached_tokens.min(r.cloud_prompt_tokens) + r.cloud_completion_tokens);
+            let billed = sum(|r| r.cloud_prompt_tokens + r.cloud_completion_tokens);
+            SettingSummary {
+                setting: s.key(),
+                policy: s.policy,
+                threshold: s.threshold,
+                problems: rs.len(),
+                pass_at_1: rs.iter().filter(|r| r.passed).count() as f64 / n,
+                cloud_share: sum(|r| r.cloud_tokens) as f64 / tokens as f64,
+                consults_per_100_tokens: 100.0 * sum(|r| r.consults) as f64 / tokens as f64,
+                gap_recovered: None,
+                cloud_work_tokens: work,
+                billed_tokens: billed,
+                cloud_only_tokens: cloud_only,
+                work_vs_cloud_only: work as f64 / cloud_only.max(1) as f64,
+                billed_vs_cloud_only: billed as f64 / cloud_only.max(1) as f64,
+            }
+        })
+        .collect();
+    let (slm, cloud) = (out[0].pass_at_1, out[1].pass_at_1);
+    for s in &mut out {
+        s.gap_recovered = (cloud > slm).then(|| (s.pass_at_1 - slm) / (cloud - slm));
+    }
+    out
+}
+
+fn plot(summaries: &[SettingSummary], args: &HumanEvalArgs) -> String {
+    let mut series: Vec<Series> = Vec::new();
+    for policy in &args.policies {
+        let mut points: Vec<(f64, f64)> =
+            summaries.iter().filter(|s| s.policy == *policy).map(|s| (s.cloud_share * 100.0, s.pass_at_1 * 100.0)).collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        series.push(Series { name: policy.to_string(), points });
+    }
+    let hline = |s: &SettingSummary, label: &str| HLine { label: format!("{label} {:.1}%", s.pass_at_1 * 100.0), y: s.pass_at_1 * 100.0 };
+    line_plot(&PlotSpec {
+        title: format!("HumanEval pass@1, {} with {} ({} problems)", args.slm, args.cloud_model, summaries[0].problems),
+        x_label: "tokens from the cloud (%)".into(),
+        y_label: "pass@1 (%)".into(),
+        series,
+        hlines: vec![hline(&summaries[0], "SLM only"), hline(&summaries[1], "cloud only")],
+        x_range: None,
+        y_range: None,
+    })
+}
+
+fn print_table(summaries: &[SettingSummary]) {
+    println!("| setting | problems | pass@1 | gap recovered | cloud tokens | consults /100 tok | cloud work vs cloud-only | billed vs cloud-only |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for s in summaries {
+        println!(
+            "| {} | {} | {:.1}% | {} | {:.1}% | {:.2} | {:.2}× | {:.2}× |",
+            s.setting,
+            s.problems,
+            s.pass_at_1 * 100.0,
+            s.gap_recovered.map_or("-".into(), |g| format!("{:.0}%", g * 100.0)),
+            s.cloud_share * 100.0,
+            s.consults_per_100_tokens,
+            s.work_vs_cloud_only,
+            s.billed_vs_cloud_only,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_ends_when_its_first_code_block_closes() {
+        assert!(!code_block_closed("Here is the function:\n"));
+        assert!(!code_block_closed("Here:\n```python\ndef f():\n    return 1\n"));
+        assert!(!code_block_closed("Here:\n```python\ndef f():\n    return 1\n``"));
+        assert!(code_block_closed("Here:\n```python\ndef f():\n    return 1\n```"));
+        assert!(code_block_closed("```\nx = 1\n```\nMore text"));
+        // A fence inside the opening line does not count as closing.
+        assert!(!code_block_closed("```python"));
+    }
+}
