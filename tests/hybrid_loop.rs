@@ -87,6 +87,19 @@ fn never_is_the_small_model_alone_and_always_is_the_cloud_exactly() {
     }
 }
 
+#[test]
+fn a_consult_slower_than_the_timeout_keeps_the_small_models_token() {
+    let server = Server::smollm2(&[]);
+    let mut model = model();
+    let expected = cloud_greedy(&server, &model);
+    let mut impatient =
+        CloudClient::new(CloudConfig { url: server.url.clone(), api_key: None, model: "smollm2-135m".into(), timeout: Duration::from_micros(1) });
+    let (events, stats) = run(&mut model, Some(&mut impatient), PolicyKind::Always, 1);
+    assert!(events.iter().all(|e| e.source == Source::Fallback));
+    assert_eq!(ids(&events), expected);
+    assert!(stats.failed_consults >= 3 && stats.cloud_tokens == 0, "{stats:?}");
+}
+
 /// Kills the server just before its `kill_at`-th consult; every later consult fails.
 struct KillAfter {
     client: CloudClient,

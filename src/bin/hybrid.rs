@@ -275,6 +275,11 @@ fn reward_train(args: &hybrid_assistant::train::fit::TrainArgs) -> Result<()> {
     for g in &report.gates {
         println!("{:<12} {:>8} {:>22} {:>22}", g.name, g.roc_auc.map_or("-".into(), |a| format!("{a:.4}")), pct(g.consult_for_90), pct(g.consult_for_75));
     }
+    println!("thresholds that consult on a share of the held-out positions:");
+    let t = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
+    for r in &report.thresholds_at_rate {
+        println!("  {:>4.0}%: reward {}, maxprob {}, entropy {}", r.rate * 100.0, t(r.reward), t(r.maxprob), t(r.entropy));
+    }
     Ok(())
 }
 

@@ -74,14 +74,18 @@ pub struct HumanEvalArgs {
 pub struct Setting {
     pub policy: PolicyKind,
     pub threshold: f32,
+    pub consult_tokens: usize,
 }
 
 impl Setting {
+    /// The name in tables and the answers file; runs with other `--consult-tokens` share the
+    /// SLM-only and cloud-only answers and add their own hybrid ones.
     fn key(&self) -> String {
-        match self.policy {
-            PolicyKind::Never => "slm-only".into(),
-            PolicyKind::Always => "cloud-only".into(),
-            p => format!("{p}@{}", self.threshold),
+        match (self.policy, self.consult_tokens) {
+            (PolicyKind::Never, _) => "slm-only".into(),
+            (PolicyKind::Always, _) => "cloud-only".into(),
+            (p, 1) => format!("{p}@{}", self.threshold),
+            (p, k) => format!("{p}@{}/k{k}", self.threshold),
         }
     }
 }
@@ -128,9 +132,10 @@ pub struct SettingSummary {
 }
 
 fn settings(args: &HumanEvalArgs) -> Vec<Setting> {
+    let consult_tokens = args.consult_tokens;
     let mut all = vec![
-        Setting { policy: PolicyKind::Never, threshold: 0.0 },
-        Setting { policy: PolicyKind::Always, threshold: 1.0 },
+        Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens },
+        Setting { policy: PolicyKind::Always, threshold: 1.0, consult_tokens },
     ];
     for &policy in &args.policies {
         let thresholds = match policy {
@@ -138,7 +143,7 @@ fn settings(args: &HumanEvalArgs) -> Vec<Setting> {
             PolicyKind::Never | PolicyKind::Always => continue,
             _ => &args.thresholds,
         };
-        all.extend(thresholds.iter().map(|&threshold| Setting { policy, threshold }));
+        all.extend(thresholds.iter().map(|&threshold| Setting { policy, threshold, consult_tokens }));
     }
     all
 }
@@ -416,5 +421,55 @@ mod tests {
         assert!(code_block_closed("```\nx = 1\n```\nMore text"));
         // A fence inside the opening line does not count as closing.
         assert!(!code_block_closed("```python"));
+    }
+
+    fn record(setting: &str, task: &str, passed: bool, tokens: usize, cloud: usize, consults: &[(usize, usize)]) -> AnswerRecord {
+        AnswerRecord {
+            setting: setting.into(),
+            task_id: task.into(),
+            passed,
+            outcome: String::new(),
+            prompt_tokens: 100,
+            tokens,
+            cloud_tokens: cloud,
+            consults: consults.len(),
+            fallbacks: 0,
+            cloud_prompt_tokens: consults.iter().map(|c| c.0).sum(),
+            cloud_cached_tokens: consults.iter().map(|c| c.1).sum(),
+            cloud_completion_tokens: cloud,
+            answer: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_gap_share_and_both_costs_on_problems_all_settings_answered() {
+        let problem = |id: &str| Problem { task_id: id.into(), prompt: String::new(), canonical_solution: String::new(), test: String::new(), entry_point: "f".into() };
+        let problems = [problem("a"), problem("b"), problem("c")];
+        let settings = [
+            Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens: 1 },
+            Setting { policy: PolicyKind::Always, threshold: 1.0, consult_tokens: 1 },
+            Setting { policy: PolicyKind::MaxProb, threshold: 0.5, consult_tokens: 1 },
+        ];
+        let records = vec![
+            record("slm-only", "a", false, 50, 0, &[]),
+            record("slm-only", "b", false, 50, 0, &[]),
+            record("cloud-only", "a", true, 50, 50, &[(100, 0)]),
+            record("cloud-only", "b", true, 50, 50, &[(100, 0)]),
+            // Two consults on `a`: prompt 110 (none cached) then 140 (110 cached).
+            record("maxprob@0.5", "a", true, 50, 2, &[(110, 0), (140, 110)]),
+            record("maxprob@0.5", "b", false, 50, 0, &[]),
+            // `c` is answered by one setting only: left out everywhere.
+            record("slm-only", "c", true, 50, 0, &[]),
+        ];
+        let s = summarise(&settings, &records, &problems);
+        assert!(s.iter().all(|x| x.problems == 2));
+        assert_eq!((s[0].pass_at_1, s[1].pass_at_1, s[2].pass_at_1), (0.0, 1.0, 0.5));
+        assert_eq!(s[2].gap_recovered, Some(0.5));
+        assert_eq!(s[2].cloud_share, 0.02);
+        assert_eq!(s[2].consults_per_100_tokens, 2.0);
+        // Work: 110 + 30 computed prompt tokens + 2 generated; billed: 250 + 2; cloud-only: 2 × (100 + 50).
+        assert_eq!((s[2].cloud_work_tokens, s[2].billed_tokens, s[2].cloud_only_tokens), (142, 252, 300));
+        assert_eq!(s[1].billed_vs_cloud_only, 1.0);
+        assert_eq!(Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 4 }.key(), "reward@0.25/k4");
     }
 }

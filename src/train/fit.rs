@@ -2,7 +2,7 @@
 //! out whole prompts for validation, and reports how well the head flags the positions where
 //! the cloud disagrees, next to the max-prob and entropy gates on the same positions.
 use super::collect::{shard_paths, Shard};
-use super::metrics::GateReport;
+use super::metrics::{cutoff_for_rate, GateReport};
 use crate::reward::{LogitFeatures, RewardHead};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -120,6 +120,20 @@ pub struct TrainReport {
     pub val_disagreement: f64,
     pub best_epoch: usize,
     pub gates: Vec<GateReport>,
+    /// Policy thresholds that consult on a given share of the held-out positions, per gate:
+    /// the settings that compare the gates at matched cloud shares.
+    pub thresholds_at_rate: Vec<ThresholdsAtRate>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ThresholdsAtRate {
+    pub rate: f64,
+    /// `--policy reward --threshold T`: consult when the reward < T.
+    pub reward: Option<f32>,
+    /// `--policy maxprob`: consult when top-1 probability < T.
+    pub maxprob: Option<f32>,
+    /// `--policy entropy`: consult when entropy > T nats.
+    pub entropy: Option<f32>,
 }
 
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
@@ -188,12 +202,26 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    // Half precision halves the file the browser downloads; the report below scores the
+    // saved head, so it measures what ships.
+    let tensors = tensors.into_iter().map(|(k, v)| Ok((k, v.to_dtype(DType::F16)?))).collect::<Result<HashMap<_, _>>>()?;
     candle_core::safetensors::save(&tensors, &args.out)?;
 
     // Report the saved head, reloaded the way users load it.
     let saved = RewardHead::from_safetensors(&std::fs::read(&args.out)?)?;
     let head_scores = suspicion(&saved.logits(&val_x)?)?;
     let feats = |f: fn(&[f32; 4]) -> f32| -> Vec<f32> { val_idx.iter().map(|&i| f(&data.features[i])).collect() };
+    let (maxprob_scores, entropy_scores) = (feats(|f| -f[1]), feats(|f| f[3]));
+    let thresholds_at_rate = [0.02, 0.05, 0.10, 0.20]
+        .into_iter()
+        .map(|rate| ThresholdsAtRate {
+            rate,
+            // Cut just past the k-th score so that it is consulted too (strict comparisons).
+            reward: cutoff_for_rate(&head_scores, rate).map(|s| crate::reward::sigmoid(-s).next_up()),
+            maxprob: cutoff_for_rate(&maxprob_scores, rate).map(|s| (-s).next_up()),
+            entropy: cutoff_for_rate(&entropy_scores, rate).map(|s| s.next_down()),
+        })
+        .collect();
     let report = TrainReport {
         train_positions: train_idx.len(),
         val_positions: val_idx.len(),
@@ -202,9 +230,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         best_epoch,
         gates: vec![
             GateReport::new("reward head", &head_scores, &disagree),
-            GateReport::new("max-prob", &feats(|f| -f[1]), &disagree),
-            GateReport::new("entropy", &feats(|f| f[3]), &disagree),
+            GateReport::new("max-prob", &maxprob_scores, &disagree),
+            GateReport::new("entropy", &entropy_scores, &disagree),
         ],
+        thresholds_at_rate,
     };
     std::fs::write(args.out.with_extension("json"), serde_json::to_string_pretty(&report).expect("report serialises"))?;
     Ok(report)

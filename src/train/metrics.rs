@@ -51,6 +51,14 @@ pub fn consult_rate_for_recall(scores: &[f32], positive: &[bool], recall: f64) -
     Some(1.0)
 }
 
+/// The score above which a gate consults on `rate` of the positions (highest scores first).
+pub fn cutoff_for_rate(scores: &[f32], rate: f64) -> Option<f32> {
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let k = ((rate * sorted.len() as f64).round() as usize).min(sorted.len());
+    (k > 0).then(|| sorted[k - 1])
+}
+
 /// The ranking figures of one score, as `hybrid reward train` prints them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GateReport {
@@ -97,5 +105,7 @@ mod tests {
         assert_eq!(consult_rate_for_recall(&scores, &pos, 0.5), Some(0.1));
         assert_eq!(consult_rate_for_recall(&scores, &pos, 0.9), Some(0.4));
         assert_eq!(consult_rate_for_recall(&scores, &[false; 10], 0.9), None);
+        assert_eq!(cutoff_for_rate(&scores, 0.3), Some(0.7));
+        assert_eq!(cutoff_for_rate(&scores, 0.0), None);
     }
 }
