@@ -121,13 +121,22 @@ pub struct SettingSummary {
     pub consults_per_100_tokens: f64,
     /// Share of the SLM-only → cloud-only pass@1 gap this configuration recovers.
     pub gap_recovered: Option<f64>,
-    /// Prompt tokens the cloud computed after prefix-cache hits, plus generated tokens.
-    pub cloud_work_tokens: usize,
-    /// Every consult's whole prompt, plus generated tokens: what a per-request API bills.
-    pub billed_tokens: usize,
-    /// One cloud request generating each of these same answers: prompt plus answer tokens.
-    pub cloud_only_tokens: usize,
+    /// Cloud work actually done: prompt tokens computed after prefix-cache hits (prefill,
+    /// batched and cheap per token) and tokens generated (decode, one step each).
+    pub cloud_prefill_tokens: usize,
+    pub cloud_decode_tokens: usize,
+    /// What an API billing every request's whole prompt charges: the sum of all consults'
+    /// prompt tokens, plus the completion tokens.
+    pub billed_prompt_tokens: usize,
+    pub billed_completion_tokens: usize,
+    /// Cloud-only generation of these same answers, one request each: prompt and answer tokens.
+    pub cloud_only_prompt_tokens: usize,
+    pub cloud_only_completion_tokens: usize,
+    /// (prefill + decode) / cloud-only (prompt + answer).
     pub work_vs_cloud_only: f64,
+    /// decode / cloud-only answer tokens: the expensive sequential steps.
+    pub decode_vs_cloud_only: f64,
+    /// (billed prompt + completion) / cloud-only (prompt + answer).
     pub billed_vs_cloud_only: f64,
 }
 
@@ -343,9 +352,11 @@ pub fn summarise(settings: &[Setting], records: &[AnswerRecord], problems: &[Pro
             let n = rs.len().max(1) as f64;
             let sum = |f: fn(&AnswerRecord) -> usize| rs.iter().map(|r| f(r)).sum::<usize>();
             let tokens = sum(|r| r.tokens).max(1);
-            let cloud_only = sum(|r| r.prompt_tokens + r.tokens);
-            let work = sum(|r| r.cloud_prompt_tokens - r.cloud_cached_tokens.min(r.cloud_prompt_tokens) + r.cloud_completion_tokens);
-            let billed = sum(|r| r.cloud_prompt_tokens + r.cloud_completion_tokens);
+            let (only_prompt, only_answer) = (sum(|r| r.prompt_tokens), sum(|r| r.tokens));
+            let prefill = sum(|r| r.cloud_prompt_tokens - r.cloud_cached_tokens.min(r.cloud_prompt_tokens));
+            let decode = sum(|r| r.cloud_completion_tokens);
+            let billed_prompt = sum(|r| r.cloud_prompt_tokens);
+            let cloud_only = (only_prompt + only_answer).max(1) as f64;
             SettingSummary {
                 setting: s.key(),
                 policy: s.policy,
@@ -355,11 +366,15 @@ pub fn summarise(settings: &[Setting], records: &[AnswerRecord], problems: &[Pro
                 cloud_share: sum(|r| r.cloud_tokens) as f64 / tokens as f64,
                 consults_per_100_tokens: 100.0 * sum(|r| r.consults) as f64 / tokens as f64,
                 gap_recovered: None,
-                cloud_work_tokens: work,
-                billed_tokens: billed,
-                cloud_only_tokens: cloud_only,
-                work_vs_cloud_only: work as f64 / cloud_only.max(1) as f64,
-                billed_vs_cloud_only: billed as f64 / cloud_only.max(1) as f64,
+                cloud_prefill_tokens: prefill,
+                cloud_decode_tokens: decode,
+                billed_prompt_tokens: billed_prompt,
+                billed_completion_tokens: decode,
+                cloud_only_prompt_tokens: only_prompt,
+                cloud_only_completion_tokens: only_answer,
+                work_vs_cloud_only: (prefill + decode) as f64 / cloud_only,
+                decode_vs_cloud_only: decode as f64 / only_answer.max(1) as f64,
+                billed_vs_cloud_only: (billed_prompt + decode) as f64 / cloud_only,
             }
         })
         .collect();
@@ -391,18 +406,21 @@ fn plot(summaries: &[SettingSummary], args: &HumanEvalArgs) -> String {
 }
 
 fn print_table(summaries: &[SettingSummary]) {
-    println!("| setting | problems | pass@1 | gap recovered | cloud tokens | consults /100 tok | cloud work vs cloud-only | billed vs cloud-only |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| setting | problems | pass@1 | gap recovered | cloud tokens | consults /100 tok | cloud prefill / decode tokens | work vs cloud-only | decode vs cloud-only | billed vs cloud-only |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for s in summaries {
         println!(
-            "| {} | {} | {:.1}% | {} | {:.1}% | {:.2} | {:.2}× | {:.2}× |",
+            "| {} | {} | {:.1}% | {} | {:.1}% | {:.2} | {} / {} | {:.2}× | {:.2}× | {:.2}× |",
             s.setting,
             s.problems,
             s.pass_at_1 * 100.0,
             s.gap_recovered.map_or("-".into(), |g| format!("{:.0}%", g * 100.0)),
             s.cloud_share * 100.0,
             s.consults_per_100_tokens,
+            s.cloud_prefill_tokens,
+            s.cloud_decode_tokens,
             s.work_vs_cloud_only,
+            s.decode_vs_cloud_only,
             s.billed_vs_cloud_only,
         );
     }
@@ -467,8 +485,12 @@ mod tests {
         assert_eq!(s[2].gap_recovered, Some(0.5));
         assert_eq!(s[2].cloud_share, 0.02);
         assert_eq!(s[2].consults_per_100_tokens, 2.0);
-        // Work: 110 + 30 computed prompt tokens + 2 generated; billed: 250 + 2; cloud-only: 2 × (100 + 50).
-        assert_eq!((s[2].cloud_work_tokens, s[2].billed_tokens, s[2].cloud_only_tokens), (142, 252, 300));
+        // Work: 110 + 30 computed prompt tokens, 2 generated; billed: 250 + 2; cloud-only: 2 × (100 + 50).
+        assert_eq!((s[2].cloud_prefill_tokens, s[2].cloud_decode_tokens, s[2].billed_prompt_tokens), (140, 2, 250));
+        assert_eq!((s[2].cloud_only_prompt_tokens, s[2].cloud_only_completion_tokens), (200, 100));
+        assert!((s[2].work_vs_cloud_only - 142.0 / 300.0).abs() < 1e-12);
+        assert!((s[2].billed_vs_cloud_only - 252.0 / 300.0).abs() < 1e-12);
+        assert_eq!(s[2].decode_vs_cloud_only, 0.02);
         assert_eq!(s[1].billed_vs_cloud_only, 1.0);
         assert_eq!(Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 4 }.key(), "reward@0.25/k4");
     }
