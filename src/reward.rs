@@ -118,7 +118,7 @@ impl RewardHead {
         let device = Device::Cpu;
         let tensors = candle_core::safetensors::load_buffer(bytes, &device).map_err(|e| bad(crate::error::first_line(&e)))?;
         let width = match tensors.get("fc1.weight").map(|t| t.dims().to_vec()) {
-            Some(dims) if dims.len() == 2 && dims[1] > LogitFeatures::COUNT && (dims[1] - LogitFeatures::COUNT) % 2 == 0 => dims[1],
+            Some(dims) if dims.len() == 2 && dims[1] > LogitFeatures::COUNT && (dims[1] - LogitFeatures::COUNT).is_multiple_of(2) => dims[1],
             Some(dims) => return Err(bad(format!("fc1.weight has shape {dims:?}"))),
             None => return Err(bad("no tensor fc1.weight".into())),
         };

@@ -25,8 +25,9 @@ pub struct TrainArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
-    /// Share of prompts held out for validation (whole prompts, never split).
-    #[arg(long, default_value_t = 0.15)]
+    /// Share of prompts held out (whole prompts, never split): half to choose the epoch,
+    /// half to report on.
+    #[arg(long, default_value_t = 0.2)]
     pub val_fraction: f64,
     #[arg(long, default_value_t = 17)]
     pub seed: u64,
@@ -103,20 +104,37 @@ impl Dataset {
     }
 }
 
-/// Whether a prompt is held out: a fixed hash of its index, so the split never depends on
-/// how many shards exist yet.
-fn held_out(prompt: u32, fraction: f64) -> bool {
+/// Which part of the data a prompt's positions belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    Train,
+    /// Held out to choose the epoch.
+    Select,
+    /// Held out to report on, never looked at while training.
+    Report,
+}
+
+/// A fixed hash of the prompt's index, so the split never depends on how many shards exist yet.
+fn split(prompt: u32, held_out: f64) -> Split {
     let h = (prompt as u64 ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    ((h >> 40) % 10_000) as f64 / 10_000.0 < fraction
+    let u = ((h >> 40) % 10_000) as f64 / 10_000.0;
+    match u {
+        u if u < held_out / 2.0 => Split::Select,
+        u if u < held_out => Split::Report,
+        _ => Split::Train,
+    }
 }
 
 /// What `hybrid reward train` prints and writes next to the head.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TrainReport {
     pub train_positions: usize,
+    /// Positions that chose the epoch.
+    pub select_positions: usize,
+    /// Positions the figures below are measured on (never used in training or selection).
     pub val_positions: usize,
     pub val_prompts: usize,
-    /// Share of held-out positions where the cloud's greedy token differs.
+    /// Share of those positions where the cloud's greedy token differs.
     pub val_disagreement: f64,
     pub best_epoch: usize,
     pub gates: Vec<GateReport>,
@@ -139,12 +157,14 @@ pub struct ThresholdsAtRate {
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let data = Dataset::load(&args.data)?;
     let device = Device::Cpu;
-    let (train_idx, val_idx): (Vec<usize>, Vec<usize>) = (0..data.len()).partition(|&i| !held_out(data.prompt[i], args.val_fraction));
-    if train_idx.is_empty() || val_idx.is_empty() {
+    let part = |which: Split| -> Vec<usize> { (0..data.len()).filter(|&i| split(data.prompt[i], args.val_fraction) == which).collect() };
+    let (train_idx, select_idx, val_idx) = (part(Split::Train), part(Split::Select), part(Split::Report));
+    if train_idx.is_empty() || select_idx.is_empty() || val_idx.is_empty() {
         return Err(Error::InvalidInput(format!(
-            "{} positions give {} for training and {} for validation; collect more prompts",
+            "{} positions give {} for training, {} to choose the epoch and {} to report on; collect more prompts or raise --val-fraction",
             data.len(),
             train_idx.len(),
+            select_idx.len(),
             val_idx.len()
         )));
     }
@@ -167,8 +187,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let varmap = VarMap::new();
     let head = RewardHead::build(VarBuilder::from_varmap(&varmap, DType::F32, &device), data.hidden_size, mean_t, std_t)?;
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: args.lr, weight_decay: 1e-4, ..Default::default() })?;
-    let val_x = data.tensor(&val_idx, &device)?;
-    let disagree: Vec<bool> = val_idx.iter().map(|&i| data.agree[i] < 0.5).collect();
+    let select_x = data.tensor(&select_idx, &device)?;
+    let select_disagree: Vec<bool> = select_idx.iter().map(|&i| data.agree[i] < 0.5).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut order = train_idx.clone();
     let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
@@ -186,9 +206,9 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             opt.backward_step(&loss)?;
             loss_sum += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
         }
-        let val_scores = suspicion(&head.logits(&val_x)?)?;
-        let auc = GateReport::new("reward", &val_scores, &disagree).roc_auc.unwrap_or(0.5);
-        eprintln!("epoch {epoch}: train loss {:.4}, validation ROC-AUC {auc:.4}", loss_sum / train_idx.len() as f64);
+        let select_scores = suspicion(&head.logits(&select_x)?)?;
+        let auc = GateReport::new("reward", &select_scores, &select_disagree).roc_auc.unwrap_or(0.5);
+        eprintln!("epoch {epoch}: train loss {:.4}, ROC-AUC on the selection split {auc:.4}", loss_sum / train_idx.len() as f64);
         if best.as_ref().is_none_or(|(b, _, _)| auc > *b) {
             let vars = varmap.data().lock().expect("varmap lock");
             let snapshot = vars.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect::<Result<HashMap<_, _>>>()?;
@@ -209,6 +229,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
 
     // Report the saved head, reloaded the way users load it.
     let saved = RewardHead::from_safetensors(&std::fs::read(&args.out)?)?;
+    let val_x = data.tensor(&val_idx, &device)?;
+    let disagree: Vec<bool> = val_idx.iter().map(|&i| data.agree[i] < 0.5).collect();
     let head_scores = suspicion(&saved.logits(&val_x)?)?;
     let feats = |f: fn(&[f32; 4]) -> f32| -> Vec<f32> { val_idx.iter().map(|&i| f(&data.features[i])).collect() };
     let (maxprob_scores, entropy_scores) = (feats(|f| -f[1]), feats(|f| f[3]));
@@ -224,6 +246,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         .collect();
     let report = TrainReport {
         train_positions: train_idx.len(),
+        select_positions: select_idx.len(),
         val_positions: val_idx.len(),
         val_prompts: val_idx.iter().map(|&i| data.prompt[i]).collect::<std::collections::BTreeSet<_>>().len(),
         val_disagreement: disagree.iter().filter(|&&d| d).count() as f64 / disagree.len() as f64,
@@ -246,12 +269,13 @@ fn suspicion(logits: &Tensor) -> Result<Vec<f32>> {
 
 #[cfg(test)]
 mod tests {
-    use super::held_out;
+    use super::{split, Split};
 
     #[test]
-    fn the_validation_split_holds_out_about_the_asked_share_of_prompts() {
-        let n = (0..10_000).filter(|&p| held_out(p, 0.15)).count();
-        assert!((1300..1700).contains(&n), "{n}");
-        assert_eq!((0..100).filter(|&p| held_out(p, 0.0)).count(), 0);
+    fn the_split_holds_out_about_the_asked_share_of_prompts_in_two_halves() {
+        let count = |which| (0..10_000).filter(|&p| split(p, 0.2) == which).count();
+        assert!((800..1200).contains(&count(Split::Select)), "{}", count(Split::Select));
+        assert!((800..1200).contains(&count(Split::Report)), "{}", count(Split::Report));
+        assert_eq!((0..100).filter(|&p| split(p, 0.0) != Split::Train).count(), 0);
     }
 }
