@@ -59,10 +59,17 @@ fn collect_resumes_and_train_reports_the_head_next_to_the_simple_gates() {
     let stderr = String::from_utf8_lossy(&train.stderr);
     assert!(train.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&train.stdout).unwrap();
-    let gates: Vec<&str> = report["gates"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    let gates: Vec<&str> = report["held_out"]["gates"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
     assert_eq!(gates, ["reward head", "max-prob", "entropy"]);
-    assert!(report["train_positions"].as_u64().unwrap() > 0 && report["val_positions"].as_u64().unwrap() > 0);
+    assert!(report["train_positions"].as_u64().unwrap() > 0 && report["held_out"]["positions"].as_u64().unwrap() > 0);
     let loaded = hybrid_assistant::reward::RewardHead::from_safetensors(&std::fs::read(&head).unwrap()).unwrap();
     assert_eq!(loaded.hidden_size(), 576);
     assert!(head.with_extension("json").exists());
+
+    // The same comparison on a whole collection the head never saw.
+    let scored = hybrid(&["reward", "report", "--data", data.to_str().unwrap(), "--head", head.to_str().unwrap(), "--json"]);
+    assert!(scored.status.success(), "{}", String::from_utf8_lossy(&scored.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&scored.stdout).unwrap();
+    assert_eq!(all["gates"].as_array().unwrap().len(), 3);
+    assert_eq!(all["prompts"], 8);
 }

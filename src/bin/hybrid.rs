@@ -153,6 +153,8 @@ enum RewardCommand {
     Collect(hybrid_assistant::train::collect::CollectArgs),
     /// Fit the head on collected data; report ROC-AUC and consult rates next to max-prob and entropy.
     Train(hybrid_assistant::train::fit::TrainArgs),
+    /// Score a trained head against max-prob and entropy on another collection (e.g. an evaluation set).
+    Report(hybrid_assistant::train::fit::ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -178,6 +180,7 @@ fn main() {
         Command::Chat(args) => chat(args),
         Command::Reward { which: RewardCommand::Collect(args) } => hybrid_assistant::train::collect::collect(&args).map_err(Into::into),
         Command::Reward { which: RewardCommand::Train(args) } => reward_train(&args),
+        Command::Reward { which: RewardCommand::Report(args) } => reward_report(&args),
         Command::Eval { which: EvalCommand::Humaneval(args) } => hybrid_assistant::eval::humaneval_run::run(&args),
         Command::Bench { which: BenchCommand::Decode(args) } => hybrid_assistant::eval::bench::bench_decode(&args),
         Command::Bench { which: BenchCommand::Serve(args) } => hybrid_assistant::eval::bench_serve::bench_serve(&args),
@@ -262,25 +265,42 @@ fn reward_train(args: &hybrid_assistant::train::fit::TrainArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} training / {} held-out positions ({} prompts), {:.2}% disagreements held out; best epoch {}; head written to {}",
+        "{} training positions, {} to choose the epoch (best: {}); head written to {}",
         report.train_positions,
-        report.val_positions,
-        report.val_prompts,
-        report.val_disagreement * 100.0,
+        report.select_positions,
         report.best_epoch,
         args.out.display()
     );
-    println!("{:<12} {:>8} {:>22} {:>22}", "gate", "ROC-AUC", "consult for 90% flagged", "consult for 75% flagged");
-    let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}%", v * 100.0));
-    for g in &report.gates {
-        println!("{:<12} {:>8} {:>22} {:>22}", g.name, g.roc_auc.map_or("-".into(), |a| format!("{a:.4}")), pct(g.consult_for_90), pct(g.consult_for_75));
-    }
-    println!("thresholds that consult on a share of the held-out positions:");
-    let t = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
-    for r in &report.thresholds_at_rate {
-        println!("  {:>4.0}%: reward {}, maxprob {}, entropy {}", r.rate * 100.0, t(r.reward), t(r.maxprob), t(r.entropy));
+    print_gates(&report.held_out);
+    Ok(())
+}
+
+fn reward_report(args: &hybrid_assistant::train::fit::ReportArgs) -> Result<()> {
+    let comparison = hybrid_assistant::train::fit::report(args)?;
+    match args.json {
+        true => println!("{}", serde_json::to_string(&comparison)?),
+        false => print_gates(&comparison),
     }
     Ok(())
+}
+
+fn print_gates(c: &hybrid_assistant::train::fit::GateComparison) {
+    println!(
+        "{} positions of {} prompts, {:.2}% where the cloud's greedy token differs:",
+        c.positions,
+        c.prompts,
+        c.disagreement * 100.0
+    );
+    println!("{:<12} {:>8} {:>24} {:>24}", "gate", "ROC-AUC", "consult to flag 90%", "consult to flag 75%");
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}%", v * 100.0));
+    for g in &c.gates {
+        println!("{:<12} {:>8} {:>24} {:>24}", g.name, g.roc_auc.map_or("-".into(), |a| format!("{a:.4}")), pct(g.consult_for_90), pct(g.consult_for_75));
+    }
+    println!("thresholds that consult on a share of these positions:");
+    let t = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
+    for r in &c.thresholds_at_rate {
+        println!("  {:>4.0}%: reward {}, maxprob {}, entropy {}", r.rate * 100.0, t(r.reward), t(r.maxprob), t(r.entropy));
+    }
 }
 
 fn chat(args: ChatArgs) -> Result<()> {

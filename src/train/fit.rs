@@ -131,15 +131,21 @@ pub struct TrainReport {
     pub train_positions: usize,
     /// Positions that chose the epoch.
     pub select_positions: usize,
-    /// Positions the figures below are measured on (never used in training or selection).
-    pub val_positions: usize,
-    pub val_prompts: usize,
-    /// Share of those positions where the cloud's greedy token differs.
-    pub val_disagreement: f64,
     pub best_epoch: usize,
+    /// Measured on prompts never used in training or selection.
+    pub held_out: GateComparison,
+}
+
+/// The head and the simple gates on the same positions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GateComparison {
+    pub positions: usize,
+    pub prompts: usize,
+    /// Share of the positions where the cloud's greedy token differs.
+    pub disagreement: f64,
     pub gates: Vec<GateReport>,
-    /// Policy thresholds that consult on a given share of the held-out positions, per gate:
-    /// the settings that compare the gates at matched cloud shares.
+    /// Policy thresholds that consult on a given share of these positions, per gate: the
+    /// settings that compare the gates at matched cloud shares.
     pub thresholds_at_rate: Vec<ThresholdsAtRate>,
 }
 
@@ -229,10 +235,22 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
 
     // Report the saved head, reloaded the way users load it.
     let saved = RewardHead::from_safetensors(&std::fs::read(&args.out)?)?;
-    let val_x = data.tensor(&val_idx, &device)?;
-    let disagree: Vec<bool> = val_idx.iter().map(|&i| data.agree[i] < 0.5).collect();
-    let head_scores = suspicion(&saved.logits(&val_x)?)?;
-    let feats = |f: fn(&[f32; 4]) -> f32| -> Vec<f32> { val_idx.iter().map(|&i| f(&data.features[i])).collect() };
+    let report = TrainReport {
+        train_positions: train_idx.len(),
+        select_positions: select_idx.len(),
+        best_epoch,
+        held_out: compare_gates(&saved, &data, &val_idx)?,
+    };
+    std::fs::write(args.out.with_extension("json"), serde_json::to_string_pretty(&report).expect("report serialises"))?;
+    Ok(report)
+}
+
+/// The head next to the max-prob and entropy gates on some positions of `data`.
+fn compare_gates(head: &RewardHead, data: &Dataset, idx: &[usize]) -> Result<GateComparison> {
+    let x = data.tensor(idx, &Device::Cpu)?;
+    let disagree: Vec<bool> = idx.iter().map(|&i| data.agree[i] < 0.5).collect();
+    let head_scores = suspicion(&head.logits(&x)?)?;
+    let feats = |f: fn(&[f32; 4]) -> f32| -> Vec<f32> { idx.iter().map(|&i| f(&data.features[i])).collect() };
     let (maxprob_scores, entropy_scores) = (feats(|f| -f[1]), feats(|f| f[3]));
     let thresholds_at_rate = [0.02, 0.05, 0.10, 0.20]
         .into_iter()
@@ -244,22 +262,47 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             entropy: cutoff_for_rate(&entropy_scores, rate).map(|s| s.next_down()),
         })
         .collect();
-    let report = TrainReport {
-        train_positions: train_idx.len(),
-        select_positions: select_idx.len(),
-        val_positions: val_idx.len(),
-        val_prompts: val_idx.iter().map(|&i| data.prompt[i]).collect::<std::collections::BTreeSet<_>>().len(),
-        val_disagreement: disagree.iter().filter(|&&d| d).count() as f64 / disagree.len() as f64,
-        best_epoch,
+    Ok(GateComparison {
+        positions: idx.len(),
+        prompts: idx.iter().map(|&i| data.prompt[i]).collect::<std::collections::BTreeSet<_>>().len(),
+        disagreement: disagree.iter().filter(|&&d| d).count() as f64 / disagree.len().max(1) as f64,
         gates: vec![
             GateReport::new("reward head", &head_scores, &disagree),
             GateReport::new("max-prob", &maxprob_scores, &disagree),
             GateReport::new("entropy", &entropy_scores, &disagree),
         ],
         thresholds_at_rate,
-    };
-    std::fs::write(args.out.with_extension("json"), serde_json::to_string_pretty(&report).expect("report serialises"))?;
-    Ok(report)
+    })
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// A directory written by `hybrid reward collect` (e.g. over an evaluation set).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The head to score with.
+    #[arg(long)]
+    pub head: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `hybrid reward report`: a trained head next to the simple gates on every position of a
+/// collection it never saw (the same figures training reports on its held-out split).
+pub fn report(args: &ReportArgs) -> Result<GateComparison> {
+    let data = Dataset::load(&args.data)?;
+    let bytes = std::fs::read(&args.head).map_err(|e| Error::File { path: args.head.clone(), message: format!("cannot read the reward head: {e}") })?;
+    let head = RewardHead::from_safetensors(&bytes)?;
+    if head.hidden_size() != data.hidden_size {
+        return Err(Error::InvalidInput(format!(
+            "the head is for hidden size {} but {} holds {}; collect with the head's small model",
+            head.hidden_size(),
+            args.data.display(),
+            data.hidden_size
+        )));
+    }
+    let all: Vec<usize> = (0..data.len()).collect();
+    compare_gates(&head, &data, &all)
 }
 
 /// Scores oriented for the metrics: higher = more likely a disagreement (the reward's complement).
