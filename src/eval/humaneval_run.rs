@@ -107,6 +107,9 @@ pub struct AnswerRecord {
     pub cloud_cached_tokens: usize,
     pub cloud_completion_tokens: usize,
     pub answer: String,
+    /// sha256 of the reward head, for answers that used it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_sha256: Option<String>,
 }
 
 /// The summary of one configuration over the problems every configuration has answered.
@@ -175,19 +178,28 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let mut records = read_records(&answers_path)?;
+    let head_path = match (&args.reward_head, settings.iter().any(|s| s.policy.needs_reward())) {
+        (Some(path), _) => Some(path.clone()),
+        (None, true) => Some(crate::reward::shipped_head(&args.slm).with_context(|| {
+            format!("no reward head ships for {}; pass --reward-head FILE or leave `reward` out of --policies", args.slm)
+        })?),
+        (None, false) => None,
+    };
+    let (head, head_sha256) = match &head_path {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            (Some(RewardHead::from_safetensors(&bytes)?), Some(crate::fetch::sha256_file(path)?))
+        }
+        None => (None, None),
+    };
+    // Answers of another reward head are stale: they are redone (and replaced in summaries).
+    let mut records: Vec<AnswerRecord> = read_records(&answers_path)?
+        .into_iter()
+        .filter(|r| r.head_sha256.is_none() || r.head_sha256 == head_sha256)
+        .collect();
     let done: HashSet<(String, String)> = records.iter().map(|r| (r.setting.clone(), r.task_id.clone())).collect();
 
     let mut slm = Model::load(&crate::eval::resolve_model(&args.slm)?).with_context(|| format!("loading {}", args.slm))?;
-    let head = match (&args.reward_head, settings.iter().any(|s| s.policy.needs_reward())) {
-        (Some(path), _) => Some(RewardHead::from_safetensors(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?),
-        (None, true) => {
-            let path = crate::reward::shipped_head(&args.slm)
-                .with_context(|| format!("no reward head ships for {}; pass --reward-head FILE or leave `reward` out of --policies", args.slm))?;
-            Some(RewardHead::from_safetensors(&std::fs::read(path)?)?)
-        }
-        (None, false) => None,
-    };
     let pending = |s: &Setting| problems.iter().any(|p| !done.contains(&(s.key(), p.task_id.clone())));
     let mut cloud_model = match pending(&settings[1]) {
         true => Some(Model::load(&crate::eval::resolve_model(&args.cloud_model)?).with_context(|| format!("loading {}", args.cloud_model))?),
@@ -260,7 +272,10 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
                     stats.last_cloud_error.unwrap_or_default()
                 );
             }
-            let record = score(problem, setting, answer, &stats, Duration::from_secs(args.test_timeout_s))?;
+            let mut record = score(problem, setting, answer, &stats, Duration::from_secs(args.test_timeout_s))?;
+            if setting.policy.needs_reward() {
+                record.head_sha256.clone_from(&head_sha256);
+            }
             eprintln!(
                 "{} {:<16} {:<6} {:>3} tokens, {:>2} from the cloud",
                 problem.task_id,
@@ -330,6 +345,7 @@ fn score(problem: &Problem, setting: &Setting, answer: String, stats: &HybridSta
         cloud_cached_tokens: stats.cloud_cached_tokens,
         cloud_completion_tokens: stats.cloud_completion_tokens,
         answer,
+        head_sha256: None,
     })
 }
 
@@ -456,6 +472,7 @@ mod tests {
             cloud_cached_tokens: consults.iter().map(|c| c.1).sum(),
             cloud_completion_tokens: cloud,
             answer: String::new(),
+            head_sha256: None,
         }
     }
 
