@@ -3,9 +3,15 @@
 //! model already computed: the final hidden state that produced the proposal, the proposed
 //! token's input embedding, and four scalars of the next-token distribution.
 //!
+//! Two branches add up to the score's logit. A small one reads only the distribution's
+//! scalars, so the head can always do what the max-prob and entropy gates do; a wider one
+//! reads everything (hidden state, embedding, scalars), with dropout while training, to learn
+//! where the cloud disagrees beyond what the scalars say.
+//!
 //! Weights live in one safetensors file (loaded from bytes, so the browser loads it the same
-//! way): `norm.mean` and `norm.std` standardise the input, then `fc1`, `fc2`, `out` (each
-//! `.weight`/`.bias`). The hidden size of the small model follows from `fc1.weight`'s shape.
+//! way): `norm.mean` and `norm.std` standardise the input row, `scalar.fc`/`scalar.out` are the
+//! small branch, `fc1`, `fc2`, `out` the wide one (each `.weight`/`.bias`). The hidden size of
+//! the small model follows from `fc1.weight`'s shape.
 use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -76,17 +82,33 @@ impl LogitFeatures {
     pub fn to_array(self) -> [f32; Self::COUNT] {
         [self.log_p, self.top1_p, self.margin, self.entropy]
     }
+
+    pub fn from_array(a: [f32; Self::COUNT]) -> Self {
+        Self { log_p: a[0], top1_p: a[1], margin: a[2], entropy: a[3] }
+    }
+
+    /// What the head reads: the features plus the top-1 uncertainty on a log scale, which
+    /// separates 0.99 from 0.9999 where most tokens are.
+    fn head_inputs(self) -> [f32; SCALARS] {
+        [self.log_p, self.top1_p, self.margin, self.entropy, ((1.0 - self.top1_p).max(0.0) + 1e-6).ln()]
+    }
 }
 
-/// The head's layer sizes after the input.
-const FC1: usize = 256;
-const FC2: usize = 64;
+/// Scalars in an input row.
+const SCALARS: usize = 5;
+
+/// Layer sizes after the input: the wide branch, and the scalar branch.
+const FC1: usize = 128;
+const FC2: usize = 32;
+const SCALAR_FC: usize = 16;
 
 /// The MLP, on candle-nn layers; training (`src/train/`) builds the same struct on a VarMap.
 pub struct RewardHead {
     hidden_size: usize,
     mean: Tensor,
     std: Tensor,
+    scalar_fc: Linear,
+    scalar_out: Linear,
     fc1: Linear,
     fc2: Linear,
     out: Linear,
@@ -95,7 +117,7 @@ pub struct RewardHead {
 impl RewardHead {
     /// Width of the input row for a small model of hidden size `hidden_size`.
     pub fn input_width(hidden_size: usize) -> usize {
-        2 * hidden_size + LogitFeatures::COUNT
+        2 * hidden_size + SCALARS
     }
 
     /// Builds the layers from a VarBuilder (fresh for training, loaded for inference), with
@@ -106,9 +128,16 @@ impl RewardHead {
             hidden_size,
             mean,
             std,
+            scalar_fc: candle_nn::linear(SCALARS, SCALAR_FC, vb.pp("scalar.fc"))?,
+            scalar_out: candle_nn::linear(SCALAR_FC, 1, vb.pp("scalar.out"))?,
             fc1: candle_nn::linear(width, FC1, vb.pp("fc1"))?,
             fc2: candle_nn::linear(FC1, FC2, vb.pp("fc2"))?,
-            out: candle_nn::linear(FC2, 1, vb.pp("out"))?,
+            // Zero at first: a fresh head ranks by the scalars alone (as the max-prob and entropy
+            // gates do) and the wide branch grows only where training finds it helps.
+            out: Linear::new(
+                vb.pp("out").get_with_hints((1, FC2), "weight", candle_nn::Init::Const(0.0))?,
+                Some(vb.pp("out").get_with_hints(1, "bias", candle_nn::Init::Const(0.0))?),
+            ),
         })
     }
 
@@ -118,11 +147,11 @@ impl RewardHead {
         let device = Device::Cpu;
         let tensors = candle_core::safetensors::load_buffer(bytes, &device).map_err(|e| bad(crate::error::first_line(&e)))?;
         let width = match tensors.get("fc1.weight").map(|t| t.dims().to_vec()) {
-            Some(dims) if dims.len() == 2 && dims[1] > LogitFeatures::COUNT && (dims[1] - LogitFeatures::COUNT).is_multiple_of(2) => dims[1],
+            Some(dims) if dims.len() == 2 && dims[1] > SCALARS && (dims[1] - SCALARS).is_multiple_of(2) => dims[1],
             Some(dims) => return Err(bad(format!("fc1.weight has shape {dims:?}"))),
             None => return Err(bad("no tensor fc1.weight".into())),
         };
-        let hidden_size = (width - LogitFeatures::COUNT) / 2;
+        let hidden_size = (width - SCALARS) / 2;
         let stat = |name: &str| -> Result<Tensor> {
             let t = tensors.get(name).ok_or_else(|| bad(format!("no tensor {name}")))?;
             match t.dims() {
@@ -147,21 +176,35 @@ impl RewardHead {
         (&self.mean, &self.std)
     }
 
-    /// One input row: hidden state, token embedding, logit features.
+    /// One input row: hidden state, token embedding, scalars of the distribution.
     pub fn input_row(hidden: &[f32], embedding: &[f32], features: &LogitFeatures) -> Vec<f32> {
-        let mut row = Vec::with_capacity(hidden.len() + embedding.len() + LogitFeatures::COUNT);
+        let mut row = Vec::with_capacity(hidden.len() + embedding.len() + SCALARS);
         row.extend_from_slice(hidden);
         row.extend_from_slice(embedding);
-        row.extend_from_slice(&features.to_array());
+        row.extend_from_slice(&features.head_inputs());
         row
     }
 
     /// Raw scores (before the sigmoid) of a batch of input rows `(n, input_width)`.
     pub fn logits(&self, rows: &Tensor) -> Result<Tensor> {
+        self.forward(rows, 0.0)
+    }
+
+    /// Like [`logits`](Self::logits), with dropout `p` in the wide branch (training only).
+    pub fn logits_with_dropout(&self, rows: &Tensor, p: f32) -> Result<Tensor> {
+        self.forward(rows, p)
+    }
+
+    fn forward(&self, rows: &Tensor, dropout: f32) -> Result<Tensor> {
         let x = rows.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
-        let x = candle_nn::ops::silu(&self.fc1.forward(&x)?)?;
-        let x = candle_nn::ops::silu(&self.fc2.forward(&x)?)?;
-        Ok(self.out.forward(&x)?.squeeze(1)?)
+        let scalars = x.narrow(1, 2 * self.hidden_size, SCALARS)?;
+        let narrow = self.scalar_out.forward(&candle_nn::ops::silu(&self.scalar_fc.forward(&scalars)?)?)?;
+        let mut h = candle_nn::ops::silu(&self.fc1.forward(&x)?)?;
+        if dropout > 0.0 {
+            h = candle_nn::ops::dropout(&h, dropout)?;
+        }
+        let wide = self.out.forward(&candle_nn::ops::silu(&self.fc2.forward(&h)?)?)?;
+        Ok((narrow + wide)?.squeeze(1)?)
     }
 
     /// The score in [0,1] of one proposed token: an estimate of the chance that the cloud
@@ -231,7 +274,7 @@ mod tests {
         let s = head.score(&[0.5; 8], &[-0.5; 8], &f).unwrap();
         assert!((0.0..=1.0).contains(&s), "{s}");
         // The batch path gives the same score as the single-row path.
-        let row = Tensor::from_vec(RewardHead::input_row(&[0.5; 8], &[-0.5; 8], &f), (1, 20), &Device::Cpu).unwrap();
+        let row = Tensor::from_vec(RewardHead::input_row(&[0.5; 8], &[-0.5; 8], &f), (1, RewardHead::input_width(8)), &Device::Cpu).unwrap();
         assert!((sigmoid(head.logits(&row).unwrap().to_vec1::<f32>().unwrap()[0]) - s).abs() < 1e-6);
         let e = head.score(&[0.5; 9], &[0.5; 8], &f).unwrap_err().to_string();
         assert!(e.contains("hidden size 8"), "{e}");

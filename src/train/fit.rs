@@ -25,6 +25,15 @@ pub struct TrainArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// Weight of the soft target (the cloud's probability of the token) against the hard
+    /// one (the cloud's greedy token equals it).
+    #[arg(long, default_value_t = 0.5)]
+    pub soft_weight: f64,
+    /// Dropout in the wide branch while training.
+    #[arg(long, default_value_t = 0.3)]
+    pub dropout: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
     /// Share of prompts held out (whole prompts, never split): half to choose the epoch,
     /// half to report on.
     #[arg(long, default_value_t = 0.2)]
@@ -75,9 +84,11 @@ impl Dataset {
             }
             for i in 0..n {
                 let f: [f32; 4] = shard.features[i * 4..i * 4 + 4].try_into().expect("four features");
-                set.rows.extend_from_slice(&shard.hidden[i * d..(i + 1) * d]);
-                set.rows.extend_from_slice(&shard.embedding[i * d..(i + 1) * d]);
-                set.rows.extend_from_slice(&f);
+                set.rows.extend(RewardHead::input_row(
+                    &shard.hidden[i * d..(i + 1) * d],
+                    &shard.embedding[i * d..(i + 1) * d],
+                    &LogitFeatures::from_array(f),
+                ));
                 set.features.push(f);
             }
             set.agree.extend(shard.agree.iter().map(|&a| a as f32));
@@ -192,9 +203,11 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
 
     let varmap = VarMap::new();
     let head = RewardHead::build(VarBuilder::from_varmap(&varmap, DType::F32, &device), data.hidden_size, mean_t, std_t)?;
-    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: args.lr, weight_decay: 1e-4, ..Default::default() })?;
+    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() })?;
     let select_x = data.tensor(&select_idx, &device)?;
     let select_disagree: Vec<bool> = select_idx.iter().map(|&i| data.agree[i] < 0.5).collect();
+    let select_maxprob: Vec<f32> = select_idx.iter().map(|&i| -data.features[i][1]).collect();
+    let maxprob_auc = GateReport::new("max-prob", &select_maxprob, &select_disagree).roc_auc.unwrap_or(0.5);
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut order = train_idx.clone();
     let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
@@ -207,14 +220,17 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             let soft = Tensor::from_vec(batch.iter().map(|&i| data.cloud_prob[i]).collect::<Vec<f32>>(), batch.len(), &device)?;
             // The hard label says whether the cloud agrees; the cloud's probability of the
             // token adds how close the call was.
-            let target = ((hard + soft)? * 0.5)?;
-            let loss = candle_nn::loss::binary_cross_entropy_with_logit(&head.logits(&x)?, &target)?;
+            let target = ((hard * (1.0 - args.soft_weight))? + (soft * args.soft_weight)?)?;
+            let loss = bce_with_logits(&head.logits_with_dropout(&x, args.dropout)?, &target)?;
             opt.backward_step(&loss)?;
             loss_sum += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
         }
         let select_scores = suspicion(&head.logits(&select_x)?)?;
         let auc = GateReport::new("reward", &select_scores, &select_disagree).roc_auc.unwrap_or(0.5);
-        eprintln!("epoch {epoch}: train loss {:.4}, ROC-AUC on the selection split {auc:.4}", loss_sum / train_idx.len() as f64);
+        eprintln!(
+            "epoch {epoch}: train loss {:.4}, ROC-AUC on the selection split {auc:.4} (max-prob {maxprob_auc:.4})",
+            loss_sum / train_idx.len() as f64
+        );
         if best.as_ref().is_none_or(|(b, _, _)| auc > *b) {
             let vars = varmap.data().lock().expect("varmap lock");
             let snapshot = vars.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect::<Result<HashMap<_, _>>>()?;
@@ -305,6 +321,13 @@ pub fn report(args: &ReportArgs) -> Result<GateComparison> {
     compare_gates(&head, &data, &all)
 }
 
+/// Binary cross-entropy on logits, in the stable form max(x,0) − x·t + ln(1 + e^−|x|).
+/// (candle-nn's takes the log of a sigmoid, which saturates to log 0 = −inf and NaN.)
+fn bce_with_logits(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let softplus = (logits.relu()? + logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
+    Ok((softplus - (logits * target)?)?.mean_all()?)
+}
+
 /// Scores oriented for the metrics: higher = more likely a disagreement (the reward's complement).
 fn suspicion(logits: &Tensor) -> Result<Vec<f32>> {
     Ok(logits.neg()?.to_vec1::<f32>()?)
@@ -312,7 +335,18 @@ fn suspicion(logits: &Tensor) -> Result<Vec<f32>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{split, Split};
+    use super::{bce_with_logits, split, Split};
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn cross_entropy_is_finite_and_right_at_saturated_logits() {
+        let x = Tensor::new(&[0.0f32, 2.0, -3.0, 200.0, -200.0], &Device::Cpu).unwrap();
+        let t = Tensor::new(&[1.0f32, 0.25, 0.0, 0.0, 1.0], &Device::Cpu).unwrap();
+        let got = bce_with_logits(&x, &t).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let direct = |x: f64, t: f64| -(t * (1.0 / (1.0 + (-x).exp())).ln() + (1.0 - t) * (1.0 / (1.0 + x.exp())).ln());
+        let expected = (direct(0.0, 1.0) + direct(2.0, 0.25) + direct(-3.0, 0.0) + 200.0 + 200.0) / 5.0;
+        assert!((got - expected).abs() < 1e-3, "{got} vs {expected}");
+    }
 
     #[test]
     fn the_split_holds_out_about_the_asked_share_of_prompts_in_two_halves() {
