@@ -63,7 +63,7 @@ reward-data:
 reward-head:
 	$(CARGO) run --quiet -- reward train --data $(REWARD_DATA) --out assets/reward/qwen2.5-coder-0.5b.safetensors
 
-## Cost/quality on HumanEval (resumable; writes eval/humaneval.json, .svg, .answers.jsonl).
+## Cost/quality on HumanEval (resumable; writes assets/eval/humaneval.json, .svg, .answers.jsonl).
 EVAL_ARGS ?=
 eval-humaneval:
 	$(CARGO) run --quiet -- eval humaneval --slm qwen2.5-coder-0.5b --cloud-model qwen2.5-coder-1.5b $(EVAL_ARGS)

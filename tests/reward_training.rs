@@ -72,4 +72,14 @@ fn collect_resumes_and_train_reports_the_head_next_to_the_simple_gates() {
     let all: serde_json::Value = serde_json::from_slice(&scored.stdout).unwrap();
     assert_eq!(all["gates"].as_array().unwrap().len(), 3);
     assert_eq!(all["prompts"], 8);
+
+    // HumanEval is collected only to score heads on: training on it is refused.
+    let eval_data = dir.path().join("humaneval");
+    let he = collect(Path::new("humaneval"), &eval_data, "8", &["--limit", "2"]);
+    assert!(he.status.success(), "{}", String::from_utf8_lossy(&he.stderr));
+    let refused = hybrid(&["reward", "train", "--data", eval_data.to_str().unwrap(), "--out", dir.path().join("x.safetensors").to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("evaluation set"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let scored = hybrid(&["reward", "report", "--data", eval_data.to_str().unwrap(), "--head", head.to_str().unwrap(), "--json"]);
+    assert!(scored.status.success(), "{}", String::from_utf8_lossy(&scored.stderr));
 }

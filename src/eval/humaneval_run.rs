@@ -43,12 +43,10 @@ pub struct HumanEvalArgs {
     pub api_key: Option<String>,
     #[arg(long, value_delimiter = ',', default_value = "reward,maxprob,entropy,random")]
     pub policies: Vec<PolicyKind>,
-    /// Thresholds of the reward, maxprob and random policies.
-    #[arg(long, value_delimiter = ',', default_value = "0.3,0.5,0.7")]
-    pub thresholds: Vec<f32>,
-    /// Thresholds of the entropy policy, in nats.
-    #[arg(long, value_delimiter = ',', default_value = "2.0,1.0,0.5")]
-    pub entropy_thresholds: Vec<f32>,
+    /// Thresholds per policy, `POLICY=T` (repeat a policy for several); a bare number applies
+    /// to every listed policy whose threshold is a probability (reward, maxprob, random).
+    #[arg(long, value_delimiter = ',', default_value = "reward=0.6,reward=0.85,maxprob=0.65,maxprob=0.9,entropy=0.9,entropy=0.4,random=0.02,random=0.05")]
+    pub thresholds: Vec<String>,
     #[arg(long, default_value_t = 1)]
     pub consult_tokens: usize,
     /// The reward head; default: the one shipped for --slm.
@@ -61,7 +59,7 @@ pub struct HumanEvalArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// The JSON summary; answers go to <out>.answers.jsonl, the plot to <out>.svg.
-    #[arg(long, default_value = "eval/humaneval.json")]
+    #[arg(long, default_value = "assets/eval/humaneval.json")]
     pub out: PathBuf,
     /// Seconds a test program may run.
     #[arg(long, default_value_t = 10)]
@@ -143,21 +141,25 @@ pub struct SettingSummary {
     pub billed_vs_cloud_only: f64,
 }
 
-fn settings(args: &HumanEvalArgs) -> Vec<Setting> {
+/// SLM-only and cloud-only first, then each listed policy at each of its thresholds.
+fn settings(args: &HumanEvalArgs) -> anyhow::Result<Vec<Setting>> {
     let consult_tokens = args.consult_tokens;
     let mut all = vec![
         Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens },
         Setting { policy: PolicyKind::Always, threshold: 1.0, consult_tokens },
     ];
-    for &policy in &args.policies {
-        let thresholds = match policy {
-            PolicyKind::Entropy => &args.entropy_thresholds,
-            PolicyKind::Never | PolicyKind::Always => continue,
-            _ => &args.thresholds,
+    for item in &args.thresholds {
+        let (policies, value) = match item.split_once('=') {
+            Some((p, v)) => (vec![p.parse::<PolicyKind>()?], v),
+            None => (args.policies.iter().copied().filter(|p| matches!(p, PolicyKind::Reward | PolicyKind::MaxProb | PolicyKind::Random)).collect(), item.as_str()),
         };
-        all.extend(thresholds.iter().map(|&threshold| Setting { policy, threshold, consult_tokens }));
+        let threshold: f32 = value.trim().parse().with_context(|| format!("--thresholds: `{item}` is not POLICY=NUMBER or NUMBER"))?;
+        for policy in policies.into_iter().filter(|p| args.policies.contains(p) && p.may_consult() && *p != PolicyKind::Always) {
+            Policy::new(policy, threshold, 0)?;
+            all.push(Setting { policy, threshold, consult_tokens });
+        }
     }
-    all
+    Ok(all)
 }
 
 /// Paths next to the summary.
@@ -170,10 +172,7 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.consult_tokens >= 1, "--consult-tokens must be at least 1");
     let mut problems = load_problems()?;
     problems.truncate(args.limit.unwrap_or(problems.len()));
-    let settings = settings(args);
-    for s in &settings {
-        Policy::new(s.policy, s.threshold, 0)?;
-    }
+    let settings = settings(args)?;
     let answers_path = sibling(&args.out, ".answers.jsonl");
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;

@@ -25,6 +25,9 @@ pub struct CollectArgs {
     /// The cloud model that labels the positions (name or .gguf path); same tokenizer.
     #[arg(long, default_value = "qwen2.5-coder-1.5b")]
     pub cloud_model: String,
+    /// A prompt set (JSON lines with "id" and "prompt"), or `humaneval` for HumanEval's
+    /// instructions: an evaluation collection that `hybrid reward report` reads and
+    /// `hybrid reward train` refuses.
     #[arg(long, default_value = "assets/prompts/train.jsonl")]
     pub prompts: PathBuf,
     #[arg(long)]
@@ -47,6 +50,7 @@ pub struct Manifest {
     pub slm_sha256: String,
     pub cloud_model: String,
     pub cloud_sha256: String,
+    /// sha256 of the prompt file, or `humaneval` for HumanEval's instructions.
     pub prompts_sha256: String,
     pub max_tokens: usize,
     pub shard_size: usize,
@@ -119,6 +123,17 @@ impl Shard {
     }
 }
 
+/// `--prompts` value naming HumanEval's instructions (an evaluation set).
+pub const HUMANEVAL: &str = "humaneval";
+
+/// The manifest of a collection directory.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::File { path: path.clone(), message: format!("cannot read ({e}); is this a `hybrid reward collect --out` directory?") })?;
+    serde_json::from_str(&text).map_err(|e| Error::File { path, message: format!("unreadable manifest: {e}") })
+}
+
 /// The shard files of a collection directory, in order.
 pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -135,7 +150,14 @@ fn shard_path(dir: &Path, index: usize) -> PathBuf {
 }
 
 pub fn collect(args: &CollectArgs) -> Result<()> {
-    let prompts = read_prompts(&args.prompts)?;
+    let evaluation_set = args.prompts.as_os_str() == HUMANEVAL;
+    let prompts = match evaluation_set {
+        true => crate::eval::humaneval::load_problems()?
+            .iter()
+            .map(|p| PromptEntry { id: p.task_id.clone(), prompt: crate::eval::humaneval::instruction(p) })
+            .collect(),
+        false => read_prompts(&args.prompts)?,
+    };
     if args.shard_size == 0 {
         return Err(Error::InvalidInput("--shard-size must be at least 1".into()));
     }
@@ -157,7 +179,10 @@ pub fn collect(args: &CollectArgs) -> Result<()> {
         slm_sha256: crate::fetch::sha256_file(&slm_path)?,
         cloud_model: args.cloud_model.clone(),
         cloud_sha256: crate::fetch::sha256_file(&cloud_path)?,
-        prompts_sha256: crate::fetch::sha256_file(&args.prompts)?,
+        prompts_sha256: match evaluation_set {
+            true => HUMANEVAL.to_string(),
+            false => crate::fetch::sha256_file(&args.prompts)?,
+        },
         max_tokens: args.max_tokens,
         shard_size: args.shard_size,
         hidden_size: slm.decoder.config().n_embd,

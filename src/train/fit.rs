@@ -19,18 +19,19 @@ pub struct TrainArgs {
     /// Where to write the head (safetensors); a report goes next to it as .json.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 8)]
     pub epochs: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Weight of the soft target (the cloud's probability of the token) against the hard
     /// one (the cloud's greedy token equals it).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.0)]
     pub soft_weight: f64,
-    /// Dropout in the wide branch while training.
-    #[arg(long, default_value_t = 0.3)]
+    /// Dropout in the wide branch while training (heavy: a few thousand disagreements
+    /// cannot fit its weights otherwise).
+    #[arg(long, default_value_t = 0.9)]
     pub dropout: f32,
     #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f64,
@@ -172,6 +173,12 @@ pub struct ThresholdsAtRate {
 }
 
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
+    if super::collect::read_manifest(&args.data)?.prompts_sha256 == super::collect::HUMANEVAL {
+        return Err(Error::InvalidInput(format!(
+            "{} was collected on HumanEval, an evaluation set: never train on it; score a head on it with `hybrid reward report`",
+            args.data.display()
+        )));
+    }
     let data = Dataset::load(&args.data)?;
     let device = Device::Cpu;
     let part = |which: Split| -> Vec<usize> { (0..data.len()).filter(|&i| split(data.prompt[i], args.val_fraction) == which).collect() };
