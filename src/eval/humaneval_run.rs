@@ -408,6 +408,7 @@ fn plot(summaries: &[SettingSummary], args: &HumanEvalArgs) -> String {
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         series.push(Series { name: policy.to_string(), points });
     }
+    let widest = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(1.0f64, f64::max);
     let hline = |s: &SettingSummary, label: &str| HLine { label: format!("{label} {:.1}%", s.pass_at_1 * 100.0), y: s.pass_at_1 * 100.0 };
     line_plot(&PlotSpec {
         title: format!("HumanEval pass@1, {} with {} ({} problems)", args.slm, args.cloud_model, summaries[0].problems),
@@ -415,7 +416,7 @@ fn plot(summaries: &[SettingSummary], args: &HumanEvalArgs) -> String {
         y_label: "pass@1 (%)".into(),
         series,
         hlines: vec![hline(&summaries[0], "SLM only"), hline(&summaries[1], "cloud only")],
-        x_range: None,
+        x_range: Some((0.0, widest * 1.1)),
         y_range: None,
     })
 }
