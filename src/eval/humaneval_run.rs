@@ -411,7 +411,7 @@ fn plot(summaries: &[SettingSummary], args: &HumanEvalArgs) -> String {
     let widest = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(1.0f64, f64::max);
     let hline = |s: &SettingSummary, label: &str| HLine { label: format!("{label} {:.1}%", s.pass_at_1 * 100.0), y: s.pass_at_1 * 100.0 };
     line_plot(&PlotSpec {
-        title: format!("HumanEval pass@1, {} with {} ({} problems)", args.slm, args.cloud_model, summaries[0].problems),
+        title: format!("HumanEval pass@1 ({} problems), {} + cloud", summaries[0].problems, args.slm),
         x_label: "tokens from the cloud (%)".into(),
         y_label: "pass@1 (%)".into(),
         series,
