@@ -8,6 +8,7 @@
 //!    in all: latency p50/p99, throughput, 429s, failures, cache hit rate, server memory.
 use super::round2;
 use crate::cloud::{CloudClient, CloudConfig, CompletionRequest, Prompt};
+use crate::generate::percentile;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -115,7 +116,7 @@ pub fn bench_serve(args: &ServeBenchArgs) -> anyhow::Result<()> {
         consult(&c, &long, 1)?;
         consult_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let (consult_ms, decode_step_ms) = (median(&mut consult_ms), median(&mut step_ms));
+    let (consult_ms, decode_step_ms) = (median(&consult_ms), median(&step_ms));
 
     eprintln!("decode throughput, one session and eight…");
     let throughput = |sessions: usize, prompts: Vec<Vec<u32>>| -> anyhow::Result<f64> {
@@ -224,7 +225,7 @@ fn load_phase(
     }
     let seconds = t.elapsed().as_secs_f64();
     let results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut ok_ms: Vec<f64> = results.iter().filter(|r| r.1.is_ok()).map(|r| r.0).collect();
+    let ok_ms: Vec<f64> = results.iter().filter(|r| r.1.is_ok()).map(|r| r.0).collect();
     let rejected = results.iter().filter(|r| matches!(&r.1, Err(e) if e.contains("HTTP 429"))).count();
     let failures: Vec<&String> = results.iter().filter_map(|r| r.1.as_ref().err()).filter(|e| !e.contains("HTTP 429")).collect();
     if let Some(first) = failures.first() {
@@ -239,23 +240,15 @@ fn load_phase(
         failed: failures.len(),
         seconds: round2(seconds),
         requests_per_s: round2(ok_ms.len() as f64 / seconds),
-        p50_ms: round2(percentile(&mut ok_ms, 0.50)),
-        p99_ms: round2(percentile(&mut ok_ms, 0.99)),
+        p50_ms: round2(percentile(&ok_ms, 50.0)),
+        p99_ms: round2(percentile(&ok_ms, 99.0)),
         cache_hit_rate: round2(hits as f64 / ok_ms.len().max(1) as f64),
         ..Default::default()
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    percentile(v, 0.5)
-}
-
-fn percentile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * q).round() as usize]
+fn median(v: &[f64]) -> f64 {
+    percentile(v, 50.0)
 }
 
 fn print_report(r: &Report) {

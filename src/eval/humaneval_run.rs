@@ -254,7 +254,8 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
                     let mut run = HybridLoop {
                         slm: &mut slm.decoder,
                         tokenizer: &slm.tokenizer,
-                        head: head.as_ref(),
+                        // Only the reward policy reads the score: the others skip the head's work.
+                        head: head.as_ref().filter(|_| setting.policy.needs_reward()),
                         cloud: setting.policy.may_consult().then_some(&mut client),
                         policy,
                         sampler: Sampler::new(Default::default()),
