@@ -344,11 +344,20 @@ impl CloudClient {
             .limit(64 << 20)
             .read_to_string()
             .map_err(|e| Error::Cloud(format!("reading the cloud's answer from {url}: {e}")))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+        Completion::from_http(&url, status, body.len(), &text)
+    }
+}
+
+impl Completion {
+    /// Reads one HTTP answer of a completions endpoint (any engine's shape) into tokens;
+    /// HTTP errors become `Error::Cloud` with the server's own message. Shared by the native
+    /// client and the browser's `fetch`.
+    pub fn from_http(url: &str, status: u16, bytes_up: usize, text: &str) -> Result<Completion> {
+        let json: serde_json::Value = serde_json::from_str(text).map_err(|_| {
             Error::Cloud(format!("the cloud at {url} answered HTTP {status} with a body that is not JSON: {}", crate::error::first_line(&text)))
         })?;
         if status >= 400 {
-            let message = json.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or(&text);
+            let message = json.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or(text);
             return Err(Error::Cloud(format!("the cloud at {url} answered HTTP {status}: {message}")));
         }
         let tokens = normalize(&json)?;
@@ -357,7 +366,7 @@ impl CloudClient {
             tokens,
             finish_reason: response.as_ref().and_then(|r| r.choices.first()?.finish_reason.clone()),
             usage: response.and_then(|r| r.usage),
-            bytes_up: body.len(),
+            bytes_up,
             bytes_down: text.len(),
         })
     }

@@ -318,8 +318,10 @@ impl CloudTransport for NoCloud {
 
 impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
     /// Generates after `prompt` (token ids, e.g. a rendered chat template) on a fresh KV cache,
-    /// calling `on_event` for each emitted token; returning `false` from it stops generation.
-    pub async fn run(&mut self, prompt: &[u32], mut on_event: impl FnMut(&TokenEvent) -> bool) -> Result<HybridStats> {
+    /// awaiting `on_event` for each emitted token; returning `false` from it stops generation.
+    /// It is async so the browser can yield to its event loop there (that is how an abort
+    /// message reaches a worker busy generating).
+    pub async fn run(&mut self, prompt: &[u32], mut on_event: impl AsyncFnMut(&TokenEvent) -> bool) -> Result<HybridStats> {
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty: give the model some text".into()));
         }
@@ -385,7 +387,7 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
                     Source::Local => {}
                 }
                 fed.push(event.id);
-                if !on_event(&event) {
+                if !on_event(&event).await {
                     stats.stop = StopReason::Stopped;
                     break 'generation;
                 }

@@ -36,7 +36,7 @@ fn run<C: CloudTransport>(model: &mut Model, cloud: Option<&mut C>, policy: Poli
         config: HybridConfig { max_tokens: MAX_TOKENS, consult_tokens, ..Default::default() },
     };
     let mut events = Vec::new();
-    let stats = pollster::block_on(hybrid.run(&prompt, |e| {
+    let stats = pollster::block_on(hybrid.run(&prompt, async |e| {
         events.push(e.clone());
         true
     }))

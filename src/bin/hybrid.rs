@@ -32,6 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Answer a prompt with the small model, asking the cloud for the tokens it is unsure of.
     Chat(ChatArgs),
+    /// Write the web app for a static host (app, wasm, config.json; models unless --files-url).
+    Site(hybrid_assistant::site::SiteArgs),
     /// The reward head: collect labelled trajectories, train.
     Reward {
         #[command(subcommand)]
@@ -145,6 +147,9 @@ struct ServeArgs {
     /// Directory holding the web app's www/ and pkg/.
     #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
     web_root: std::path::PathBuf,
+    /// The small model the web app runs in the browser (fetched at start, served at /models/).
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    browser_model: String,
 }
 
 #[derive(Subcommand)]
@@ -178,6 +183,7 @@ fn main() {
         Command::Generate(args) => run_generate(args),
         Command::Serve(args) => serve(args),
         Command::Chat(args) => chat(args),
+        Command::Site(args) => hybrid_assistant::site::write_site(&args),
         Command::Reward { which: RewardCommand::Collect(args) } => hybrid_assistant::train::collect::collect(&args).map_err(Into::into),
         Command::Reward { which: RewardCommand::Train(args) } => reward_train(&args),
         Command::Reward { which: RewardCommand::Report(args) } => reward_report(&args),
@@ -221,6 +227,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         request_timeout: std::time::Duration::from_secs(args.request_timeout_s),
         max_body_bytes: 4 << 20,
         web_root: args.web_root,
+        browser_model: args.browser_model,
     })
 }
 
@@ -238,7 +245,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         config: HybridConfig { max_tokens: args.max_tokens, ..Default::default() },
     };
     let mut out = TokenPrinter::new(args.json, false);
-    let stats = pollster::block_on(run.run(&prompt, |event| out.token(event)))?;
+    let stats = pollster::block_on(run.run(&prompt, async |event| out.token(event)))?;
     if args.json {
         let s = stats.summary();
         let keys = ["done", "tokens", "prompt_tokens", "prefill_tok_s", "stop"];
@@ -336,7 +343,7 @@ fn chat(args: ChatArgs) -> Result<()> {
     };
     let colour = !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut out = TokenPrinter::new(args.json, colour);
-    let stats = pollster::block_on(run.run(&prompt, |event| out.token(event)))?;
+    let stats = pollster::block_on(run.run(&prompt, async |event| out.token(event)))?;
     if args.json {
         out.line(&stats.summary())?;
     } else {

@@ -309,7 +309,7 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
 /// never reads).
 fn answer_with<M: crate::generate::Slm, C: CloudTransport>(run: &mut HybridLoop<'_, M, C>, prompt: &[u32]) -> anyhow::Result<(String, HybridStats)> {
     let mut answer = String::new();
-    let stats = pollster::block_on(run.run(prompt, |event| {
+    let stats = pollster::block_on(run.run(prompt, async |event| {
         answer.push_str(&event.text);
         !code_block_closed(&answer)
     }))?;

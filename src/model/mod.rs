@@ -42,9 +42,14 @@ impl Model {
 
     /// The prompt as the model's chat template renders one user message, ready to generate the reply.
     pub fn chat_prompt(&self, user: &str) -> Result<String> {
+        self.render_chat(&[chat::Message::user(user)])
+    }
+
+    /// A conversation rendered by the model's chat template, ready to generate the next reply.
+    pub fn render_chat(&self, messages: &[chat::Message]) -> Result<String> {
         let template = self.chat.as_ref().ok_or_else(|| {
             crate::Error::ChatTemplate("this model has no chat template; run without --chat".into())
         })?;
-        template.render(&[chat::Message::user(user)], true)
+        template.render(messages, true)
     }
 }

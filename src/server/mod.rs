@@ -40,6 +40,9 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Directory holding `www/` and `pkg/`.
     pub web_root: PathBuf,
+    /// The small model the web app runs (a registry name): fetched at start, served at
+    /// `/models/NAME.gguf` and named in `/config.json` with its shipped reward head.
+    pub browser_model: String,
 }
 
 /// Everything a handler needs, shared by all requests.
@@ -57,6 +60,8 @@ pub struct AppState {
     pub fetcher: Fetcher,
     pub started: Instant,
     pub started_unix: u64,
+    /// What `/config.json` tells the web app.
+    pub app_config: crate::site::AppConfig,
 }
 
 /// Loads the model, binds, prints `listening on http://ADDR`, and serves until SIGTERM or
@@ -74,6 +79,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         false => config.cloud_model.clone(),
     };
     let context_length = model.decoder.config().context_length;
+    let browser_model = crate::site::browser_model(&config.browser_model)?;
+    crate::eval::resolve_model(&browser_model.name)?;
+    let head = crate::site::HeadFile::shipped(&browser_model.name)?;
+    let app_config = crate::site::app_config(&browser_model, head.as_ref(), "", "", &model_name);
     let tokenizer = Arc::new(model.tokenizer);
     let engine = engine::start(model.decoder, tokenizer.clone(), config.engine);
     let listener = tokio::net::TcpListener::bind(config.addr)
@@ -93,10 +102,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         fetcher: Fetcher::from_env(),
         started: Instant::now(),
         started_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        app_config,
     });
     let app = router(state, &config, addr);
     println!(
-        "hybrid serve: listening on http://{addr} (model {model_name}, context {context_length}, batch {}, queue {}, prefix cache {} MiB{})",
+        "hybrid serve: listening on http://{addr} (web app: {} in the browser; model {model_name}, context {context_length}, batch {}, queue {}, prefix cache {} MiB{})",
+        config.browser_model,
         config.engine.max_batch,
         config.engine.max_queue,
         config.engine.kv_cache_bytes >> 20,
@@ -120,6 +131,8 @@ fn router(state: Arc<AppState>, config: &ServeConfig, addr: SocketAddr) -> Route
         .merge(api)
         .route("/health", get(api::health))
         .route("/models/{file}", get(files::model_file))
+        .route("/config.json", get(async |State(app): State<Arc<AppState>>| axum::Json(app.app_config.clone())))
+        .nest_service("/reward", ServeDir::new(config.web_root.join("assets/reward")))
         .nest_service("/pkg", ServeDir::new(pkg))
         .fallback_service(ServeDir::new(www))
         .with_state(state)

@@ -31,7 +31,7 @@ impl Server {
     }
 
     pub fn smollm2(extra: &[&str]) -> Server {
-        let mut args = vec!["--cloud-model", "smollm2-135m"];
+        let mut args = vec!["--cloud-model", "smollm2-135m", "--browser-model", "smollm2-135m"];
         args.extend_from_slice(extra);
         Server::start(&args)
     }

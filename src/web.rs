@@ -1,0 +1,219 @@
+//! The browser binding (wasm32 only): an [`Engine`] holds the small model, its tokenizer and
+//! chat template and the reward head, and runs the same hybrid loop as `hybrid chat`.
+//!
+//! What belongs to the page stays in JavaScript (`www/worker.js`): downloading and caching
+//! the files, hash checks, the cloud's URL, key and timeout (the loop gets a `fetch`
+//! function), and abort (the per-token callback answers whether to go on). The engine only
+//! ever sees bytes and JSON, so its interface is small and the worker is its only caller.
+use crate::cloud::{Completion, CompletionRequest};
+use crate::generate::{CloudTransport, HybridConfig, HybridLoop, TokenEvent};
+use crate::model::chat::Message;
+use crate::model::{gguf, Model};
+use crate::policy::{Policy, PolicyKind};
+use crate::reward::RewardHead;
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+
+/// One loaded small model (and reward head) in the browser.
+#[wasm_bindgen]
+pub struct Engine {
+    inner: Rc<RefCell<Loaded>>,
+}
+
+struct Loaded {
+    model: Model,
+    head: Option<RewardHead>,
+}
+
+/// `generate`'s options, as the worker passes them (camelCase, all optional).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct GenerateOptions {
+    pub policy: String,
+    pub threshold: f32,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    /// 1 keeps the whole distribution.
+    pub top_p: f32,
+    pub seed: u64,
+    pub consult_tokens: usize,
+    /// The model name to send to the cloud; required when the policy may consult.
+    pub cloud_model: Option<String>,
+    /// Shown in error messages about the cloud.
+    pub cloud_url: String,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            policy: "reward".into(),
+            threshold: crate::reward::DEFAULT_THRESHOLD,
+            max_tokens: 512,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            consult_tokens: 1,
+            cloud_model: None,
+            cloud_url: "the cloud".into(),
+        }
+    }
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Loads a GGUF model (and optionally a reward head in safetensors) from bytes the caller
+    /// has already verified.
+    #[wasm_bindgen(constructor)]
+    pub fn new(gguf_bytes: Vec<u8>, reward_head: Option<Vec<u8>>) -> std::result::Result<Engine, JsError> {
+        let mut reader = std::io::Cursor::new(gguf_bytes);
+        let content = gguf::read_content(&mut reader)?;
+        let model = Model::from_gguf(&content, &mut reader, &candle_core::Device::Cpu)?;
+        let head = reward_head.map(|b| RewardHead::from_safetensors(&b)).transpose()?;
+        if let Some(h) = &head {
+            let d = model.decoder.config().n_embd;
+            if h.hidden_size() != d {
+                return Err(JsError::new(&format!(
+                    "the reward head was trained for a model with hidden size {}, this model has {d}: load the head made for this model, or none (then use maxprob or entropy)",
+                    h.hidden_size()
+                )));
+            }
+        }
+        Ok(Engine { inner: Rc::new(RefCell::new(Loaded { model, head })) })
+    }
+
+    /// What was loaded, as JSON: `{arch, layers, hiddenSize, vocabSize, contextLength, rewardHead, chatTemplate}`.
+    pub fn info(&self) -> String {
+        let loaded = self.inner.borrow();
+        let c = loaded.model.decoder.config();
+        serde_json::json!({
+            "arch": c.arch,
+            "layers": c.n_layer,
+            "hiddenSize": c.n_embd,
+            "vocabSize": loaded.model.decoder.vocab_size(),
+            "contextLength": c.context_length,
+            "rewardHead": loaded.head.is_some(),
+            "chatTemplate": loaded.model.chat.is_some(),
+        })
+        .to_string()
+    }
+
+    /// Token ids of a conversation (`[{role, content}, …]` as JSON) through the model's chat
+    /// template, ready for the assistant's reply.
+    #[wasm_bindgen(js_name = encodeChat)]
+    pub fn encode_chat(&self, messages_json: &str) -> std::result::Result<Vec<u32>, JsError> {
+        let messages: Vec<Message> = serde_json::from_str(messages_json)
+            .map_err(|e| JsError::new(&format!("messages must be a list of {{role, content}}: {e}")))?;
+        if messages.is_empty() {
+            return Err(JsError::new("no messages: give the assistant something to answer"));
+        }
+        let loaded = self.inner.borrow();
+        Ok(loaded.model.tokenizer.encode(&loaded.model.render_chat(&messages)?)?)
+    }
+
+    /// Runs the hybrid loop after `prompt` (token ids). `options` is JSON ([`GenerateOptions`]).
+    /// `cloud_fetch(body: string) -> Promise<{status, text}>` sends one completions request
+    /// (rejecting on a network error or timeout); `on_event(json: string) -> boolean |
+    /// Promise<boolean>` gets each token and answers whether to go on. Resolves to the
+    /// statistics as JSON.
+    pub fn generate(
+        &self,
+        prompt: Vec<u32>,
+        options: &str,
+        cloud_fetch: Option<js_sys::Function>,
+        on_event: js_sys::Function,
+    ) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        let options = options.to_string();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let stats = run_generation(&inner, &prompt, &options, cloud_fetch, on_event).await.map_err(|e| JsError::new(&e.to_string()))?;
+            Ok(JsValue::from_str(&stats))
+        })
+    }
+}
+
+async fn run_generation(
+    inner: &RefCell<Loaded>,
+    prompt: &[u32],
+    options: &str,
+    cloud_fetch: Option<js_sys::Function>,
+    on_event: js_sys::Function,
+) -> Result<String> {
+    let options: GenerateOptions =
+        serde_json::from_str(options).map_err(|e| Error::InvalidInput(format!("generate options: {e}")))?;
+    let kind: PolicyKind = options.policy.parse()?;
+    let policy = Policy::new(kind, options.threshold, options.seed)?;
+    let mut cloud = match (kind.may_consult(), cloud_fetch, options.cloud_model) {
+        (true, Some(fetch), Some(model)) => Some(JsCloud { model, url: options.cloud_url, fetch }),
+        (true, _, None) => return Err(Error::InvalidInput("the policy consults the cloud: set cloudModel".into())),
+        _ => None,
+    };
+    let mut guard = inner
+        .try_borrow_mut()
+        .map_err(|_| Error::InvalidInput("a generation is already running on this engine: wait for it or abort it".into()))?;
+    let Loaded { model, head } = &mut *guard;
+    let mut run = HybridLoop {
+        slm: &mut model.decoder,
+        tokenizer: &model.tokenizer,
+        head: head.as_ref(),
+        cloud: cloud.as_mut(),
+        policy,
+        sampler: Sampler::new(SamplerConfig { temperature: options.temperature, top_p: options.top_p, seed: options.seed }),
+        config: HybridConfig { max_tokens: options.max_tokens, consult_tokens: options.consult_tokens, ..Default::default() },
+    };
+    let stats = run.run(prompt, async |event: &TokenEvent| emit(&on_event, event).await).await?;
+    let mut summary = stats.summary();
+    // Bytes of an unfinished character at the end, for the page to append.
+    summary["tail"] = stats.tail.into();
+    Ok(summary.to_string())
+}
+
+/// Hands one token to JavaScript and awaits its answer: `false` (or a rejection) stops.
+async fn emit(on_event: &js_sys::Function, event: &TokenEvent) -> bool {
+    let json = serde_json::to_string(event).expect("a token event serialises");
+    let Ok(answer) = on_event.call1(&JsValue::NULL, &JsValue::from_str(&json)) else { return false };
+    let answer = match answer.dyn_into::<js_sys::Promise>() {
+        Ok(promise) => match JsFuture::from(promise).await {
+            Ok(v) => v,
+            Err(_) => return false,
+        },
+        Err(value) => value,
+    };
+    answer.as_bool().unwrap_or(true)
+}
+
+/// The cloud through the worker's `fetch`.
+struct JsCloud {
+    model: String,
+    url: String,
+    fetch: js_sys::Function,
+}
+
+impl CloudTransport for JsCloud {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    async fn complete(&mut self, request: &CompletionRequest) -> Result<Completion> {
+        let body = serde_json::to_string(request).map_err(|e| Error::Cloud(e.to_string()))?;
+        let promise = self.fetch.call1(&JsValue::NULL, &JsValue::from_str(&body)).map_err(|e| cloud_error(&self.url, e))?;
+        let promise = promise.dyn_into::<js_sys::Promise>().map_err(|e| cloud_error(&self.url, e))?;
+        let answer = JsFuture::from(promise).await.map_err(|e| cloud_error(&self.url, e))?;
+        let field = |name: &str| js_sys::Reflect::get(&answer, &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED);
+        let status = field("status").as_f64().unwrap_or(0.0) as u16;
+        let text = field("text").as_string().unwrap_or_default();
+        Completion::from_http(&self.url, status, body.len(), &text)
+    }
+}
+
+fn cloud_error(url: &str, e: JsValue) -> Error {
+    let message = match e.dyn_ref::<js_sys::Error>() {
+        Some(err) => String::from(err.message()),
+        None => e.as_string().unwrap_or_else(|| format!("{e:?}")),
+    };
+    Error::Cloud(format!("cannot reach the cloud at {url}: {message}"))
+}

@@ -1,0 +1,317 @@
+// The chat page: loads config.json and the engine (assistant.js), streams answers with every
+// token marked by where it came from, and keeps the conversation, the draft and the settings
+// in localStorage so a reload or a crash loses nothing.
+import { Assistant } from './assistant.js';
+
+const $ = (id) => document.getElementById(id);
+const STORE = 'hybrid-assistant.';
+const load = (key, fallback) => {
+  try { return JSON.parse(localStorage.getItem(STORE + key)) ?? fallback; } catch { return fallback; }
+};
+const save = (key, value) => {
+  try { localStorage.setItem(STORE + key, JSON.stringify(value)); } catch (e) { showError(`cannot save in this browser: ${e.message}`); }
+};
+
+// Threshold slider range and default per policy (entropy is in nats, the rest in [0, 1]).
+const POLICIES = {
+  reward: { max: 1, step: 0.01, initial: 0.6 },
+  maxprob: { max: 1, step: 0.01, initial: 0.6 },
+  entropy: { max: 6, step: 0.05, initial: 1.0 },
+  random: { max: 1, step: 0.01, initial: 0.05 },
+  never: null,
+  always: null,
+};
+
+let config = null;
+let assistant = null;
+let running = null; // AbortController of the answer being generated
+const history = load('history', []); // [{role, content, tokens?: [[text, source, reward, prob]], stats?}]
+const controls = load('controls', { policy: 'reward', thresholds: {}, consultTokens: 1, maxTokens: 512 });
+
+function setState(state) {
+  document.body.dataset.state = state;
+  const ready = state === 'ready';
+  $('prompt').disabled = !(ready || state === 'generating');
+  $('send').disabled = !(ready || state === 'generating');
+  $('send').textContent = state === 'generating' ? 'Stop' : 'Send';
+}
+
+function show(id, detail) {
+  const el = $(id);
+  if (detail !== undefined) el.querySelector('.detail').textContent = detail;
+  el.hidden = false;
+}
+
+function showError(message) {
+  show('banner-error', message);
+}
+
+// ---- settings ----
+
+function cloudSettings() {
+  const saved = load('cloud', {});
+  return {
+    url: saved.url || config.cloud.url || location.origin,
+    apiKey: saved.apiKey || '',
+    model: saved.model || config.cloud.model,
+    timeoutMs: Number(saved.timeoutMs) || 10000,
+  };
+}
+
+function openSettings() {
+  const c = cloudSettings();
+  $('cloud-url').value = load('cloud', {}).url || '';
+  $('cloud-url').placeholder = config?.cloud.url || location.origin;
+  $('cloud-key').value = c.apiKey;
+  $('cloud-model').value = c.model;
+  $('cloud-timeout').value = c.timeoutMs;
+  $('settings').showModal();
+}
+
+function closeSettings() {
+  const action = $('settings').returnValue;
+  if (action === 'save') {
+    save('cloud', {
+      url: $('cloud-url').value.trim(),
+      apiKey: $('cloud-key').value.trim(),
+      model: $('cloud-model').value.trim(),
+      timeoutMs: Number($('cloud-timeout').value) || 10000,
+    });
+  } else if (action === 'reset') {
+    localStorage.removeItem(STORE + 'cloud');
+  }
+  if (assistant) assistant.cloud = cloudSettings();
+}
+
+function renderControls() {
+  $('policy').value = controls.policy;
+  const range = POLICIES[controls.policy];
+  const slider = $('threshold');
+  slider.disabled = !range;
+  if (range) {
+    slider.max = range.max;
+    slider.step = range.step;
+    slider.value = controls.thresholds[controls.policy] ?? range.initial;
+  }
+  $('threshold-value').textContent = range ? Number(slider.value).toFixed(2) : '–';
+  $('consult-tokens').value = controls.consultTokens;
+  $('max-tokens').value = controls.maxTokens;
+}
+
+function readControls() {
+  controls.policy = $('policy').value;
+  if (POLICIES[controls.policy]) controls.thresholds[controls.policy] = Number($('threshold').value);
+  controls.consultTokens = Math.max(1, Number($('consult-tokens').value) || 1);
+  controls.maxTokens = Math.max(1, Number($('max-tokens').value) || 512);
+  save('controls', controls);
+}
+
+// ---- the conversation ----
+
+function messageElement(role) {
+  const el = document.createElement('div');
+  el.className = `msg ${role}`;
+  const label = document.createElement('span');
+  label.className = 'role';
+  label.textContent = role === 'user' ? 'You' : 'Assistant';
+  el.append(label);
+  $('chat').append(el);
+  return el;
+}
+
+function tokenSpan({ text, source, reward, slm_prob: prob }) {
+  const span = document.createElement('span');
+  span.className = `tok ${source}`;
+  span.textContent = text;
+  const parts = [source];
+  if (reward != null) parts.push(`reward ${reward.toFixed(3)}`);
+  if (prob != null) parts.push(`small model p ${prob.toFixed(3)}`);
+  span.title = parts.join(' · ');
+  return span;
+}
+
+function note(el, text) {
+  const n = document.createElement('span');
+  n.className = 'note';
+  n.textContent = text;
+  el.append(n);
+}
+
+function renderHistory() {
+  $('chat').replaceChildren();
+  for (const m of history) {
+    const el = messageElement(m.role);
+    if (m.tokens) {
+      for (const [text, source, reward, slm_prob] of m.tokens) el.append(tokenSpan({ text, source, reward, slm_prob }));
+      el.dataset.done = 'true';
+    } else {
+      el.append(m.content);
+    }
+    if (m.note) note(el, m.note);
+  }
+}
+
+function showStats(s) {
+  const cell = (name) => document.querySelector(`#stats [data-stat="${name}"]`);
+  cell('tokens').textContent = s.tokens;
+  cell('cloud_tokens').textContent = s.cloud_tokens;
+  cell('cloud_share').textContent = `${(100 * s.cloud_share).toFixed(1)}%`;
+  cell('consults').textContent = s.consults;
+  cell('fallbacks').textContent = s.fallbacks;
+  cell('local_tok_s').textContent = s.local_tok_s.toFixed(1);
+  cell('consult_ms').textContent = s.consults ? `${Math.round(s.consult_ms_p50)} / ${Math.round(s.consult_ms_p95)} ms` : '–';
+}
+
+// Nearest-rank percentile, as the engine computes it.
+function percentile(values, p) {
+  if (!values.length) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length, Math.max(1, Math.ceil((p / 100) * sorted.length))) - 1];
+}
+
+async function send(text) {
+  readControls();
+  history.push({ role: 'user', content: text });
+  save('history', history);
+  save('draft', '');
+  messageElement('user').append(text);
+  const el = messageElement('assistant');
+  const tokens = [];
+  const live = { tokens: 0, cloud_tokens: 0, fallbacks: 0, consults: 0, cloud_share: 0, local_tok_s: 0, consult_ms_p50: 0, consult_ms_p95: 0 };
+  const consultMs = [];
+  const started = performance.now();
+  running = new AbortController();
+  setState('generating');
+  const messages = history.map(({ role, content }) => ({ role, content }));
+  const options = {
+    policy: controls.policy,
+    threshold: controls.thresholds[controls.policy] ?? POLICIES[controls.policy]?.initial ?? 0,
+    maxTokens: controls.maxTokens,
+    consultTokens: controls.consultTokens,
+    signal: running.signal,
+    onConsult: ({ ms, error }) => {
+      consultMs.push(ms);
+      live.consults = consultMs.length;
+      live.consult_ms_p50 = percentile(consultMs, 50);
+      live.consult_ms_p95 = percentile(consultMs, 95);
+      if (error) show('banner-cloud', error);
+      else $('banner-cloud').hidden = true;
+    },
+  };
+  let stats = null;
+  let failure = null;
+  try {
+    for await (const item of assistant.generate(messages, options)) {
+      if (item.done) { stats = item.stats; break; }
+      el.append(tokenSpan(item));
+      tokens.push([item.text, item.source, item.reward, item.slm_prob]);
+      live.tokens += 1;
+      if (item.source === 'cloud') live.cloud_tokens += 1;
+      if (item.source === 'fallback') live.fallbacks += 1;
+      live.cloud_share = live.cloud_tokens / live.tokens;
+      live.local_tok_s = live.tokens / ((performance.now() - started) / 1000);
+      showStats(live);
+      el.scrollIntoView({ block: 'end' });
+    }
+  } catch (e) {
+    failure = e.message;
+  }
+  running = null;
+  if (stats) {
+    if (stats.tail) { el.append(stats.tail); tokens.push([stats.tail, 'local', null, null]); }
+    showStats(stats);
+    if (stats.failed_consults && stats.last_cloud_error) show('banner-cloud', stats.last_cloud_error);
+  }
+  const noteText = failure ? `The answer stopped: ${failure}` : stats?.stop === 'stopped' ? 'Stopped.' : null;
+  if (noteText) note(el, noteText);
+  el.dataset.done = 'true';
+  history.push({ role: 'assistant', content: tokens.map((t) => t[0]).join(''), tokens, stats, note: noteText });
+  save('history', history);
+  setState('ready');
+}
+
+// ---- start-up ----
+
+async function loadEngine() {
+  $('banner-download').hidden = true;
+  $('download').hidden = false;
+  setState('loading');
+  const files = [config.model, config.rewardHead].filter(Boolean);
+  const totalBytes = files.reduce((n, f) => n + f.bytes, 0);
+  const done = new Map();
+  const onProgress = ({ file, loaded, fromCache }) => {
+    done.set(file, loaded);
+    const sum = [...done.values()].reduce((a, b) => a + b, 0);
+    $('download-file').textContent = file;
+    $('download-label').textContent = `${(sum / 2 ** 20).toFixed(1)} of ${(totalBytes / 2 ** 20).toFixed(1)} MiB${fromCache ? ' (from the browser cache)' : ''}`;
+    $('download-progress').value = sum / totalBytes;
+  };
+  try {
+    const spec = { model: config.model, rewardHead: config.rewardHead, onProgress };
+    if (assistant) await assistant.reload(spec);
+    else assistant = await Assistant.load({ ...spec, cloud: cloudSettings() });
+  } catch (e) {
+    $('download').hidden = true;
+    setState('error');
+    if (e.download) show('banner-download', e.message);
+    else showError(`The model could not be loaded: ${e.message}`);
+    return;
+  }
+  $('download').hidden = true;
+  const info = assistant.info;
+  $('model-status').textContent = `${config.model.name} (${info.layers} layers) · cloud: ${cloudSettings().model}`;
+  if (!info.rewardHead) {
+    $('policy').querySelector('option[value=reward]').disabled = true;
+    if (controls.policy === 'reward') { controls.policy = 'maxprob'; renderControls(); }
+  }
+  setState('ready');
+}
+
+async function main() {
+  $('backend').textContent = 'CPU · wasm SIMD';
+  // navigator.gpu can exist with no usable adapter behind it.
+  const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
+  if (!adapter) show('banner-cpu');
+  renderControls();
+  renderHistory();
+  $('prompt').value = load('draft', '');
+
+  $('policy').addEventListener('change', () => { readControls(); renderControls(); });
+  $('threshold').addEventListener('input', () => { readControls(); renderControls(); });
+  $('consult-tokens').addEventListener('change', readControls);
+  $('max-tokens').addEventListener('change', readControls);
+  $('prompt').addEventListener('input', () => save('draft', $('prompt').value));
+  $('prompt').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); $('composer').requestSubmit(); }
+  });
+  $('composer').addEventListener('submit', (e) => {
+    e.preventDefault();
+    if (running) { running.abort(); return; }
+    const text = $('prompt').value.trim();
+    if (!text || document.body.dataset.state !== 'ready') return;
+    $('prompt').value = '';
+    send(text);
+  });
+  $('clear').addEventListener('click', () => {
+    if (running) running.abort();
+    history.length = 0;
+    save('history', history);
+    renderHistory();
+  });
+  $('open-settings').addEventListener('click', openSettings);
+  $('settings').addEventListener('close', closeSettings);
+  $('retry-download').addEventListener('click', loadEngine);
+
+  try {
+    const response = await fetch('config.json', { cache: 'no-cache' });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    config = await response.json();
+  } catch (e) {
+    setState('error');
+    showError(`Cannot read config.json (${e.message}): serve this page with \`hybrid serve\` or a site written by \`hybrid site\`.`);
+    return;
+  }
+  await loadEngine();
+}
+
+main();

@@ -1,0 +1,103 @@
+// The Assistant API: the engine in a Web Worker behind a small promise / async-iterator
+// interface, so a page never blocks on the model.
+//
+//   const assistant = await Assistant.load({
+//     model: {name, url, sha256, bytes}, rewardHead: {name, url, sha256, bytes} | null,
+//     cloud: {url, apiKey, model, timeoutMs}, onProgress: ({file, loaded, total, fromCache}) => {} });
+//   for await (const item of assistant.generate(messages, {policy, threshold, maxTokens,
+//       temperature, consultTokens, signal, onConsult})) {
+//     if (item.done) console.log(item.stats);   // last item: the statistics
+//     else console.log(item.text, item.source);  // a TokenEvent {id, text, source, reward, slm_prob}
+//   }
+//
+// A failed load rejects with an Error whose `download` is true when retrying may help.
+
+export class Assistant {
+  #worker;
+  #nextId = 1;
+  #pending = new Map(); // id -> {onMessage, onFailure}
+  cloud;
+  info = null;
+
+  constructor(worker, cloud) {
+    this.#worker = worker;
+    this.cloud = cloud;
+    worker.onmessage = ({ data }) => this.#pending.get(data.id)?.onMessage(data);
+    worker.onerror = (e) => {
+      const error = new Error(`the engine stopped: ${e.message || 'the worker crashed (out of memory?)'}; reload the page`);
+      for (const { onFailure } of this.#pending.values()) onFailure(error);
+      this.#pending.clear();
+    };
+  }
+
+  /** Starts the worker and loads the model and reward head (downloaded once, then cached). */
+  static async load({ model, rewardHead = null, cloud = null, onProgress = () => {}, workerUrl } = {}) {
+    const worker = new Worker(workerUrl || new URL('./worker.js', import.meta.url), { type: 'module' });
+    const assistant = new Assistant(worker, cloud);
+    try {
+      await assistant.reload({ model, rewardHead, onProgress });
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+    return assistant;
+  }
+
+  /** Loads (another) model into the running worker; also the way to retry a failed download. */
+  reload({ model, rewardHead = null, onProgress = () => {} }) {
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      const finish = (f, v) => { this.#pending.delete(id); f(v); };
+      this.#pending.set(id, {
+        onFailure: (e) => finish(reject, e),
+        onMessage: (m) => {
+          if (m.type === 'progress') onProgress(m);
+          else if (m.type === 'loaded') { this.info = m.info; finish(resolve, m.info); }
+          else if (m.type === 'error') finish(reject, Object.assign(new Error(m.message), { download: m.download }));
+        },
+      });
+      this.#worker.postMessage({ type: 'load', id, model, rewardHead });
+    });
+  }
+
+  /** Streams the reply to `messages` ([{role, content}]): TokenEvents, then {done: true, stats}. */
+  /** `onConsult({ms, error})` hears of each cloud request as it returns. */
+  async *generate(messages, { signal, onConsult = () => {}, ...options } = {}) {
+    const id = this.#nextId++;
+    const queue = [];
+    let wake = null;
+    let finished = false;
+    const push = (item) => { finished ||= Boolean(item.done || item.error); queue.push(item); wake?.(); };
+    this.#pending.set(id, {
+      onFailure: (error) => push({ error }),
+      onMessage: (m) => {
+        if (m.type === 'token') push(m.event);
+        else if (m.type === 'consult') onConsult({ ms: m.ms, error: m.error });
+        else if (m.type === 'done') push({ done: true, stats: m.stats });
+        else if (m.type === 'error') push({ error: new Error(m.message) });
+      },
+    });
+    const abort = () => this.#worker.postMessage({ type: 'abort', id });
+    signal?.addEventListener('abort', abort);
+    this.#worker.postMessage({ type: 'generate', id, messages, options, cloud: this.cloud });
+    try {
+      for (;;) {
+        while (!queue.length) await new Promise((r) => { wake = r; });
+        wake = null;
+        const item = queue.shift();
+        if (item.error) throw item.error;
+        yield item;
+        if (item.done) return;
+      }
+    } finally {
+      signal?.removeEventListener('abort', abort);
+      // A consumer that stops reading early also stops the engine.
+      this.#pending.delete(id);
+      if (!finished) abort();
+    }
+  }
+
+  terminate() {
+    this.#worker.terminate();
+  }
+}
