@@ -4,43 +4,81 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 
-.PHONY: demo serve chat test setup models test-native test-wasm-build test-slow bench bench-serve reward-data reward-head eval-humaneval
+.PHONY: demo serve chat site test setup setup-build models pkg test-native test-wasm test-e2e test-slow bench bench-serve reward-data reward-head eval-humaneval
 PORT ?= 8080
 HYBRID := ./target/debug/hybrid
 
-## The main job: the cloud (qwen2.5-coder-1.5b) on 127.0.0.1:$(PORT), and the small model
-## (qwen2.5-coder-0.5b) answering with it, cloud tokens marked. Models fetched on first use.
-demo:
+## The main job: the web app at http://127.0.0.1:$(PORT): qwen2.5-coder-0.5b runs in the browser
+## and asks the cloud (qwen2.5-coder-1.5b, served by the same process) for the tokens it is unsure
+## of. Builds what is missing; models are fetched on first use.
+demo: setup-build pkg
 	$(CARGO) build --quiet
-	$(HYBRID) fetch-models qwen2.5-coder-0.5b qwen2.5-coder-1.5b >/dev/null
-	@$(HYBRID) serve --addr 127.0.0.1:$(PORT) >/dev/null & server=$$!; trap 'kill $$server' EXIT; \
-	  until curl -sf http://127.0.0.1:$(PORT)/health >/dev/null; do kill -0 $$server || exit 1; sleep 1; done; \
-	  $(HYBRID) chat --cloud http://127.0.0.1:$(PORT) --prompt "$(PROMPT)"
+	@echo "hybrid assistant: open http://127.0.0.1:$(PORT) once it says it is listening (Ctrl-C stops)"
+	$(HYBRID) serve --addr 127.0.0.1:$(PORT)
 
-## The small model answering with a cloud already running at CLOUD.
+## The same answer in the terminal: hybrid chat against a cloud already running at CLOUD.
 CLOUD ?= http://127.0.0.1:$(PORT)
 chat:
 	$(CARGO) run --quiet -- chat --cloud $(CLOUD) --prompt "$(PROMPT)"
 
-## The cloud: OpenAI-compatible completions on qwen2.5-coder-1.5b at http://127.0.0.1:8080.
+## The cloud alone: OpenAI-compatible completions on qwen2.5-coder-1.5b at http://127.0.0.1:8080.
 serve:
 	$(CARGO) run --quiet -- serve
 
-## The whole test suite, installing what it needs.
-test: setup models test-wasm-build test-native
+## The web app for a static host, in dist/, asking the cloud at CLOUD_URL (see README).
+CLOUD_URL ?= http://127.0.0.1:$(PORT)
+site: setup-build pkg
+	$(CARGO) run --quiet -- site --out dist --cloud-url $(CLOUD_URL) $(SITE_ARGS)
 
-setup:
-	rustup target add wasm32-unknown-unknown >/dev/null
+## The whole test suite, installing what it needs.
+test: setup models pkg test-native test-wasm test-e2e
+
+# Tools, installed once: the wasm target, wasm-pack and the wasm-bindgen-cli matching
+# Cargo.lock (their own downloads do not work offline), Debian's chromium and chromedriver for
+# the browser tests, and the npm packages of the end-to-end test.
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+setup: setup-build
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+	@[ -d tests/e2e/node_modules/playwright-core ] || (cd tests/e2e && npm install --no-audit --no-fund --silent)
+
+setup-build:
+	@rustup target add wasm32-unknown-unknown >/dev/null 2>&1
+	@command -v wasm-pack >/dev/null || $(CARGO) install wasm-pack --locked
+	@[ "$$(wasm-bindgen --version 2>/dev/null)" = "wasm-bindgen $(WASM_BINDGEN_VERSION)" ] || \
+	  $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --force
 
 # The suite runs real models; fetch them once, verified against assets/models.toml.
 models:
 	$(CARGO) run --quiet -- fetch-models smollm2-135m qwen2.5-coder-0.5b
 
+## The wasm build of the library (SIMD128, see .cargo/config.toml) into pkg/ for the web app.
+pkg:
+	wasm-pack --quiet build --target web --out-dir pkg --no-pack
+
 test-native:
 	$(CARGO) test
 
-test-wasm-build:
-	$(CARGO) build --target wasm32-unknown-unknown --lib
+# Starts `hybrid serve` on a free loopback port for its commands (the browser fetches
+# smollm2-135m from it), and stops it afterwards.
+define with_smollm2_server
+	port=$$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	$(HYBRID) serve --addr 127.0.0.1:$$port --cloud-model smollm2-135m --browser-model smollm2-135m --allow-origin '*' >/dev/null & server=$$!; \
+	trap 'kill $$server 2>/dev/null' EXIT; \
+	until curl -sf http://127.0.0.1:$$port/health >/dev/null; do kill -0 $$server || exit 1; sleep 1; done; \
+	$(1)
+endef
+
+## In headless Chrome: tokenizer, decoder, policies, normaliser and reward head as natively.
+test-wasm:
+	$(CARGO) build --quiet
+	$(call with_smollm2_server, HYBRID_TEST_MODEL_URL=http://127.0.0.1:$$port/models/smollm2-135m.gguf CHROMEDRIVER=/usr/bin/chromedriver wasm-pack test --headless --chrome -- --test web --no-default-features)
+
+## The web app end to end in chromium against hybrid serve (screenshots in target/e2e/).
+test-e2e:
+	$(CARGO) build --quiet
+	node tests/e2e/app.test.mjs
 
 ## Slow checks kept out of CI's time budget: parity and llama.cpp agreement on qwen2.5-coder-1.5b.
 test-slow:

@@ -1,6 +1,7 @@
 //! `Decoder::forward_batch` (what the server's continuous batching runs) against one
 //! sequence at a time: the same logits and hidden states for each sequence, whatever else
 //! shares the pass, and caches left untouched by a failed pass.
+#![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
 use hybrid_assistant::model::decoder::{Decoder, KvCache, Sequence};

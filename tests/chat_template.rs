@@ -1,6 +1,7 @@
 //! Chat templates from the models' GGUF metadata, rendered exactly as Hugging Face's
 //! `apply_chat_template` (jinja2 with trim_blocks/lstrip_blocks) renders them.
 //! Models are found in `$HYBRID_MODELS` or `~/.cache/hybrid-assistant/models`.
+#![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file::Content;

@@ -1,6 +1,7 @@
 //! The response normaliser on fixtures written from the documented formats of vLLM
 //! (legacy logprobs with `token_ids`, or `return_tokens_as_token_ids`) and llama.cpp's server
 //! (`logprobs.content` on /v1/completions, `completion_probabilities` on /completion).
+#![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
 use hybrid_assistant::cloud::{normalize, CloudToken, TopToken};

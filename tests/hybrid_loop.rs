@@ -2,6 +2,7 @@
 //! `never` gives only local tokens (the small model's greedy answer), `always` gives the
 //! cloud's greedy answer exactly (one token or several per consult), and a server killed
 //! mid-answer turns the rest into fallbacks without losing text, with consults backing off.
+#![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
 use common::server::{completion, Server};

@@ -2,6 +2,7 @@
 //! tests/llamacpp/greedy.mjs into tests/data/greedy/). Near-ties can flip between kernels,
 //! after which free-running outputs part ways for good, so llama.cpp's ids are teacher-forced
 //! and every position is compared; the free-running common prefix is reported too.
+#![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
 use hybrid_assistant::model::Model;

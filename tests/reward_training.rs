@@ -2,6 +2,7 @@
 //! short answers): shards are written, a rerun resumes instead of redoing them, other
 //! settings are refused, and training writes a head that loads and a report with the head
 //! next to the max-prob and entropy gates.
+#![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
 use std::path::Path;

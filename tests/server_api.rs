@@ -2,6 +2,7 @@
 //! `hybrid generate`'s, prefix-cache hits change nothing, concurrent sessions each get their
 //! own answer, every bad input gets its 4xx, auth and CORS, the queue bound, streaming, stop
 //! strings, timeouts, model files with ranges, the native client, and a clean SIGTERM.
+#![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
 use common::server::{call, completion, post_json, Server};

@@ -3,6 +3,7 @@
 //! Reference vectors (made with llama.cpp, special tokens parsed, no BOS) live in
 //! `tests/data/tokenizer/`. Models are found in `$HYBRID_MODELS` or
 //! `~/.cache/hybrid-assistant/models`; run `hybrid fetch-models` first.
+#![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

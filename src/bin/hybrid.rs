@@ -126,7 +126,7 @@ struct ServeArgs {
     /// Require this key on /v1/* (`Authorization: Bearer KEY` or `X-Api-Key: KEY`).
     #[arg(long, env = "HYBRID_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// An origin allowed to call the API from a browser (repeatable); the server's own always is.
+    /// An origin allowed to call the API from a browser (repeatable; `*` for any); the server's own always is.
     #[arg(long = "allow-origin")]
     allow_origins: Vec<String>,
     /// Memory for cached prompt prefixes (KV caches), least recently used evicted first.

@@ -141,19 +141,26 @@ fn router(state: Arc<AppState>, config: &ServeConfig, addr: SocketAddr) -> Route
 }
 
 fn cors(config: &ServeConfig, addr: SocketAddr) -> CorsLayer {
-    let mut allowed: Vec<HeaderValue> =
-        config.allow_origins.iter().filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()).collect();
-    let port = addr.port();
-    allowed.push(HeaderValue::from_str(&format!("http://{addr}")).expect("an address is ASCII"));
-    if addr.ip().is_loopback() || addr.ip().is_unspecified() {
-        for host in ["127.0.0.1", "localhost"] {
-            allowed.push(HeaderValue::from_str(&format!("http://{host}:{port}")).expect("ASCII"));
+    // `--allow-origin '*'`: any page may call (a public cloud; the API key still applies).
+    let origins = match config.allow_origins.iter().any(|o| o == "*") {
+        true => AllowOrigin::any(),
+        false => {
+            let mut allowed: Vec<HeaderValue> =
+                config.allow_origins.iter().filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()).collect();
+            let port = addr.port();
+            allowed.push(HeaderValue::from_str(&format!("http://{addr}")).expect("an address is ASCII"));
+            if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+                for host in ["127.0.0.1", "localhost"] {
+                    allowed.push(HeaderValue::from_str(&format!("http://{host}:{port}")).expect("ASCII"));
+                }
+            }
+            AllowOrigin::list(allowed)
         }
-    }
+    };
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(allowed))
+        .allow_origin(origins)
         .allow_methods([Method::GET, Method::POST, Method::HEAD, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-api-key"), header::RANGE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-api-key"), header::RANGE, header::IF_RANGE])
         .expose_headers([header::CONTENT_RANGE, header::CONTENT_LENGTH, header::ETAG, header::RETRY_AFTER])
         .max_age(Duration::from_secs(600))
 }

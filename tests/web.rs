@@ -1,0 +1,64 @@
+//! The browser half of the parity check, run by `wasm-pack test --headless --chrome` (make
+//! test-wasm): in headless Chrome the tokenizer, decoder, policies, normaliser and reward head
+//! give what they give natively (tests/data/web_parity.json, checked natively by
+//! tests/web_parity.rs), and the `Engine` binding the worker uses generates the same ids.
+//! smollm2-135m comes from a `hybrid serve` whose URL is fixed at build time in
+//! HYBRID_TEST_MODEL_URL.
+#![cfg(target_arch = "wasm32")]
+mod parity;
+
+use hybrid_assistant::web::Engine;
+use std::cell::RefCell;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+async fn smollm2() -> Vec<u8> {
+    let url = option_env!("HYBRID_TEST_MODEL_URL")
+        .expect("build with HYBRID_TEST_MODEL_URL=http://…/models/smollm2-135m.gguf (`make test-wasm` starts a server and sets it)");
+    let window = web_sys::window().expect("runs in a browser window");
+    let response: web_sys::Response = JsFuture::from(window.fetch_with_str(url)).await.expect("the model server answers").into();
+    assert!(response.ok(), "{url}: HTTP {}", response.status());
+    let buffer = JsFuture::from(response.array_buffer().unwrap()).await.unwrap();
+    js_sys::Uint8Array::new(&buffer).to_vec()
+}
+
+#[wasm_bindgen_test]
+async fn browser_results_match_the_native_ones() {
+    let bytes = smollm2().await;
+    let expected: serde_json::Value = serde_json::from_str(parity::VECTORS).unwrap();
+    let native_greedy: Vec<u32> = serde_json::from_value(expected["greedy_ids"].clone()).unwrap();
+    let actual = parity::compute(&bytes, Some(&native_greedy));
+    parity::assert_matches_vectors(&expected, &actual);
+
+    // The binding the worker calls: chat template, then the hybrid loop with no cloud.
+    let engine = Engine::new(bytes, None).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&engine.info()).unwrap();
+    assert_eq!(info["arch"], "llama");
+    let prompt = engine.encode_chat(r#"[{"role":"user","content":"Write a Python function that checks whether a number is prime."}]"#).unwrap();
+    assert_eq!(serde_json::json!(prompt), expected["prompt_ids"]);
+    let ids = Rc::new(RefCell::new(Vec::<u64>::new()));
+    let sink = ids.clone();
+    let on_event = Closure::<dyn FnMut(String) -> bool>::new(move |json: String| {
+        let event: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(event["source"], "local");
+        sink.borrow_mut().push(event["id"].as_u64().unwrap());
+        true
+    });
+    let options = r#"{"policy":"never","maxTokens":16}"#;
+    let stats = JsFuture::from(engine.generate(prompt, options, None, on_event.as_ref().unchecked_ref::<js_sys::Function>().clone()))
+        .await
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stats.as_string().unwrap()).unwrap();
+    assert_eq!(stats["tokens"], 16);
+    // Free-running, so the same ids up to the first near-tie (checked above, teacher-forced).
+    let first_tie = expected["greedy_margins"].as_array().unwrap().iter().position(|m| m.as_f64().unwrap() < parity::NEAR_TIE).unwrap_or(16);
+    assert_eq!(ids.borrow()[..first_tie], native_greedy[..first_tie].iter().map(|&i| i as u64).collect::<Vec<_>>()[..]);
+
+    // Bad input is an error that says what to do, not a panic.
+    let err = engine.encode_chat("not json").err().expect("an error");
+    assert!(JsValue::from(err).dyn_into::<js_sys::Error>().unwrap().message().as_string().unwrap().contains("list of {role, content}"));
+}
