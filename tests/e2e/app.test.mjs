@@ -5,11 +5,14 @@
 //
 // Checks, in order: the download progress shows and the page becomes ready; with threshold 1
 // every token is a .tok.cloud span, with threshold 0 none is, and the statistics match the
-// spans; a reload reads the model from the browser cache and keeps the conversation; killing
+// spans; a reload reads the model from the browser cache and keeps the conversation; the
+// static site (`hybrid site`) served from another origin answers through the cloud; killing
 // the server mid-answer gives .tok.fallback spans, a banner and a finished answer. Screenshots
 // go to target/e2e/.
-import { spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdirSync, readFile, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { extname, join, normalize } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { strict as assert } from 'node:assert';
@@ -22,8 +25,8 @@ const MODEL = 'smollm2-135m';
 const PROMPT = 'Write a Python function that returns the square of a number.';
 const TIMEOUT = 300_000;
 
-function startServer() {
-  const child = spawn(hybrid, ['serve', '--addr', '127.0.0.1:0', '--cloud-model', MODEL, '--browser-model', MODEL],
+function startServer(allowOrigin) {
+  const child = spawn(hybrid, ['serve', '--addr', '127.0.0.1:0', '--cloud-model', MODEL, '--browser-model', MODEL, '--allow-origin', allowOrigin],
     { stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     child.on('exit', (code) => reject(new Error(`hybrid serve exited (${code}) before listening`)));
@@ -32,6 +35,20 @@ function startServer() {
       if (m) resolve({ child, url: m[1] });
     });
   });
+}
+
+// A plain static host for the site: files as they are, no ranges, no server-side logic.
+function startStaticHost(dir) {
+  const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.wasm': 'application/wasm' };
+  const server = createServer((req, res) => {
+    const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
+    const file = join(dir, path.endsWith('/') ? `${path}index.html` : path);
+    readFile(file, (err, data) => {
+      if (err) { res.writeHead(404).end(); return; }
+      res.writeHead(200, { 'Content-Type': types[extname(file)] || 'application/octet-stream' }).end(data);
+    });
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, url: `http://127.0.0.1:${server.address().port}` })));
 }
 
 // Counts of token spans in the last answer, and the statistics table.
@@ -74,7 +91,10 @@ function statsMatchSpans(a, label) {
 
 async function main() {
   mkdirSync(shots, { recursive: true });
-  const server = await startServer();
+  const siteDir = `${shots}/site`;
+  rmSync(siteDir, { recursive: true, force: true });
+  const staticHost = await startStaticHost(siteDir);
+  const server = await startServer(staticHost.url);
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
@@ -124,7 +144,19 @@ async function main() {
     assert.equal(await page.locator('.msg.assistant .tok.cloud').count(), all.cloud, 'with their cloud marks');
     console.log('ok reload: model from the cache, conversation kept');
 
-    // 4. The server dies mid-answer: fallbacks, a banner, and the answer still finishes.
+    // 4. The static site on another origin, asking this server as its cloud.
+    execFileSync(hybrid, ['site', '--out', siteDir, '--cloud-url', server.url, '--cloud-model', MODEL, '--browser-model', MODEL], { stdio: 'inherit' });
+    const site = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    site.on('pageerror', (e) => errors.push(`site: ${e.message}`));
+    await site.goto(staticHost.url);
+    await site.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.state), null, { timeout: TIMEOUT });
+    assert.equal(await site.evaluate(() => document.body.dataset.state), 'ready', await site.locator('#banners').innerText());
+    const fromSite = await ask(site, { policy: 'maxprob', threshold: 1, maxTokens: 12 });
+    assert.ok(fromSite.spans > 0 && fromSite.cloud === fromSite.spans, `the site's answer came from the cloud: ${JSON.stringify(fromSite)}`);
+    await site.close();
+    console.log(`ok static site from ${staticHost.url}: ${fromSite.cloud}/${fromSite.spans} cloud via ${server.url}`);
+
+    // 5. The server dies mid-answer: fallbacks, a banner, and the answer still finishes.
     await setPolicy(page, 'maxprob', 1, 48);
     const before = await page.locator('.msg.assistant').count();
     await page.fill('#prompt', PROMPT);
@@ -146,6 +178,7 @@ async function main() {
   } finally {
     await browser.close();
     server.child.kill('SIGKILL');
+    staticHost.server.close();
   }
   console.log(`e2e: all checks passed; screenshots in ${shots}`);
 }
