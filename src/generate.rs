@@ -89,6 +89,7 @@ pub struct TokenEvent {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// An end-of-generation token was chosen (not emitted).
     EndOfGeneration,

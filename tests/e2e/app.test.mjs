@@ -3,9 +3,9 @@
 //
 //   node tests/e2e/app.test.mjs      (make test-e2e; needs `make pkg` and a built hybrid)
 //
-// Checks, in order: the download progress shows and the page becomes ready; with threshold 1
-// every token is a .tok.cloud span, with threshold 0 none is, and the statistics match the
-// spans; a reload reads the model from the browser cache and keeps the conversation; the
+// Checks, in order: a file failing its hash is an error with Retry; the download progress
+// shows and the page becomes ready; with threshold 1 every token is a .tok.cloud span, with
+// threshold 0 none is, and the statistics match the spans; Stop ends an answer; a reload reads the model from the browser cache and keeps the conversation; the
 // static site (`hybrid site`) served from another origin answers through the cloud; killing
 // the server mid-answer gives .tok.fallback spans, a banner and a finished answer. Screenshots
 // go to target/e2e/.
@@ -112,12 +112,27 @@ async function main() {
       });
     });
 
-    // 1. Load: the download progress shows, then the page is ready.
+    // 1. A file that fails its hash: a clear error with Retry, and nothing cached. Then the
+    //    real file: the download progress shows, then the page is ready.
+    const corrupt = async (route) => {
+      const config = await (await route.fetch()).json();
+      config.model.sha256 = '0'.repeat(64);
+      await route.fulfill({ json: config });
+    };
+    await page.route('**/config.json', corrupt);
     await page.goto(server.url);
+    await page.waitForSelector('#banner-download:not([hidden])', { timeout: TIMEOUT });
+    const banner = await page.locator('#banner-download').innerText();
+    assert.ok(/does not match its sha256/.test(banner) && /Retry/.test(banner), banner);
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'error');
+    await page.unroute('**/config.json', corrupt);
+    await page.reload();
     await page.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.state), null, { timeout: TIMEOUT });
     assert.equal(await page.evaluate(() => document.body.dataset.state), 'ready', await page.locator('#banners').innerText());
+    console.log(`ok hash mismatch: "${banner.split('\n')[0].slice(0, 90)}…", then loaded`);
     const progress = await page.evaluate(() => window.__progress);
     assert.ok(progress.length > 1 && progress.some((t) => /of 93\.8 MiB$/.test(t)), `progress shown: ${progress.slice(0, 3)}`);
+    assert.ok(!progress.some((t) => t.includes('from the browser cache')), 'the file that failed its hash was not cached');
     assert.ok(await page.locator('#download').isHidden(), 'the progress bar goes away when loaded');
     assert.ok(await page.$eval('option[value=reward]', (o) => o.disabled), 'no reward head for smollm2: the reward policy is off');
     console.log(`ok load: ${progress.length} progress updates, last "${progress.at(-1)}"`);
@@ -133,6 +148,20 @@ async function main() {
     assert.equal(none.cloud, 0, 'threshold 0: no .tok.cloud span');
     statsMatchSpans(none, 'threshold 0');
     console.log(`ok threshold 0: ${none.cloud}/${none.spans} cloud`);
+
+    // Stop mid-answer: the answer ends where it was, marked, and the statistics still match.
+    await setPolicy(page, 'maxprob', 0, 400);
+    const count = await page.locator('.msg.assistant').count();
+    await page.fill('#prompt', 'Write a long story about a lighthouse keeper, in ten paragraphs.');
+    await page.click('#send');
+    await page.waitForFunction((n) => document.querySelectorAll('.msg.assistant')[n]?.querySelectorAll('.tok').length >= 5, count, { timeout: TIMEOUT });
+    await page.click('#send'); // the Send button is Stop while generating
+    await page.waitForFunction((n) => document.querySelectorAll('.msg.assistant[data-done=true]').length > n, count, { timeout: TIMEOUT });
+    const stopped = await lastAnswer(page);
+    assert.equal(stopped.note, 'Stopped.', 'a stopped answer says so');
+    assert.ok(stopped.spans >= 5 && stopped.spans < 400, `stopped early: ${stopped.spans} tokens`);
+    statsMatchSpans(stopped, 'stopped');
+    console.log(`ok stop: after ${stopped.spans} tokens`);
     await page.screenshot({ path: `${shots}/answers.png`, fullPage: true });
 
     // 3. Reload: the model comes from the browser cache and the conversation is still there.
@@ -140,7 +169,7 @@ async function main() {
     await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: TIMEOUT });
     const afterReload = await page.evaluate(() => window.__progress);
     assert.ok(afterReload.some((t) => t.includes('from the browser cache')), `cached: ${afterReload}`);
-    assert.equal(await page.locator('.msg.assistant[data-done=true]').count(), 2, 'both answers survive a reload');
+    assert.equal(await page.locator('.msg.assistant[data-done=true]').count(), 3, 'the answers survive a reload');
     assert.equal(await page.locator('.msg.assistant .tok.cloud').count(), all.cloud, 'with their cloud marks');
     console.log('ok reload: model from the cache, conversation kept');
 
