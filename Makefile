@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 
-.PHONY: demo serve chat site test setup setup-build models pkg test-native test-wasm test-e2e test-slow bench bench-serve reward-data reward-head eval-humaneval
+.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-slow bench bench-serve reward-data reward-head eval-humaneval
 PORT ?= 8080
 HYBRID := ./target/debug/hybrid
 
@@ -29,6 +29,11 @@ serve:
 CLOUD_URL ?= http://127.0.0.1:$(PORT)
 site: setup-build pkg
 	$(CARGO) run --quiet -- site --out dist --cloud-url $(CLOUD_URL) $(SITE_ARGS)
+
+## The browser extension (Manifest V3) in dist/extension/ (load unpacked) and dist/extension.zip,
+## set up for the cloud at CLOUD_URL, which also serves the model files.
+extension: setup-build pkg
+	$(CARGO) run --quiet -- site --extension --out dist/extension --cloud-url $(CLOUD_URL) $(SITE_ARGS)
 
 ## The whole test suite, installing what it needs.
 test: setup models pkg test-native test-wasm test-e2e
@@ -75,10 +80,11 @@ test-wasm:
 	$(CARGO) build --quiet
 	$(call with_smollm2_server, HYBRID_TEST_MODEL_URL=http://127.0.0.1:$$port/models/smollm2-135m.gguf CHROMEDRIVER=/usr/bin/chromedriver wasm-pack test --headless --chrome -- --test web --no-default-features)
 
-## The web app end to end in chromium against hybrid serve (screenshots in target/e2e/).
+## The web app and the extension end to end in chromium against hybrid serve (screenshots in target/e2e/).
 test-e2e:
 	$(CARGO) build --quiet
 	node tests/e2e/app.test.mjs
+	node tests/e2e/extension.test.mjs
 
 ## Slow checks kept out of CI's time budget: parity and llama.cpp agreement on qwen2.5-coder-1.5b.
 test-slow:

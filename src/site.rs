@@ -1,7 +1,8 @@
 //! The web app's `config.json`: which small model and reward head the page loads (URLs and
 //! sha256, checked in the browser before use) and which cloud it asks. `hybrid serve`
 //! answers it at `/config.json` for its own origin; `hybrid site` writes it, with the app,
-//! into a directory any static host can serve.
+//! into a directory any static host can serve, or (`--extension`) into the browser
+//! extension's load-unpacked folder and its zip.
 use crate::registry::{ModelSpec, Registry};
 use crate::reward::{shipped_head, SHIPPED_HEADS};
 use anyhow::Context;
@@ -106,6 +107,10 @@ pub struct SiteArgs {
     /// The directory holding www/ and pkg/ (pkg/ is built by `make pkg`).
     #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
     pub web_root: PathBuf,
+    /// Write the Manifest V3 extension (www/extension/) instead, and OUT.zip next to it; the
+    /// model files are then downloaded from --files-url (default: the cloud URL).
+    #[arg(long)]
+    pub extension: bool,
 }
 
 pub fn write_site(args: &SiteArgs) -> anyhow::Result<()> {
@@ -117,34 +122,77 @@ pub fn write_site(args: &SiteArgs) -> anyhow::Result<()> {
     );
     let model = browser_model(&args.browser_model)?;
     let head = HeadFile::shipped(&args.browser_model)?;
+    let files_url = match (&args.files_url, args.extension) {
+        (Some(url), _) => Some(url.clone()),
+        (None, true) => Some(args.cloud_url.clone()),
+        (None, false) => None,
+    };
+    if args.extension {
+        anyhow::ensure!(
+            args.cloud_url.starts_with("http://") || args.cloud_url.starts_with("https://"),
+            "--cloud-url must be an absolute http(s) URL for the extension, e.g. http://127.0.0.1:8080"
+        );
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    copy_dir(&args.web_root.join("www"), &args.out)?;
-    copy_dir(&pkg, &args.out.join("pkg"))?;
-    if args.files_url.is_none() {
+    copy_dir(&args.web_root.join("www"), &args.out, args.extension)?;
+    copy_dir(&pkg, &args.out.join("pkg"), false)?;
+    if args.extension {
+        copy_file(&args.web_root.join("www/extension/manifest.json"), &args.out.join("manifest.json"))?;
+    }
+    if files_url.is_none() {
         let path = crate::eval::resolve_model(&model.name)?;
         copy_file(&path, &args.out.join("models").join(format!("{}.gguf", model.name)))?;
         if let Some(h) = &head {
             copy_file(&h.path, &args.out.join("reward").join(&h.file_name))?;
         }
     }
-    let config = app_config(&model, head.as_ref(), args.files_url.as_deref().unwrap_or(""), &args.cloud_url, &args.cloud_model);
+    let config = app_config(&model, head.as_ref(), files_url.as_deref().unwrap_or(""), &args.cloud_url, &args.cloud_model);
     std::fs::write(args.out.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")?;
     println!("wrote {} (config.json: model {}, cloud {} at {})", args.out.display(), model.name, args.cloud_model, args.cloud_url);
+    if args.extension {
+        let zip = args.out.with_extension("zip");
+        zip_dir(&args.out, &zip)?;
+        println!("wrote {} (load {} unpacked in chrome://extensions, or publish the zip)", zip.display(), args.out.display());
+    }
     Ok(())
 }
 
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// Copies `from` into `to`; the extension's own folder only when writing the extension.
+fn copy_dir(from: &Path, to: &Path, with_extension: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let entry = entry?;
         let target = to.join(entry.file_name());
         match entry.file_type()?.is_dir() {
-            true => copy_dir(&entry.path(), &target)?,
+            true if entry.file_name() == "extension" && !with_extension => {}
+            true => copy_dir(&entry.path(), &target, with_extension)?,
             // wasm-pack's .gitignore and package.json are not part of the site.
             false if entry.file_name() == ".gitignore" => {}
             false => copy_file(&entry.path(), &target)?,
         }
     }
+    Ok(())
+}
+
+fn zip_dir(dir: &Path, zip_path: &Path) -> anyhow::Result<()> {
+    fn add(zip: &mut zip::ZipWriter<std::fs::File>, root: &Path, dir: &Path) -> anyhow::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let name = path.strip_prefix(root)?.to_string_lossy().replace('\\', "/");
+            if entry.file_type()?.is_dir() {
+                add(zip, root, &path)?;
+            } else {
+                zip.start_file(name, zip::write::SimpleFileOptions::default())?;
+                std::io::copy(&mut std::fs::File::open(&path)?, zip)?;
+            }
+        }
+        Ok(())
+    }
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(zip_path).with_context(|| format!("creating {}", zip_path.display()))?);
+    add(&mut zip, dir, dir)?;
+    zip.finish()?;
     Ok(())
 }
 

@@ -1,6 +1,15 @@
-// The chat page: loads config.json and the engine (assistant.js), streams answers with every
-// token marked by where it came from, and keeps the conversation, the draft and the settings
-// in localStorage so a reload or a crash loses nothing.
+// The chat: loads the engine (assistant.js), streams answers with every token marked by where
+// it came from, and keeps the conversation, the draft and the controls in localStorage so a
+// reload or a crash loses nothing. Where the configuration and the cloud settings come from
+// is the host's business: the web page (main.js: config.json, a settings dialog) or the
+// browser extension (extension/host.js: chrome.storage, the options page).
+//
+// host = {
+//   loadConfig(): Promise<{model, rewardHead, cloud: {url, apiKey, model, timeoutMs}, notice?}>,
+//   editSettings(): void,
+//   onChange(callback(config)): settings changed,
+//   onPrompt?(callback(text)): text to put in the prompt box (the extension's selection),
+// }
 import { Assistant } from './assistant.js';
 
 const $ = (id) => document.getElementById(id);
@@ -46,42 +55,7 @@ function showError(message) {
   show('banner-error', message);
 }
 
-// ---- settings ----
-
-function cloudSettings() {
-  const saved = load('cloud', {});
-  return {
-    url: saved.url || config.cloud.url || location.origin,
-    apiKey: saved.apiKey || '',
-    model: saved.model || config.cloud.model,
-    timeoutMs: Number(saved.timeoutMs) || 10000,
-  };
-}
-
-function openSettings() {
-  const c = cloudSettings();
-  $('cloud-url').value = load('cloud', {}).url || '';
-  $('cloud-url').placeholder = config?.cloud.url || location.origin;
-  $('cloud-key').value = c.apiKey;
-  $('cloud-model').value = c.model;
-  $('cloud-timeout').value = c.timeoutMs;
-  $('settings').showModal();
-}
-
-function closeSettings() {
-  const action = $('settings').returnValue;
-  if (action === 'save') {
-    save('cloud', {
-      url: $('cloud-url').value.trim(),
-      apiKey: $('cloud-key').value.trim(),
-      model: $('cloud-model').value.trim(),
-      timeoutMs: Number($('cloud-timeout').value) || 10000,
-    });
-  } else if (action === 'reset') {
-    localStorage.removeItem(STORE + 'cloud');
-  }
-  if (assistant) assistant.cloud = cloudSettings();
-}
+// ---- controls ----
 
 function renderControls() {
   $('policy').value = controls.policy;
@@ -249,7 +223,7 @@ async function loadEngine() {
   try {
     const spec = { model: config.model, rewardHead: config.rewardHead, onProgress };
     if (assistant) await assistant.reload(spec);
-    else assistant = await Assistant.load({ ...spec, cloud: cloudSettings() });
+    else assistant = await Assistant.load({ ...spec, cloud: config.cloud });
   } catch (e) {
     $('download').hidden = true;
     setState('error');
@@ -258,16 +232,28 @@ async function loadEngine() {
     return;
   }
   $('download').hidden = true;
-  const info = assistant.info;
-  $('model-status').textContent = `${config.model.name} (${info.layers} layers) · cloud: ${cloudSettings().model}`;
-  if (!info.rewardHead) {
-    $('policy').querySelector('option[value=reward]').disabled = true;
-    if (controls.policy === 'reward') { controls.policy = 'maxprob'; renderControls(); }
-  }
+  showModel();
+  const noHead = !assistant.info.rewardHead;
+  $('policy').querySelector('option[value=reward]').disabled = noHead;
+  if (noHead && controls.policy === 'reward') { controls.policy = 'maxprob'; renderControls(); }
   setState('ready');
 }
 
-async function main() {
+function showModel() {
+  const info = assistant?.info;
+  $('model-status').textContent = `${config.model.name}${info ? ` (${info.layers} layers)` : ''} · cloud: ${config.cloud.model}`;
+}
+
+// New settings: a new cloud applies to the next answer; another model is loaded at once.
+function applyConfig(next) {
+  const modelChanged = next.model.url !== config.model.url || next.model.sha256 !== config.model.sha256;
+  config = next;
+  if (assistant) assistant.cloud = config.cloud;
+  if (modelChanged && !running) loadEngine();
+  else showModel();
+}
+
+export async function startApp(host) {
   $('backend').textContent = 'CPU · wasm SIMD';
   // navigator.gpu can exist with no usable adapter behind it.
   const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
@@ -298,20 +284,23 @@ async function main() {
     save('history', history);
     renderHistory();
   });
-  $('open-settings').addEventListener('click', openSettings);
-  $('settings').addEventListener('close', closeSettings);
+  $('open-settings').addEventListener('click', () => host.editSettings());
   $('retry-download').addEventListener('click', loadEngine);
+  host.onPrompt?.((text) => {
+    $('prompt').value = text;
+    save('draft', text);
+    $('prompt').focus();
+  });
 
   try {
-    const response = await fetch('config.json', { cache: 'no-cache' });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    config = await response.json();
+    config = await host.loadConfig();
   } catch (e) {
     setState('error');
-    showError(`Cannot read config.json (${e.message}): serve this page with \`hybrid serve\` or a site written by \`hybrid site\`.`);
+    showError(e.message);
     return;
   }
+  if (config.notice) show('banner-notice', config.notice);
+  host.onChange(applyConfig);
+  showModel();
   await loadEngine();
 }
-
-main();
