@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 
-.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-slow bench bench-serve reward-data reward-head eval-humaneval
+.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-slow bench bench-browser bench-serve reward-data reward-head eval-humaneval
 PORT ?= 8080
 HYBRID := ./target/debug/hybrid
 
@@ -94,6 +94,10 @@ test-slow:
 ## Prefill/decode speed against llama.cpp for the three models.
 bench:
 	for m in smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b; do $(CARGO) run --quiet -- bench decode --model $$m; done
+
+## Our engine in headless Chromium (wasm CPU) against wllama on the same GGUF, both browser models.
+bench-browser: setup pkg
+	for m in smollm2-135m qwen2.5-coder-0.5b; do $(CARGO) run --quiet -- bench browser --model $$m; done
 
 ## The cloud server under browser-like load (starts its own server on a free loopback port).
 bench-serve:

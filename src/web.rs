@@ -8,7 +8,7 @@
 use crate::cloud::{Completion, CompletionRequest};
 use crate::generate::{CloudTransport, HybridConfig, HybridLoop, TokenEvent};
 use crate::model::chat::Message;
-use crate::model::{gguf, Model};
+use crate::model::{gguf, speed, Model};
 use crate::policy::{Policy, PolicyKind};
 use crate::reward::RewardHead;
 use crate::sampler::{Sampler, SamplerConfig};
@@ -113,6 +113,26 @@ impl Engine {
         }
         let loaded = self.inner.borrow();
         Ok(loaded.model.tokenizer.encode(&loaded.model.render_chat(&messages)?)?)
+    }
+
+    /// Prefill and decode speed on this engine's model (`hybrid bench browser`): a
+    /// `prompt_tokens`-token prompt, then `gen_tokens` greedy tokens, best of `repeats`. JSON
+    /// `{prefill_tok_s, decode_tok_s, prompt_tokens, prompt_text}`; the text lets another
+    /// engine be measured on the same prompt.
+    pub fn bench(&self, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> std::result::Result<String, JsError> {
+        let mut loaded = self
+            .inner
+            .try_borrow_mut()
+            .map_err(|_| JsError::new("a generation is running on this engine: benchmark it when idle"))?;
+        let prompt = speed::bench_prompt(&loaded.model, prompt_tokens)?;
+        let result = speed::measure(&mut loaded.model, &prompt, gen_tokens, repeats)?;
+        Ok(serde_json::json!({
+            "prefill_tok_s": result.prefill_tok_s,
+            "decode_tok_s": result.decode_tok_s,
+            "prompt_tokens": prompt.len(),
+            "prompt_text": loaded.model.tokenizer.decode(&prompt),
+        })
+        .to_string())
     }
 
     /// Runs the hybrid loop after `prompt` (token ids). `options` is JSON ([`GenerateOptions`]).

@@ -174,6 +174,8 @@ enum BenchCommand {
     Decode(hybrid_assistant::eval::bench::DecodeBenchArgs),
     /// The cloud server under browser-like load: consult cost, batching gain, latency, memory.
     Serve(hybrid_assistant::eval::bench_serve::ServeBenchArgs),
+    /// Our engine in headless Chromium against wllama on the same GGUF (needs `make pkg`).
+    Browser(hybrid_assistant::eval::bench_browser::BrowserBenchArgs),
 }
 
 fn main() {
@@ -190,6 +192,7 @@ fn main() {
         Command::Eval { which: EvalCommand::Humaneval(args) } => hybrid_assistant::eval::humaneval_run::run(&args),
         Command::Bench { which: BenchCommand::Decode(args) } => hybrid_assistant::eval::bench::bench_decode(&args),
         Command::Bench { which: BenchCommand::Serve(args) } => hybrid_assistant::eval::bench_serve::bench_serve(&args),
+        Command::Bench { which: BenchCommand::Browser(args) } => hybrid_assistant::eval::bench_browser::bench_browser(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,13 +1,12 @@
 //! `hybrid bench decode`: prefill and decode speed of our decoder and, in the same run
 //! on the same GGUF and thread count, of llama.cpp (through node-llama-cpp), with ratios.
 use super::{resolve_model, round2};
+use crate::model::speed::{self, Speed};
 use crate::model::Model;
-use crate::sampler::argmax;
 use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use web_time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct DecodeBenchArgs {
@@ -29,12 +28,6 @@ pub struct DecodeBenchArgs {
     pub no_llama_cpp: bool,
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Speed {
-    pub prefill_tok_s: f64,
-    pub decode_tok_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,29 +90,8 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
 /// Best-of-`repeats` prefill of `prompt_tokens` ids and decode of `gen_tokens` greedy tokens.
 fn bench_ours(path: &Path, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> Result<Speed> {
     let mut model = Model::load(path)?;
-    let prompt = bench_prompt(&model, prompt_tokens)?;
-    let mut best = Speed { prefill_tok_s: 0.0, decode_tok_s: 0.0 };
-    for _ in 0..repeats {
-        model.decoder.cache_mut().clear();
-        let t = Instant::now();
-        let mut id = argmax(&model.decoder.forward(&prompt)?.logits);
-        let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        for _ in 0..gen_tokens {
-            id = argmax(&model.decoder.forward(&[id])?.logits);
-        }
-        let decode = gen_tokens as f64 / t.elapsed().as_secs_f64();
-        best.prefill_tok_s = best.prefill_tok_s.max(prefill);
-        best.decode_tok_s = best.decode_tok_s.max(decode);
-    }
-    Ok(best)
-}
-
-/// Real text, tokenized and repeated to exactly `n` ids.
-fn bench_prompt(model: &Model, n: usize) -> Result<Vec<u32>> {
-    const TEXT: &str = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\nThe quick brown fox jumps over the lazy dog. ";
-    let ids = model.tokenizer.encode(TEXT)?;
-    Ok(ids.iter().copied().cycle().take(n).collect())
+    let prompt = speed::bench_prompt(&model, prompt_tokens)?;
+    speed::measure(&mut model, &prompt, gen_tokens, repeats)
 }
 
 fn llama_cpp_dir() -> PathBuf {

@@ -1,5 +1,6 @@
 //! Native-only evaluation and benchmarks.
 pub mod bench;
+pub mod bench_browser;
 pub mod bench_serve;
 pub mod humaneval;
 pub mod humaneval_run;

@@ -1,0 +1,112 @@
+//! `hybrid bench browser`: prefill and decode speed of our engine in headless Chromium (the
+//! wasm build in pkg/, CPU path) against wllama (llama.cpp compiled to wasm, one thread, no
+//! GPU) on the same GGUF and prompt in the same tab, with ratios. The page and its runner are
+//! tests/e2e/bench/ and tests/e2e/bench-browser.mjs.
+use super::{resolve_model, round2};
+use crate::model::speed::Speed;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(clap::Args, Debug)]
+pub struct BrowserBenchArgs {
+    /// A model name or a path to a .gguf file.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    #[arg(long, default_value_t = 256)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Runs per engine; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the page reports.
+#[derive(Debug, Deserialize)]
+struct PageResult {
+    ours: Speed,
+    wllama: Speed,
+    webgpu_adapter: bool,
+    browser: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    model: String,
+    browser: String,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    repeats: usize,
+    cpu: Speed,
+    /// Our WebGPU path: not built yet (null).
+    webgpu: Option<Speed>,
+    webgpu_adapter: bool,
+    wllama: Speed,
+    cpu_prefill_vs_wllama: f64,
+    cpu_decode_vs_wllama: f64,
+}
+
+pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    anyhow::ensure!(
+        root.join("pkg/hybrid_assistant_bg.wasm").is_file(),
+        "no wasm build in {}: build it with `make pkg`",
+        root.join("pkg").display()
+    );
+    let e2e = root.join("tests/e2e");
+    if !e2e.join("node_modules/@wllama/wllama").is_dir() || !e2e.join("node_modules/playwright-core").is_dir() {
+        eprintln!("installing the benchmark's npm packages into {} …", e2e.display());
+        let status = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&e2e).status().context("running npm")?;
+        anyhow::ensure!(status.success(), "npm ci failed in {}", e2e.display());
+    }
+    let path = resolve_model(&args.model)?;
+    eprintln!("measuring in headless chromium: ours (wasm CPU) and wllama (1 thread), best of {} …", args.repeats);
+    let output = Command::new("node")
+        .arg(e2e.join("bench-browser.mjs"))
+        .args(["--model".as_ref(), path.as_os_str()])
+        .args(["--prompt-tokens", &args.prompt_tokens.to_string()])
+        .args(["--gen-tokens", &args.gen_tokens.to_string()])
+        .args(["--repeats", &args.repeats.to_string()])
+        .output()
+        .context("cannot run node; install Node.js 18+")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    let page: PageResult = match (output.status.success(), line) {
+        (true, Some(line)) => serde_json::from_str(line).with_context(|| format!("unexpected benchmark output `{line}`"))?,
+        _ => anyhow::bail!(
+            "the browser benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr).lines().rev().take(6).collect::<Vec<_>>().join(" | ")
+        ),
+    };
+    let report = Report {
+        model: args.model.clone(),
+        browser: page.browser,
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        repeats: args.repeats,
+        cpu_prefill_vs_wllama: round2(page.ours.prefill_tok_s / page.wllama.prefill_tok_s),
+        cpu_decode_vs_wllama: round2(page.ours.decode_tok_s / page.wllama.decode_tok_s),
+        cpu: page.ours,
+        webgpu: None,
+        webgpu_adapter: page.webgpu_adapter,
+        wllama: page.wllama,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} in headless Chromium {}: {}-token prompt, {} decoded tokens, best of {}",
+        report.model, report.browser, report.prompt_tokens, report.gen_tokens, report.repeats
+    );
+    println!("{:<22}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s");
+    println!("{:<22}{:>16.1}{:>16.1}", "ours, wasm CPU", report.cpu.prefill_tok_s, report.cpu.decode_tok_s);
+    println!("{:<22}{:>16}{:>16}", "ours, WebGPU", "not built", "not built");
+    println!("{:<22}{:>16.1}{:>16.1}", "wllama, 1 thread", report.wllama.prefill_tok_s, report.wllama.decode_tok_s);
+    println!("{:<22}{:>15.2}x{:>15.2}x", "wasm CPU / wllama", report.cpu_prefill_vs_wllama, report.cpu_decode_vs_wllama);
+    Ok(())
+}
