@@ -40,12 +40,13 @@ test: setup models pkg test-native test-wasm test-e2e
 
 # Tools, installed once: the wasm target, wasm-pack and the wasm-bindgen-cli matching
 # Cargo.lock (their own downloads do not work offline), Debian's chromium and chromedriver for
-# the browser tests, and the npm packages of the end-to-end test.
+# the browser tests, Mesa's lavapipe (a CPU Vulkan driver) for the GPU backend's tests, and the
+# npm packages of the end-to-end test.
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: setup-build
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && ls /usr/share/vulkan/icd.d/lvp_icd.* >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver mesa-vulkan-drivers; }
 	@[ -d tests/e2e/node_modules/playwright-core ] || (cd tests/e2e && npm install --no-audit --no-fund --silent)
 
 setup-build:

@@ -6,6 +6,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod generate;
+pub mod gpu;
 pub mod policy;
 pub mod reward;
 pub mod sampler;

@@ -1,0 +1,137 @@
+//! Our WebGPU backend, on wgpu: natively on Vulkan (Mesa's lavapipe where there is no GPU),
+//! in the browser on WebGPU. Weights stay in their GGUF blocks on the GPU and are
+//! dequantized inside the kernels (`quant.wgsl`).
+//!
+//! This is the backend's first layer: the device with the limits the decoder needs, weight
+//! upload, and the quantized kernels (dequantize, matrix-vector), each checked against the
+//! CPU's dequantization for every format our models use (`tests/gpu_kernels.rs`). The decoder
+//! on top (norms, rotary, attention over a GPU KV cache, one submission per step) is next.
+pub mod quant;
+
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A device and queue, and the compute pipelines built on them so far.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+}
+
+fn gpu_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!("GPU: {what}: {e}"))
+}
+
+impl Gpu {
+    /// The default adapter with its own storage limits (the spec's defaults, 128 MiB per
+    /// binding, are too small for an embedding table), or `None` when there is none: then
+    /// the model runs on the CPU.
+    pub async fn new() -> Result<Option<Gpu>> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let Ok(adapter) = instance.request_adapter(&wgpu::RequestAdapterOptions::default()).await else {
+            return Ok(None);
+        };
+        let available = adapter.limits();
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: available.max_storage_buffer_binding_size,
+            max_buffer_size: available.max_buffer_size,
+            max_storage_buffers_per_shader_stage: available.max_storage_buffers_per_shader_stage.min(10),
+            ..wgpu::Limits::downlevel_defaults()
+        };
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("hybrid-assistant"),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| gpu_error("cannot open the device", e))?;
+        Ok(Some(Gpu { device, queue, adapter: adapter.get_info(), limits, pipelines: Mutex::new(HashMap::new()) }))
+    }
+
+    /// A compute pipeline for `entry` of `source`, built once per `key`.
+    pub fn pipeline(&self, key: &str, source: impl FnOnce() -> String, entry: &str) -> Arc<wgpu::ComputePipeline> {
+        let mut pipelines = self.pipelines.lock().expect("pipeline cache lock");
+        pipelines
+            .entry(format!("{key}/{entry}"))
+            .or_insert_with(|| {
+                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(key),
+                    source: wgpu::ShaderSource::Wgsl(source().into()),
+                });
+                Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                }))
+            })
+            .clone()
+    }
+
+    /// A storage buffer holding `bytes`, padded to whole u32s; refuses what the device cannot bind.
+    pub fn storage(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        let size = bytes.len().div_ceil(4).max(1) * 4;
+        if size as u64 > self.limits.max_storage_buffer_binding_size as u64 {
+            return Err(Error::InvalidInput(format!(
+                "GPU: {label} needs {size} bytes in one binding, this adapter binds at most {} ({}); run on the CPU",
+                self.limits.max_storage_buffer_binding_size, self.adapter.name
+            )));
+        }
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size as u64,
+            usage: usage | wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut padded = bytes.to_vec();
+        padded.resize(size, 0);
+        self.queue.write_buffer(&buffer, 0, &padded);
+        Ok(buffer)
+    }
+
+    /// An f32 output buffer of `len` values that can be copied out.
+    pub fn output(&self, label: &str, len: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (len.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Copies `len` f32s out of `buffer` (after everything submitted so far).
+    pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let size = (len * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |result| {
+            let _ = sender.send(result);
+        });
+        // Natively the callback runs inside poll; in the browser, from its event loop.
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_error("waiting for the device", e))?;
+        receiver
+            .await
+            .map_err(|_| gpu_error("reading back", "the device went away"))?
+            .map_err(|e| gpu_error("reading back", e))?;
+        let data = staging.slice(..).get_mapped_range().map_err(|e| gpu_error("reading back", e))?;
+        let values = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        drop(data);
+        staging.unmap();
+        Ok(values)
+    }
+}

@@ -1,0 +1,144 @@
+// Quantized GGUF matrices, read straight from their blocks. The host prepends
+//   const FORMAT: u32 = …;
+// (the GgmlDType's ggml id). A matrix is its rows' raw GGUF bytes, padded to whole u32s, so
+// upload is a copy; f16 scales are read with unpack2x16float, so no `shader-f16` is needed.
+
+const Q4_0: u32 = 2u;
+const Q4_1: u32 = 3u;
+const Q5_0: u32 = 6u;
+const Q8_0: u32 = 8u;
+const Q4_K: u32 = 12u;
+const Q6_K: u32 = 14u;
+
+struct Dims {
+  rows: u32,
+  cols: u32,
+  row_bytes: u32,
+  // Rows per dispatch column: a dispatch dimension holds at most 65535 workgroups.
+  rows_per_y: u32,
+}
+
+@group(0) @binding(0) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<uniform> dims: Dims;
+
+fn byte_at(o: u32) -> u32 {
+  return (w[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
+}
+
+fn i8_at(o: u32) -> i32 {
+  return (i32(byte_at(o)) << 24u) >> 24u;
+}
+
+fn f16_at(o: u32) -> f32 {
+  return unpack2x16float(byte_at(o) | (byte_at(o + 1u) << 8u)).x;
+}
+
+fn u32_at(o: u32) -> u32 {
+  return byte_at(o) | (byte_at(o + 1u) << 8u) | (byte_at(o + 2u) << 16u) | (byte_at(o + 3u) << 24u);
+}
+
+// Q4_K's 6-bit scale (x) and min (y) of sub-block `j` from the 12 packed bytes at `o`.
+fn scale_min_k4(o: u32, j: u32) -> vec2<f32> {
+  if (j < 4u) {
+    return vec2<f32>(f32(byte_at(o + j) & 63u), f32(byte_at(o + j + 4u) & 63u));
+  }
+  let sc = (byte_at(o + j + 4u) & 0xfu) | ((byte_at(o + j - 4u) >> 6u) << 4u);
+  let m = (byte_at(o + j + 4u) >> 4u) | ((byte_at(o + j) >> 6u) << 4u);
+  return vec2<f32>(f32(sc), f32(m));
+}
+
+// Element `e` of the row whose bytes start at `base`, as ggml dequantizes it.
+fn dequant(base: u32, e: u32) -> f32 {
+  if (FORMAT == Q8_0) {
+    let o = base + (e / 32u) * 34u;
+    return f16_at(o) * f32(i8_at(o + 2u + e % 32u));
+  }
+  if (FORMAT == Q4_0 || FORMAT == Q4_1) {
+    let size = select(18u, 20u, FORMAT == Q4_1);
+    let o = base + (e / 32u) * size;
+    let j = e % 32u;
+    let qs = o + size - 16u;
+    let q = select(byte_at(qs + j - 16u) >> 4u, byte_at(qs + j) & 0xfu, j < 16u);
+    if (FORMAT == Q4_0) {
+      return f16_at(o) * (f32(q) - 8.0);
+    }
+    return f16_at(o) * f32(q) + f16_at(o + 2u);
+  }
+  if (FORMAT == Q5_0) {
+    let o = base + (e / 32u) * 22u;
+    let j = e % 32u;
+    let qh = u32_at(o + 2u);
+    var q: u32;
+    if (j < 16u) {
+      q = (byte_at(o + 6u + j) & 0xfu) | (((qh >> j) << 4u) & 0x10u);
+    } else {
+      q = (byte_at(o + 6u + j - 16u) >> 4u) | ((qh >> (j - 16u + 12u)) & 0x10u);
+    }
+    return f16_at(o) * (f32(q) - 16.0);
+  }
+  if (FORMAT == Q4_K) {
+    let o = base + (e / 256u) * 144u;
+    let j = e % 256u;
+    let chunk = j / 64u;
+    let high = (j % 64u) / 32u;
+    let sm = scale_min_k4(o + 4u, 2u * chunk + high);
+    let b = byte_at(o + 16u + chunk * 32u + j % 32u);
+    let q = select(b & 0xfu, b >> 4u, high == 1u);
+    return f16_at(o) * sm.x * f32(q) - f16_at(o + 2u) * sm.y;
+  }
+  // Q6_K
+  let o = base + (e / 256u) * 210u;
+  let j = e % 256u;
+  let half = j / 128u;
+  let g = (j % 128u) / 32u;
+  let l = j % 32u;
+  let lo = byte_at(o + half * 64u + l + (g & 1u) * 32u);
+  let nibble = select(lo & 0xfu, lo >> 4u, g >= 2u);
+  let hi = (byte_at(o + 128u + half * 32u + l) >> (2u * g)) & 3u;
+  let q = i32(nibble | (hi << 4u)) - 32;
+  let scale = i8_at(o + 192u + half * 8u + l / 16u + 2u * g);
+  return f16_at(o + 208u) * f32(scale) * f32(q);
+}
+
+fn row_of(wid: vec3<u32>) -> u32 {
+  return wid.x + wid.y * dims.rows_per_y;
+}
+
+// The whole matrix as f32, row-major (checks every format against the CPU's dequantization).
+@compute @workgroup_size(64)
+fn dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let row = row_of(wid);
+  if (row >= dims.rows) {
+    return;
+  }
+  for (var e = lid.x; e < dims.cols; e += 64u) {
+    y[row * dims.cols + e] = dequant(row * dims.row_bytes, e);
+  }
+}
+
+var<workgroup> partial: array<f32, 64>;
+
+// y = W x: one workgroup per row, 64 threads striding over the row, then a tree sum.
+@compute @workgroup_size(64)
+fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let row = row_of(wid);
+  var sum = 0.0;
+  if (row < dims.rows) {
+    for (var e = lid.x; e < dims.cols; e += 64u) {
+      sum += dequant(row * dims.row_bytes, e) * x[e];
+    }
+  }
+  partial[lid.x] = sum;
+  workgroupBarrier();
+  for (var stride = 32u; stride > 0u; stride >>= 1u) {
+    if (lid.x < stride) {
+      partial[lid.x] += partial[lid.x + stride];
+    }
+    workgroupBarrier();
+  }
+  if (lid.x == 0u && row < dims.rows) {
+    y[row] = partial[0];
+  }
+}
