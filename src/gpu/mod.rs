@@ -6,6 +6,7 @@
 //! upload, and the quantized kernels (dequantize, matrix-vector), each checked against the
 //! CPU's dequantization for every format our models use (`tests/gpu_kernels.rs`). The decoder
 //! on top (norms, rotary, attention over a GPU KV cache, one submission per step) is next.
+pub mod decoder;
 pub mod quant;
 
 use crate::{Error, Result};
@@ -19,6 +20,34 @@ pub struct Gpu {
     pub adapter: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+}
+
+/// One kernel dispatch with its bindings, built once and encoded again for every step; what
+/// changes between steps is written into its `params` uniform.
+pub struct Op {
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    groups: (u32, u32),
+    pub params: wgpu::Buffer,
+}
+
+impl Op {
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.groups.0, self.groups.1, 1);
+    }
+}
+
+/// Numbers whose bytes go to the GPU as they are: no padding, every bit pattern valid.
+pub trait Plain: Copy {}
+impl Plain for u32 {}
+impl Plain for f32 {}
+
+/// The bytes of plain numbers, for buffers and uniforms.
+pub fn bytes_of<T: Plain>(values: &[T]) -> &[u8] {
+    // SAFETY: `Plain` types have no padding, and any byte pattern is a valid u8.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values)) }
 }
 
 fn gpu_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -93,6 +122,36 @@ impl Gpu {
         padded.resize(size, 0);
         self.queue.write_buffer(&buffer, 0, &padded);
         Ok(buffer)
+    }
+
+    /// One dispatch of `pipeline` with `buffers` at their binding numbers and a uniform holding
+    /// `params` at `params_binding`, over `groups` workgroups.
+    pub fn op(&self, pipeline: Arc<wgpu::ComputePipeline>, buffers: &[(u32, &wgpu::Buffer)], params_binding: u32, params: &[u8], groups: (u32, u32)) -> Op {
+        let params_buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: params.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&params_buffer, 0, params);
+        let mut entries: Vec<wgpu::BindGroupEntry> =
+            buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry { binding: *binding, resource: b.as_entire_binding() }).collect();
+        entries.push(wgpu::BindGroupEntry { binding: params_binding, resource: params_buffer.as_entire_binding() });
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
+        Op { pipeline, bind_group, groups, params: params_buffer }
+    }
+
+    /// Runs `ops` in order in one submission (a dispatch sees what the ones before it wrote).
+    pub fn run(&self, ops: &[&Op]) {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for op in ops {
+                op.encode(&mut pass);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
     }
 
     /// An f32 output buffer of `len` values that can be copied out.

@@ -1,8 +1,7 @@
 //! Quantized matrices on the GPU, in their GGUF blocks, and the kernels that read them.
-use super::Gpu;
+use super::{bytes_of, Gpu, Op};
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
-use wgpu::util::DeviceExt;
 
 const SOURCE: &str = include_str!("quant.wgsl");
 /// Workgroups per dispatch dimension (the WebGPU minimum limit).
@@ -22,6 +21,16 @@ fn format_id(dtype: GgmlDType) -> Result<u32> {
         GgmlDType::Q6K => 14,
         other => return Err(Error::InvalidInput(format!("GPU: no kernel reads {other:?} weights; run on the CPU"))),
     })
+}
+
+/// What a matrix product does with its result (the `flags` of `quant.wgsl`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Product<'a> {
+    pub bias: Option<&'a wgpu::Buffer>,
+    /// Add to the output instead of overwriting it.
+    pub accumulate: bool,
+    /// Where the output starts, in floats.
+    pub y_offset: u32,
 }
 
 /// A `(rows, cols)` matrix of one quantized format, its GGUF bytes as uploaded.
@@ -44,10 +53,39 @@ impl GpuMatrix {
         Ok(Self { dtype, rows, cols, row_bytes, blocks })
     }
 
+    fn pipeline(&self, gpu: &Gpu, entry: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
+        let id = format_id(self.dtype).expect("checked at upload");
+        gpu.pipeline(&format!("quant-{id}"), || format!("const FORMAT: u32 = {id}u;\n{SOURCE}"), entry)
+    }
+
+    /// The `Dims` uniform of `quant.wgsl` for `rows` rows from `first_row`.
+    pub fn dims(&self, rows: usize, first_row: u32, product: &Product) -> [u32; 8] {
+        let rows = rows as u32;
+        let flags = u32::from(product.bias.is_some()) | (u32::from(product.accumulate) << 1);
+        [rows, self.cols as u32, self.row_bytes as u32, rows.min(MAX_GROUPS), first_row, product.y_offset, flags, 0]
+    }
+
+    /// `y = W x` (with `product`'s bias, accumulation and offset), one workgroup per row.
+    pub fn matvec_op(&self, gpu: &Gpu, x: &wgpu::Buffer, y: &wgpu::Buffer, product: Product) -> Result<Op> {
+        let no_bias = gpu.storage("no bias", &[0; 4], wgpu::BufferUsages::empty())?;
+        let bias = product.bias.unwrap_or(&no_bias);
+        let rows = self.rows as u32;
+        let buffers = [(0, &self.blocks), (1, x), (2, y), (4, bias)];
+        let dims = self.dims(self.rows, 0, &product);
+        Ok(gpu.op(self.pipeline(gpu, "matvec"), &buffers, 3, bytes_of(&dims), (rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS))))
+    }
+
+    /// `rows` rows from `first_row` (set per use through the op's params), dequantized into `y`.
+    pub fn rows_op(&self, gpu: &Gpu, rows: usize, y: &wgpu::Buffer) -> Op {
+        let dims = self.dims(rows, 0, &Product::default());
+        let groups = (rows as u32).min(MAX_GROUPS);
+        gpu.op(self.pipeline(gpu, "dequantize"), &[(0, &self.blocks), (2, y)], 3, bytes_of(&dims), (groups, (rows as u32).div_ceil(MAX_GROUPS)))
+    }
+
     /// The whole matrix as f32, row-major.
     pub async fn dequantize(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         let out = gpu.output("dequantized", self.rows * self.cols);
-        self.dispatch(gpu, "dequantize", None, &out)?;
+        gpu.run(&[&self.rows_op(gpu, self.rows, &out)]);
         gpu.read_f32(&out, self.rows * self.cols).await
     }
 
@@ -58,48 +96,7 @@ impl GpuMatrix {
         }
         let x = gpu.storage("x", bytes_of(x), wgpu::BufferUsages::empty())?;
         let out = gpu.output("y", self.rows);
-        self.dispatch(gpu, "matvec", Some(&x), &out)?;
+        gpu.run(&[&self.matvec_op(gpu, &x, &out, Product::default())?]);
         gpu.read_f32(&out, self.rows).await
     }
-
-    /// One workgroup per row, rows spread over two dispatch dimensions. `x` is bound only for
-    /// entries that read it (an automatic layout leaves out what an entry does not use).
-    fn dispatch(&self, gpu: &Gpu, entry: &str, x: Option<&wgpu::Buffer>, out: &wgpu::Buffer) -> Result<()> {
-        let id = format_id(self.dtype)?;
-        let pipeline = gpu.pipeline(&format!("quant-{id}"), || format!("const FORMAT: u32 = {id}u;\n{SOURCE}"), entry);
-        let rows = self.rows as u32;
-        let (groups_x, groups_y) = (rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS));
-        let dims = [rows, self.cols as u32, self.row_bytes as u32, groups_x];
-        let dims = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("dims"),
-            contents: bytes_of_u32(&dims),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> = [Some(&self.blocks), x, Some(out), Some(&dims)]
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, b)| Some(wgpu::BindGroupEntry { binding: i as u32, resource: b?.as_entire_binding() }))
-            .collect();
-        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups_x, groups_y, 1);
-        }
-        gpu.queue.submit([encoder.finish()]);
-        Ok(())
-    }
-}
-
-fn bytes_of(values: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and any byte pattern is a valid u8.
-    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values)) }
-}
-
-fn bytes_of_u32(values: &[u32]) -> &[u8] {
-    // SAFETY: as above.
-    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values)) }
 }

@@ -16,12 +16,20 @@ struct Dims {
   row_bytes: u32,
   // Rows per dispatch column: a dispatch dimension holds at most 65535 workgroups.
   rows_per_y: u32,
+  // The matrix row that row 0 reads (an embedding lookup reads one row: the token's).
+  first_row: u32,
+  // Where the output starts in y (k and v are written straight into the KV cache).
+  y_offset: u32,
+  // Bit 0: add bias[row]. Bit 1: add to y instead of overwriting it (the residual stream).
+  flags: u32,
+  pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> dims: Dims;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 fn byte_at(o: u32) -> u32 {
   return (w[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
@@ -113,21 +121,23 @@ fn dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
   if (row >= dims.rows) {
     return;
   }
+  let base = (row + dims.first_row) * dims.row_bytes;
   for (var e = lid.x; e < dims.cols; e += 64u) {
-    y[row * dims.cols + e] = dequant(row * dims.row_bytes, e);
+    y[dims.y_offset + row * dims.cols + e] = dequant(base, e);
   }
 }
 
 var<workgroup> partial: array<f32, 64>;
 
-// y = W x: one workgroup per row, 64 threads striding over the row, then a tree sum.
+// y = W x (+ bias) (+ y): one workgroup per row, 64 threads striding over it, then a tree sum.
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let row = row_of(wid);
   var sum = 0.0;
   if (row < dims.rows) {
+    let base = (row + dims.first_row) * dims.row_bytes;
     for (var e = lid.x; e < dims.cols; e += 64u) {
-      sum += dequant(row * dims.row_bytes, e) * x[e];
+      sum += dequant(base, e) * x[e];
     }
   }
   partial[lid.x] = sum;
@@ -139,6 +149,14 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     workgroupBarrier();
   }
   if (lid.x == 0u && row < dims.rows) {
-    y[row] = partial[0];
+    var r = partial[0];
+    if ((dims.flags & 1u) != 0u) {
+      r += bias[row];
+    }
+    let at = dims.y_offset + row;
+    if ((dims.flags & 2u) != 0u) {
+      r += y[at];
+    }
+    y[at] = r;
   }
 }

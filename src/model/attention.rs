@@ -32,6 +32,11 @@ impl Rope {
         }
     }
 
+    /// The tables, `[position][head_dim / 2]` cosines and sines (the GPU backend uploads them).
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates every head of one row (`n_heads * head_dim` values) for position `pos`.
     pub fn apply(&self, row: &mut [f32], pos: usize) {
         let (cos, sin) = (&self.cos[pos * self.half..][..self.half], &self.sin[pos * self.half..][..self.half]);

@@ -1,0 +1,285 @@
+//! The decoder on the GPU: the same llama/qwen2 computation as `model::decoder`, with the
+//! weights in their GGUF blocks on the device and the KV cache there too. A step (one token)
+//! is one submission; only the logits and the final hidden state come back, and only for the
+//! last token of a prompt.
+//!
+//! Prompts run token by token (matrix-vector products); a batched prefill kernel is next.
+use super::quant::{GpuMatrix, Product};
+use super::{bytes_of, Gpu, Op};
+use crate::model::attention::Rope;
+use crate::model::config::{ModelConfig, RopeLayout};
+use crate::model::decoder::Step;
+use crate::model::gguf::tensor;
+use crate::{Error, Result};
+use candle_core::quantized::gguf_file::Content;
+use candle_core::Device;
+use std::io::{Read, Seek};
+
+const PARAMS: &str = include_str!("params.wgsl");
+/// Positions the GPU KV cache holds (the attention kernel keeps this many scores on chip).
+pub const MAX_POSITIONS: usize = 2048;
+
+/// The f32 kernels, each from its own file with the shared `Params`.
+fn kernel(gpu: &Gpu, name: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
+    let source = match name {
+        "rms_norm" => include_str!("rms_norm.wgsl"),
+        "rope" => include_str!("rope.wgsl"),
+        "attention" => include_str!("attention.wgsl"),
+        "silu_mul" => include_str!("silu_mul.wgsl"),
+        other => unreachable!("no kernel {other}"),
+    };
+    gpu.pipeline(name, || format!("{PARAMS}\n{source}"), name)
+}
+
+/// `Params` of the f32 kernels (params.wgsl).
+#[derive(Debug, Clone, Copy, Default)]
+struct Params {
+    n: u32,
+    heads: u32,
+    kv_heads: u32,
+    pos: u32,
+    eps: f32,
+    kv_row: u32,
+    offset: u32,
+    layout: u32,
+}
+
+impl Params {
+    fn bytes(&self) -> [u8; 32] {
+        let words = [self.n, self.heads, self.kv_heads, self.pos, self.eps.to_bits(), self.kv_row, self.offset, self.layout];
+        let mut out = [0u8; 32];
+        out.copy_from_slice(bytes_of(&words));
+        out
+    }
+}
+
+struct LayerOps {
+    attn_norm: Op,
+    q: Op,
+    k: (Op, GpuMatrixDims),
+    v: (Op, GpuMatrixDims),
+    rope_q: Op,
+    rope_k: Op,
+    attention: Op,
+    o: Op,
+    ffn_norm: Op,
+    gate: Op,
+    up: Op,
+    silu: Op,
+    down: Op,
+}
+
+/// What a K or V product's `Dims` uniform holds apart from the step's offset.
+struct GpuMatrixDims([u32; 8]);
+
+pub struct GpuDecoder {
+    gpu: Gpu,
+    config: ModelConfig,
+    vocab: usize,
+    /// Positions in the KV cache; the next token goes here.
+    len: usize,
+    embed: (Op, GpuMatrixDims),
+    layers: Vec<LayerOps>,
+    /// rope_q and attention read it: position `pos`.
+    q_params: Params,
+    /// rope_k reads it: position `pos`, rotating in the cache at `pos * kv_row`.
+    k_params: Params,
+    output_norm: Op,
+    output: Op,
+    logits: wgpu::Buffer,
+    hidden: wgpu::Buffer,
+    /// Keeps the weights of the ops alive and names what was uploaded.
+    _matrices: Vec<GpuMatrix>,
+}
+
+impl GpuDecoder {
+    pub fn from_gguf<R: Read + Seek>(gpu: Gpu, content: &Content, reader: &mut R) -> Result<Self> {
+        let config = ModelConfig::from_gguf(content)?;
+        let c = &config;
+        let (hd, d) = (c.head_dim, c.n_embd);
+        let kv_row = c.n_head_kv * hd;
+        let positions = MAX_POSITIONS.min(c.context_length);
+        let mut matrices = Vec::new();
+        let upload = |name: &str, reader: &mut R| -> Result<GpuMatrix> {
+            GpuMatrix::upload(&gpu, name, &tensor(content, reader, name, &Device::Cpu)?)
+        };
+        let floats = |name: &str, reader: &mut R| -> Result<wgpu::Buffer> {
+            let values = tensor(content, reader, name, &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            gpu.storage(name, bytes_of(&values), wgpu::BufferUsages::empty())
+        };
+        let buffer = |label: &str, len: usize| gpu.output(label, len);
+        let (x, h, q, att) = (buffer("x", d), buffer("h", d), buffer("q", c.n_head * hd), buffer("att", c.n_head * hd));
+        let (gate, up) = (buffer("gate", c.n_ff), buffer("up", c.n_ff));
+        let rope = Rope::new(c);
+        let (rope_cos, rope_sin) = rope.tables();
+        let half = hd / 2;
+        let table: Vec<f32> = rope_cos[..positions * half].iter().chain(&rope_sin[..positions * half]).copied().collect();
+        let rope_table = gpu.storage("rope", bytes_of(&table), wgpu::BufferUsages::empty())?;
+        let layout = match c.rope_layout {
+            RopeLayout::Interleaved => 0,
+            RopeLayout::Halves => 1,
+        };
+        let q_params = Params { n: hd as u32, heads: c.n_head as u32, kv_heads: c.n_head_kv as u32, kv_row: kv_row as u32, layout, ..Default::default() };
+        let k_params = Params { heads: c.n_head_kv as u32, ..q_params };
+        let norm_params = Params { n: d as u32, eps: c.rms_eps, ..Default::default() };
+        let norm = |x: &wgpu::Buffer, w: &wgpu::Buffer, out: &wgpu::Buffer| {
+            gpu.op(kernel(&gpu, "rms_norm"), &[(0, x), (1, w), (2, out)], 3, &norm_params.bytes(), (1, 1))
+        };
+        let groups = |n: usize| ((n as u32).div_ceil(64), 1);
+
+        let embedding = upload("token_embd.weight", reader)?;
+        let embed_op = embedding.rows_op(&gpu, 1, &x);
+        let embed_dims = GpuMatrixDims(embedding.dims(1, 0, &Product::default()));
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let name = |n: &str| format!("blk.{i}.{n}");
+            let bias = |n: &str, reader: &mut R| -> Result<Option<wgpu::Buffer>> {
+                match c.qkv_bias {
+                    true => Ok(Some(floats(&name(&format!("{n}.bias")), reader)?)),
+                    false => Ok(None),
+                }
+            };
+            let (k_cache, v_cache) = (buffer("k cache", positions * kv_row), buffer("v cache", positions * kv_row));
+            let (wq, bq) = (upload(&name("attn_q.weight"), reader)?, bias("attn_q", reader)?);
+            let (wk, bk) = (upload(&name("attn_k.weight"), reader)?, bias("attn_k", reader)?);
+            let (wv, bv) = (upload(&name("attn_v.weight"), reader)?, bias("attn_v", reader)?);
+            let wo = upload(&name("attn_output.weight"), reader)?;
+            let (wg, wu, wd) = (upload(&name("ffn_gate.weight"), reader)?, upload(&name("ffn_up.weight"), reader)?, upload(&name("ffn_down.weight"), reader)?);
+            let (attn_norm_w, ffn_norm_w) = (floats(&name("attn_norm.weight"), reader)?, floats(&name("ffn_norm.weight"), reader)?);
+            fn kv_product(b: &Option<wgpu::Buffer>) -> Product<'_> {
+                Product { bias: b.as_ref(), ..Default::default() }
+            }
+            let ops = LayerOps {
+                attn_norm: norm(&x, &attn_norm_w, &h),
+                q: wq.matvec_op(&gpu, &h, &q, Product { bias: bq.as_ref(), ..Default::default() })?,
+                k: (wk.matvec_op(&gpu, &h, &k_cache, kv_product(&bk))?, GpuMatrixDims(wk.dims(wk.rows, 0, &kv_product(&bk)))),
+                v: (wv.matvec_op(&gpu, &h, &v_cache, kv_product(&bv))?, GpuMatrixDims(wv.dims(wv.rows, 0, &kv_product(&bv)))),
+                rope_q: gpu.op(kernel(&gpu, "rope"), &[(0, &q), (1, &rope_table)], 2, &q_params.bytes(), groups(c.n_head * half)),
+                rope_k: gpu.op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table)], 2, &k_params.bytes(), groups(c.n_head_kv * half)),
+                attention: gpu.op(
+                    kernel(&gpu, "attention"),
+                    &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att)],
+                    4,
+                    &q_params.bytes(),
+                    (c.n_head as u32, 1),
+                ),
+                o: wo.matvec_op(&gpu, &att, &x, Product { accumulate: true, ..Default::default() })?,
+                ffn_norm: norm(&x, &ffn_norm_w, &h),
+                gate: wg.matvec_op(&gpu, &h, &gate, Product::default())?,
+                up: wu.matvec_op(&gpu, &h, &up, Product::default())?,
+                silu: gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up)], 2, &Params { n: c.n_ff as u32, ..Default::default() }.bytes(), groups(c.n_ff)),
+                down: wd.matvec_op(&gpu, &gate, &x, Product { accumulate: true, ..Default::default() })?,
+            };
+            layers.push(ops);
+            matrices.extend([wq, wk, wv, wo, wg, wu, wd]);
+        }
+        let hidden = buffer("hidden", d);
+        let output_norm = norm(&x, &floats("output_norm.weight", reader)?, &hidden);
+        // Small models tie the output projection to the embedding table.
+        let output_matrix = match content.tensor_infos.contains_key("output.weight") {
+            true => Some(upload("output.weight", reader)?),
+            false => None,
+        };
+        let vocab = output_matrix.as_ref().unwrap_or(&embedding).rows;
+        let logits = buffer("logits", vocab);
+        let output = output_matrix.as_ref().unwrap_or(&embedding).matvec_op(&gpu, &hidden, &logits, Product::default())?;
+        matrices.push(embedding);
+        matrices.extend(output_matrix);
+        Ok(Self {
+            gpu,
+            config,
+            vocab,
+            len: 0,
+            embed: (embed_op, embed_dims),
+            layers,
+            q_params,
+            k_params,
+            output_norm,
+            output,
+            logits,
+            hidden,
+            _matrices: matrices,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn adapter(&self) -> &wgpu::AdapterInfo {
+        &self.gpu.adapter
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// Positions in the KV cache.
+    pub fn kv_len(&self) -> usize {
+        self.len
+    }
+
+    /// Forgets the conversation (the cache is overwritten from position 0).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Keeps the first `len` positions.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Runs `tokens` after the cached positions; the step predicts the token after the last.
+    pub async fn forward(&mut self, tokens: &[u32]) -> Result<Step> {
+        let capacity = MAX_POSITIONS.min(self.config.context_length);
+        if tokens.is_empty() {
+            return Err(Error::InvalidInput("forward needs at least one token".into()));
+        }
+        if self.len + tokens.len() > capacity {
+            return Err(Error::InvalidInput(format!(
+                "GPU context full: {} cached + {} new tokens exceed its {capacity} positions; start a new conversation",
+                self.len,
+                tokens.len()
+            )));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(Error::InvalidInput(format!("token id {bad} is outside the vocabulary of {} ids", self.vocab)));
+        }
+        for (i, &token) in tokens.iter().enumerate() {
+            self.step(token, i + 1 == tokens.len());
+        }
+        let logits = self.gpu.read_f32(&self.logits, self.vocab).await?;
+        let hidden = self.gpu.read_f32(&self.hidden, self.config.n_embd).await?;
+        Ok(Step { logits, hidden })
+    }
+
+    /// One token at position `len`, in one submission; the output projection only when its
+    /// logits are wanted.
+    fn step(&mut self, token: u32, last: bool) {
+        let pos = self.len as u32;
+        let gpu = &self.gpu;
+        let mut dims = self.embed.1 .0;
+        dims[4] = token;
+        gpu.queue.write_buffer(&self.embed.0.params, 0, bytes_of(&dims));
+        let kv_offset = pos * self.q_params.kv_row;
+        for layer in &self.layers {
+            for (op, GpuMatrixDims(dims)) in [&layer.k, &layer.v] {
+                let mut dims = *dims;
+                dims[5] = kv_offset;
+                gpu.queue.write_buffer(&op.params, 0, bytes_of(&dims));
+            }
+            gpu.queue.write_buffer(&layer.rope_q.params, 0, &Params { pos, ..self.q_params }.bytes());
+            gpu.queue.write_buffer(&layer.attention.params, 0, &Params { pos, ..self.q_params }.bytes());
+            gpu.queue.write_buffer(&layer.rope_k.params, 0, &Params { pos, offset: kv_offset, ..self.k_params }.bytes());
+        }
+        let mut ops: Vec<&Op> = vec![&self.embed.0];
+        for l in &self.layers {
+            ops.extend([&l.attn_norm, &l.q, &l.k.0, &l.v.0, &l.rope_q, &l.rope_k, &l.attention, &l.o, &l.ffn_norm, &l.gate, &l.up, &l.silu, &l.down]);
+        }
+        if last {
+            ops.extend([&self.output_norm, &self.output]);
+        }
+        gpu.run(&ops);
+        self.len += 1;
+    }
+}
