@@ -1,6 +1,8 @@
 //! The GPU decoder against the CPU decoder on the real models: after a prompt the logits
-//! agree (the CPU rounds activations to 8 bits for its integer kernels, the GPU computes in
-//! f32), and 16 greedy steps pick the same tokens. On lavapipe here; any adapter elsewhere.
+//! agree within 3% of their range, and 16 greedy steps pick the same tokens. The difference is
+//! the CPU's: it rounds activations to 8 bits for its integer kernels (against candle's own
+//! reference it differs by up to 2.8% on smollm2-135m, tests/decoder_parity.rs), while the GPU
+//! computes in f32. On lavapipe here; any adapter elsewhere.
 #![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
@@ -27,7 +29,7 @@ fn compare(name: &str) {
     let range = c.logits.iter().fold(f32::MIN, |a, &b| a.max(b)) - c.logits.iter().fold(f32::MAX, |a, &b| a.min(b));
     let worst = c.logits.iter().zip(&g.logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     eprintln!("{name}: logits after the prompt differ by at most {worst:.4} ({:.2}% of the range {range:.2})", 100.0 * worst / range);
-    assert!(worst <= 0.02 * range, "{name}: logits differ by {worst}, more than 2% of their range {range}");
+    assert!(worst <= 0.03 * range, "{name}: logits differ by {worst}, more than 3% of their range {range}");
     let hidden_diff = c.hidden.iter().zip(&g.hidden).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(hidden_diff < 0.05 * c.hidden.iter().fold(0.0f32, |a, &b| a.max(b.abs())), "{name}: hidden states differ by {hidden_diff}");
 
@@ -49,7 +51,6 @@ fn smollm2_on_the_gpu_matches_the_cpu() {
 }
 
 #[test]
-#[ignore = "minutes on lavapipe; make test-slow"]
 fn qwen_coder_0_5b_on_the_gpu_matches_the_cpu() {
     compare("qwen2.5-coder-0.5b");
 }

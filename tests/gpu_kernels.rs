@@ -88,3 +88,28 @@ fn a_matrix_the_adapter_cannot_bind_is_a_clear_error() {
     let err = gpu.storage("huge", &vec![0u8; too_big], wgpu::BufferUsages::empty()).unwrap_err().to_string();
     assert!(err.contains("run on the CPU"), "{err}");
 }
+
+#[test]
+fn a_matrix_larger_than_one_binding_is_split_by_rows() {
+    let mut gpu = gpu();
+    // Pretend bindings hold 10 rows of 34-byte Q8_0 blocks: 37 rows become 4 parts.
+    gpu.limits.max_storage_buffer_binding_size = 10 * 34;
+    let q = quantized(37, 32, GgmlDType::Q8_0, 11);
+    let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+    let m = GpuMatrix::upload(&gpu, "split", &q).unwrap();
+    let x = values(32, 5);
+    let got = pollster::block_on(m.matvec(&gpu, &x)).unwrap();
+    for (r, row) in w.iter().enumerate() {
+        let want: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
+        assert!((got[r] - want).abs() <= 1e-4 * want.abs().max(1.0), "row {r}: GPU {}, CPU {want}", got[r]);
+    }
+    let all = pollster::block_on(m.dequantize(&gpu)).unwrap();
+    assert_eq!(all, w.concat(), "dequantized across parts");
+    // A one-row lookup finds its part (the embedding lookup of the decoder).
+    let out = gpu.output("row", 32);
+    let ops = m.rows_ops(&gpu, Some(1), &out);
+    for row in [0, 9, 10, 29, 36] {
+        gpu.run(&[hybrid_assistant::gpu::quant::lookup(&gpu, &ops, row)]);
+        assert_eq!(pollster::block_on(gpu.read_f32(&out, 32)).unwrap(), w[row], "row {row}");
+    }
+}

@@ -4,7 +4,7 @@
 //! last token of a prompt.
 //!
 //! Prompts run token by token (matrix-vector products); a batched prefill kernel is next.
-use super::quant::{GpuMatrix, Product};
+use super::quant::{lookup, GpuMatrix, MatOp, Product};
 use super::{bytes_of, Gpu, Op};
 use crate::model::attention::Rope;
 use crate::model::config::{ModelConfig, RopeLayout};
@@ -55,22 +55,19 @@ impl Params {
 
 struct LayerOps {
     attn_norm: Op,
-    q: Op,
-    k: (Op, GpuMatrixDims),
-    v: (Op, GpuMatrixDims),
+    q: Vec<MatOp>,
+    k: Vec<MatOp>,
+    v: Vec<MatOp>,
     rope_q: Op,
     rope_k: Op,
     attention: Op,
-    o: Op,
+    o: Vec<MatOp>,
     ffn_norm: Op,
-    gate: Op,
-    up: Op,
+    gate: Vec<MatOp>,
+    up: Vec<MatOp>,
     silu: Op,
-    down: Op,
+    down: Vec<MatOp>,
 }
-
-/// What a K or V product's `Dims` uniform holds apart from the step's offset.
-struct GpuMatrixDims([u32; 8]);
 
 pub struct GpuDecoder {
     gpu: Gpu,
@@ -78,14 +75,15 @@ pub struct GpuDecoder {
     vocab: usize,
     /// Positions in the KV cache; the next token goes here.
     len: usize,
-    embed: (Op, GpuMatrixDims),
+    /// One-row lookups in the embedding table, one per part of it.
+    embed: Vec<MatOp>,
     layers: Vec<LayerOps>,
     /// rope_q and attention read it: position `pos`.
     q_params: Params,
     /// rope_k reads it: position `pos`, rotating in the cache at `pos * kv_row`.
     k_params: Params,
     output_norm: Op,
-    output: Op,
+    output: Vec<MatOp>,
     logits: wgpu::Buffer,
     hidden: wgpu::Buffer,
     /// Keeps the weights of the ops alive and names what was uploaded.
@@ -128,8 +126,7 @@ impl GpuDecoder {
         let groups = |n: usize| ((n as u32).div_ceil(64), 1);
 
         let embedding = upload("token_embd.weight", reader)?;
-        let embed_op = embedding.rows_op(&gpu, 1, &x);
-        let embed_dims = GpuMatrixDims(embedding.dims(1, 0, &Product::default()));
+        let embed = embedding.rows_ops(&gpu, Some(1), &x);
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let name = |n: &str| format!("blk.{i}.{n}");
@@ -146,14 +143,11 @@ impl GpuDecoder {
             let wo = upload(&name("attn_output.weight"), reader)?;
             let (wg, wu, wd) = (upload(&name("ffn_gate.weight"), reader)?, upload(&name("ffn_up.weight"), reader)?, upload(&name("ffn_down.weight"), reader)?);
             let (attn_norm_w, ffn_norm_w) = (floats(&name("attn_norm.weight"), reader)?, floats(&name("ffn_norm.weight"), reader)?);
-            fn kv_product(b: &Option<wgpu::Buffer>) -> Product<'_> {
-                Product { bias: b.as_ref(), ..Default::default() }
-            }
             let ops = LayerOps {
                 attn_norm: norm(&x, &attn_norm_w, &h),
-                q: wq.matvec_op(&gpu, &h, &q, Product { bias: bq.as_ref(), ..Default::default() })?,
-                k: (wk.matvec_op(&gpu, &h, &k_cache, kv_product(&bk))?, GpuMatrixDims(wk.dims(wk.rows, 0, &kv_product(&bk)))),
-                v: (wv.matvec_op(&gpu, &h, &v_cache, kv_product(&bv))?, GpuMatrixDims(wv.dims(wv.rows, 0, &kv_product(&bv)))),
+                q: wq.matvec_ops(&gpu, &h, &q, Product { bias: bq.as_ref(), ..Default::default() })?,
+                k: wk.matvec_ops(&gpu, &h, &k_cache, Product { bias: bk.as_ref(), ..Default::default() })?,
+                v: wv.matvec_ops(&gpu, &h, &v_cache, Product { bias: bv.as_ref(), ..Default::default() })?,
                 rope_q: gpu.op(kernel(&gpu, "rope"), &[(0, &q), (1, &rope_table)], 2, &q_params.bytes(), groups(c.n_head * half)),
                 rope_k: gpu.op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table)], 2, &k_params.bytes(), groups(c.n_head_kv * half)),
                 attention: gpu.op(
@@ -163,12 +157,12 @@ impl GpuDecoder {
                     &q_params.bytes(),
                     (c.n_head as u32, 1),
                 ),
-                o: wo.matvec_op(&gpu, &att, &x, Product { accumulate: true, ..Default::default() })?,
+                o: wo.matvec_ops(&gpu, &att, &x, Product { accumulate: true, ..Default::default() })?,
                 ffn_norm: norm(&x, &ffn_norm_w, &h),
-                gate: wg.matvec_op(&gpu, &h, &gate, Product::default())?,
-                up: wu.matvec_op(&gpu, &h, &up, Product::default())?,
+                gate: wg.matvec_ops(&gpu, &h, &gate, Product::default())?,
+                up: wu.matvec_ops(&gpu, &h, &up, Product::default())?,
                 silu: gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up)], 2, &Params { n: c.n_ff as u32, ..Default::default() }.bytes(), groups(c.n_ff)),
-                down: wd.matvec_op(&gpu, &gate, &x, Product { accumulate: true, ..Default::default() })?,
+                down: wd.matvec_ops(&gpu, &gate, &x, Product { accumulate: true, ..Default::default() })?,
             };
             layers.push(ops);
             matrices.extend([wq, wk, wv, wo, wg, wu, wd]);
@@ -182,7 +176,7 @@ impl GpuDecoder {
         };
         let vocab = output_matrix.as_ref().unwrap_or(&embedding).rows;
         let logits = buffer("logits", vocab);
-        let output = output_matrix.as_ref().unwrap_or(&embedding).matvec_op(&gpu, &hidden, &logits, Product::default())?;
+        let output = output_matrix.as_ref().unwrap_or(&embedding).matvec_ops(&gpu, &hidden, &logits, Product::default())?;
         matrices.push(embedding);
         matrices.extend(output_matrix);
         Ok(Self {
@@ -190,7 +184,7 @@ impl GpuDecoder {
             config,
             vocab,
             len: 0,
-            embed: (embed_op, embed_dims),
+            embed,
             layers,
             q_params,
             k_params,
@@ -258,28 +252,35 @@ impl GpuDecoder {
     fn step(&mut self, token: u32, last: bool) {
         let pos = self.len as u32;
         let gpu = &self.gpu;
-        let mut dims = self.embed.1 .0;
-        dims[4] = token;
-        gpu.queue.write_buffer(&self.embed.0.params, 0, bytes_of(&dims));
         let kv_offset = pos * self.q_params.kv_row;
         for layer in &self.layers {
-            for (op, GpuMatrixDims(dims)) in [&layer.k, &layer.v] {
-                let mut dims = *dims;
-                dims[5] = kv_offset;
-                gpu.queue.write_buffer(&op.params, 0, bytes_of(&dims));
+            for m in layer.k.iter().chain(&layer.v) {
+                m.write_y_offset(gpu, kv_offset);
             }
             gpu.queue.write_buffer(&layer.rope_q.params, 0, &Params { pos, ..self.q_params }.bytes());
             gpu.queue.write_buffer(&layer.attention.params, 0, &Params { pos, ..self.q_params }.bytes());
             gpu.queue.write_buffer(&layer.rope_k.params, 0, &Params { pos, offset: kv_offset, ..self.k_params }.bytes());
         }
-        let mut ops: Vec<&Op> = vec![&self.embed.0];
+        let mut ops: Vec<&Op> = vec![lookup(gpu, &self.embed, token as usize)];
         for l in &self.layers {
-            ops.extend([&l.attn_norm, &l.q, &l.k.0, &l.v.0, &l.rope_q, &l.rope_k, &l.attention, &l.o, &l.ffn_norm, &l.gate, &l.up, &l.silu, &l.down]);
+            ops.push(&l.attn_norm);
+            ops.extend(all(&l.q).into_iter().chain(all(&l.k)).chain(all(&l.v)));
+            ops.extend([&l.rope_q, &l.rope_k, &l.attention]);
+            ops.extend(all(&l.o));
+            ops.push(&l.ffn_norm);
+            ops.extend(all(&l.gate).into_iter().chain(all(&l.up)));
+            ops.push(&l.silu);
+            ops.extend(all(&l.down));
         }
         if last {
-            ops.extend([&self.output_norm, &self.output]);
+            ops.push(&self.output_norm);
+            ops.extend(all(&self.output));
         }
         gpu.run(&ops);
         self.len += 1;
     }
+}
+
+fn all(ops: &[MatOp]) -> Vec<&Op> {
+    ops.iter().map(|m| &m.op).collect()
 }

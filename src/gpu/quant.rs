@@ -1,4 +1,6 @@
 //! Quantized matrices on the GPU, in their GGUF blocks, and the kernels that read them.
+//! A matrix larger than one binding may hold (WebGPU guarantees 128 MiB; a 150k-token
+//! vocabulary projection is more) is split by rows into parts, each its own buffer and dispatch.
 use super::{bytes_of, Gpu, Op};
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -33,13 +35,39 @@ pub struct Product<'a> {
     pub y_offset: u32,
 }
 
+/// Rows `first_row..first_row + rows` of a matrix, in one buffer.
+struct Part {
+    first_row: usize,
+    rows: usize,
+    blocks: wgpu::Buffer,
+}
+
 /// A `(rows, cols)` matrix of one quantized format, its GGUF bytes as uploaded.
 pub struct GpuMatrix {
     pub dtype: GgmlDType,
     pub rows: usize,
     pub cols: usize,
     row_bytes: usize,
-    blocks: wgpu::Buffer,
+    parts: Vec<Part>,
+}
+
+/// One dispatch over a part of a matrix, with the `Dims` it was built with (steps that move
+/// its output, like K and V into the cache, rewrite them).
+pub struct MatOp {
+    pub op: Op,
+    pub dims: [u32; 8],
+    /// The part's first row.
+    pub first_row: usize,
+    pub rows: usize,
+}
+
+impl MatOp {
+    /// Rewrites the op's `Dims` with its output moved by `offset` floats.
+    pub fn write_y_offset(&self, gpu: &Gpu, offset: u32) {
+        let mut dims = self.dims;
+        dims[5] += offset;
+        gpu.queue.write_buffer(&self.op.params, 0, bytes_of(&dims));
+    }
 }
 
 impl GpuMatrix {
@@ -49,8 +77,17 @@ impl GpuMatrix {
         let (rows, cols) = tensor.shape().dims2()?;
         let bytes = tensor.data()?;
         let row_bytes = bytes.len() / rows;
-        let blocks = gpu.storage(name, &bytes, wgpu::BufferUsages::empty())?;
-        Ok(Self { dtype, rows, cols, row_bytes, blocks })
+        let limit = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size) as usize;
+        let rows_per_part = (limit / row_bytes).max(1);
+        let parts = (0..rows)
+            .step_by(rows_per_part)
+            .map(|first_row| {
+                let n = rows_per_part.min(rows - first_row);
+                let blocks = gpu.storage(name, &bytes[first_row * row_bytes..(first_row + n) * row_bytes], wgpu::BufferUsages::empty())?;
+                Ok(Part { first_row, rows: n, blocks })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { dtype, rows, cols, row_bytes, parts })
     }
 
     fn pipeline(&self, gpu: &Gpu, entry: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
@@ -58,34 +95,45 @@ impl GpuMatrix {
         gpu.pipeline(&format!("quant-{id}"), || format!("const FORMAT: u32 = {id}u;\n{SOURCE}"), entry)
     }
 
-    /// The `Dims` uniform of `quant.wgsl` for `rows` rows from `first_row`.
-    pub fn dims(&self, rows: usize, first_row: u32, product: &Product) -> [u32; 8] {
-        let rows = rows as u32;
-        let flags = u32::from(product.bias.is_some()) | (u32::from(product.accumulate) << 1);
-        [rows, self.cols as u32, self.row_bytes as u32, rows.min(MAX_GROUPS), first_row, product.y_offset, flags, 0]
-    }
-
-    /// `y = W x` (with `product`'s bias, accumulation and offset), one workgroup per row.
-    pub fn matvec_op(&self, gpu: &Gpu, x: &wgpu::Buffer, y: &wgpu::Buffer, product: Product) -> Result<Op> {
+    /// `y = W x` (with `product`'s bias, accumulation and offset): one op per part, one
+    /// workgroup per row.
+    pub fn matvec_ops(&self, gpu: &Gpu, x: &wgpu::Buffer, y: &wgpu::Buffer, product: Product) -> Result<Vec<MatOp>> {
         let no_bias = gpu.storage("no bias", &[0; 4], wgpu::BufferUsages::empty())?;
         let bias = product.bias.unwrap_or(&no_bias);
-        let rows = self.rows as u32;
-        let buffers = [(0, &self.blocks), (1, x), (2, y), (4, bias)];
-        let dims = self.dims(self.rows, 0, &product);
-        Ok(gpu.op(self.pipeline(gpu, "matvec"), &buffers, 3, bytes_of(&dims), (rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS))))
+        let flags = u32::from(product.bias.is_some()) | (u32::from(product.accumulate) << 1);
+        Ok(self
+            .parts
+            .iter()
+            .map(|part| {
+                let rows = part.rows as u32;
+                let dims = [rows, self.cols as u32, self.row_bytes as u32, rows.min(MAX_GROUPS), 0, product.y_offset + part.first_row as u32, flags, part.first_row as u32];
+                let buffers = [(0, &part.blocks), (1, x), (2, y), (4, bias)];
+                let op = gpu.op(self.pipeline(gpu, "matvec"), &buffers, 3, bytes_of(&dims), (rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS)));
+                MatOp { op, dims, first_row: part.first_row, rows: part.rows }
+            })
+            .collect())
     }
 
-    /// `rows` rows from `first_row` (set per use through the op's params), dequantized into `y`.
-    pub fn rows_op(&self, gpu: &Gpu, rows: usize, y: &wgpu::Buffer) -> Op {
-        let dims = self.dims(rows, 0, &Product::default());
-        let groups = (rows as u32).min(MAX_GROUPS);
-        gpu.op(self.pipeline(gpu, "dequantize"), &[(0, &self.blocks), (2, y)], 3, bytes_of(&dims), (groups, (rows as u32).div_ceil(MAX_GROUPS)))
+    /// Dequantizes `rows` rows of each part into `y` (one op per part). For a lookup of one
+    /// row, build with `rows = 1` and point the op of the row's part at it with [`lookup`].
+    pub fn rows_ops(&self, gpu: &Gpu, rows: Option<usize>, y: &wgpu::Buffer) -> Vec<MatOp> {
+        self.parts
+            .iter()
+            .map(|part| {
+                let n = rows.unwrap_or(part.rows) as u32;
+                let y_offset = if rows.is_some() { 0 } else { (part.first_row * self.cols) as u32 };
+                let dims = [n, self.cols as u32, self.row_bytes as u32, n.min(MAX_GROUPS), 0, y_offset, 0, 0];
+                let op = gpu.op(self.pipeline(gpu, "dequantize"), &[(0, &part.blocks), (2, y)], 3, bytes_of(&dims), (n.min(MAX_GROUPS), n.div_ceil(MAX_GROUPS)));
+                MatOp { op, dims, first_row: part.first_row, rows: part.rows }
+            })
+            .collect()
     }
 
     /// The whole matrix as f32, row-major.
     pub async fn dequantize(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         let out = gpu.output("dequantized", self.rows * self.cols);
-        gpu.run(&[&self.rows_op(gpu, self.rows, &out)]);
+        let ops = self.rows_ops(gpu, None, &out);
+        gpu.run(&ops.iter().map(|m| &m.op).collect::<Vec<_>>());
         gpu.read_f32(&out, self.rows * self.cols).await
     }
 
@@ -96,7 +144,18 @@ impl GpuMatrix {
         }
         let x = gpu.storage("x", bytes_of(x), wgpu::BufferUsages::empty())?;
         let out = gpu.output("y", self.rows);
-        gpu.run(&[&self.matvec_op(gpu, &x, &out, Product::default())?]);
+        let ops = self.matvec_ops(gpu, &x, &out, Product::default())?;
+        gpu.run(&ops.iter().map(|m| &m.op).collect::<Vec<_>>());
         gpu.read_f32(&out, self.rows).await
     }
+}
+
+/// Points a one-row lookup (from [`GpuMatrix::rows_ops`] with `rows = Some(1)`) at `row`:
+/// returns the op to run, of the part holding the row.
+pub fn lookup<'a>(gpu: &Gpu, ops: &'a [MatOp], row: usize) -> &'a Op {
+    let m = ops.iter().find(|m| (m.first_row..m.first_row + m.rows).contains(&row)).expect("a row of the matrix");
+    let mut dims = m.dims;
+    dims[4] = (row - m.first_row) as u32;
+    gpu.queue.write_buffer(&m.op.params, 0, bytes_of(&dims));
+    &m.op
 }

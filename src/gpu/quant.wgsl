@@ -20,9 +20,10 @@ struct Dims {
   first_row: u32,
   // Where the output starts in y (k and v are written straight into the KV cache).
   y_offset: u32,
-  // Bit 0: add bias[row]. Bit 1: add to y instead of overwriting it (the residual stream).
+  // Bit 0: add bias[bias_offset + row]. Bit 1: add to y instead of overwriting it (the residual stream).
   flags: u32,
-  pad: u32,
+  // A matrix too large for one binding is split by rows; its parts index bias from here.
+  bias_offset: u32,
 }
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
@@ -151,7 +152,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
   if (lid.x == 0u && row < dims.rows) {
     var r = partial[0];
     if ((dims.flags & 1u) != 0u) {
-      r += bias[row];
+      r += bias[dims.bias_offset + row];
     }
     let at = dims.y_offset + row;
     if ((dims.flags & 2u) != 0u) {
