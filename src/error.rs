@@ -30,6 +30,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
+    /// The GPU backend failed or cannot take this model; the CPU can.
+    #[error("GPU: {0}")]
+    Gpu(String),
+
     /// The cloud call failed: unreachable, an HTTP error, or an answer we cannot read.
     #[error("{0}")]
     Cloud(String),

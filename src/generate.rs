@@ -19,12 +19,14 @@ use serde::Serialize;
 use std::time::Duration;
 use web_time::Instant;
 
-/// The small model as the loop sees it.
+/// The small model as the loop sees it. `forward` is async because on the GPU the browser
+/// delivers results through its event loop.
+#[allow(async_fn_in_trait)]
 pub trait Slm {
     /// Forgets the previous conversation (empties the KV cache).
     fn reset(&mut self);
     /// Runs new tokens after the cached ones; the step predicts the token after the last.
-    fn forward(&mut self, tokens: &[u32]) -> Result<Step>;
+    async fn forward(&mut self, tokens: &[u32]) -> Result<Step>;
     /// The input embedding of a token (the reward head reads it).
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>>;
 }
@@ -34,7 +36,7 @@ impl Slm for Decoder {
         self.cache_mut().clear();
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Step> {
+    async fn forward(&mut self, tokens: &[u32]) -> Result<Step> {
         Decoder::forward(self, tokens)
     }
 
@@ -339,7 +341,7 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
 
         self.slm.reset();
         let t = Instant::now();
-        let mut step = self.slm.forward(prompt)?;
+        let mut step = self.slm.forward(prompt).await?;
         stats.prefill_secs = t.elapsed().as_secs_f64();
 
         'generation: while stats.tokens < self.config.max_tokens {
@@ -402,7 +404,7 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
                 break;
             }
             let t = Instant::now();
-            step = self.slm.forward(&fed)?;
+            step = self.slm.forward(&fed).await?;
             stats.decode_secs += t.elapsed().as_secs_f64();
             stats.decode_steps += 1;
         }

@@ -1,5 +1,6 @@
 //! hybrid-assistant: a small language model that runs in the browser (or natively) and
 //! asks a large cloud model only for the tokens it is unsure of. See shared DESIGN.md.
+pub mod backend;
 pub mod cloud;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]

@@ -54,3 +54,32 @@ fn smollm2_on_the_gpu_matches_the_cpu() {
 fn qwen_coder_0_5b_on_the_gpu_matches_the_cpu() {
     compare("qwen2.5-coder-0.5b");
 }
+
+#[test]
+fn a_gpu_lost_mid_answer_hands_over_to_the_cpu_without_losing_the_answer() {
+    use hybrid_assistant::backend::SmallModel;
+    use hybrid_assistant::generate::Slm;
+    let path = common::model_path("smollm2-135m");
+    let mut cpu = Model::load(&path).unwrap();
+    let gpu = pollster::block_on(Gpu::new()).unwrap().expect("no GPU adapter: install mesa-vulkan-drivers (lavapipe)");
+    let mut slm = pollster::block_on(SmallModel::load(std::fs::read(&path).unwrap(), Some(gpu))).unwrap();
+    assert_eq!(slm.backend(), "webgpu");
+    assert!(slm.cpu_reason().is_none());
+
+    let prompt = cpu.tokenizer.encode(PROMPT).unwrap();
+    let (mut c, mut g) = (cpu.decoder.forward(&prompt).unwrap(), pollster::block_on(slm.forward(&prompt)).unwrap());
+    let (mut cpu_ids, mut ids) = (Vec::new(), Vec::new());
+    for i in 0..12 {
+        if i == 4 {
+            slm.lose_gpu();
+        }
+        let (a, b) = (argmax(&c.logits), argmax(&g.logits));
+        cpu_ids.push(a);
+        ids.push(b);
+        c = cpu.decoder.forward(&[a]).unwrap();
+        g = pollster::block_on(slm.forward(&[b])).expect("the CPU takes over");
+    }
+    assert_eq!(slm.backend(), "cpu");
+    assert!(slm.cpu_reason().unwrap().contains("GPU failed mid-answer"), "{:?}", slm.cpu_reason());
+    assert_eq!(ids, cpu_ids, "the same answer before and after the handover");
+}

@@ -91,7 +91,7 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
 fn bench_ours(path: &Path, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> Result<Speed> {
     let mut model = Model::load(path)?;
     let prompt = speed::bench_prompt(&model, prompt_tokens)?;
-    speed::measure(&mut model, &prompt, gen_tokens, repeats)
+    pollster::block_on(speed::measure(&mut model.decoder, &prompt, gen_tokens, repeats))
 }
 
 fn llama_cpp_dir() -> PathBuf {

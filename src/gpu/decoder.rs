@@ -88,6 +88,8 @@ pub struct GpuDecoder {
     hidden: wgpu::Buffer,
     /// Keeps the weights of the ops alive and names what was uploaded.
     _matrices: Vec<GpuMatrix>,
+    /// The embedding table also stays on the CPU: the reward head reads a token's row.
+    embedding_cpu: candle_core::quantized::QTensor,
 }
 
 impl GpuDecoder {
@@ -125,7 +127,8 @@ impl GpuDecoder {
         };
         let groups = |n: usize| ((n as u32).div_ceil(64), 1);
 
-        let embedding = upload("token_embd.weight", reader)?;
+        let embedding_cpu = tensor(content, reader, "token_embd.weight", &Device::Cpu)?;
+        let embedding = GpuMatrix::upload(&gpu, "token_embd.weight", &embedding_cpu)?;
         let embed = embedding.rows_ops(&gpu, Some(1), &x);
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
@@ -193,6 +196,7 @@ impl GpuDecoder {
             logits,
             hidden,
             _matrices: matrices,
+            embedding_cpu,
         })
     }
 
@@ -206,6 +210,20 @@ impl GpuDecoder {
 
     pub fn vocab_size(&self) -> usize {
         self.vocab
+    }
+
+    /// The input embedding of a token (the reward head reads it), from the CPU copy.
+    pub fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {
+        if id as usize >= self.vocab {
+            return Err(Error::InvalidInput(format!("token id {id} is outside the vocabulary of {} ids", self.vocab)));
+        }
+        let row = self.embedding_cpu.embedding(&candle_core::Tensor::new(&[id], &Device::Cpu)?)?;
+        Ok(row.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Makes the device unusable, as a lost device is (to test what survives that).
+    pub fn lose_device(&self) {
+        self.gpu.device.destroy();
     }
 
     /// Positions in the KV cache.
@@ -244,6 +262,7 @@ impl GpuDecoder {
         }
         let logits = self.gpu.read_f32(&self.logits, self.vocab).await?;
         let hidden = self.gpu.read_f32(&self.hidden, self.config.n_embd).await?;
+        self.gpu.check()?;
         Ok(Step { logits, hidden })
     }
 

@@ -20,6 +20,9 @@ pub struct Gpu {
     pub adapter: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// The first error the device reported on its own (validation, out of memory, lost):
+    /// wgpu's default handler would panic, which in the browser kills the engine.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 /// One kernel dispatch with its bindings, built once and encoded again for every step; what
@@ -51,7 +54,7 @@ pub fn bytes_of<T: Plain>(values: &[T]) -> &[u8] {
 }
 
 fn gpu_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::InvalidInput(format!("GPU: {what}: {e}"))
+    Error::Gpu(format!("{what}: {e}"))
 }
 
 impl Gpu {
@@ -78,7 +81,26 @@ impl Gpu {
             })
             .await
             .map_err(|e| gpu_error("cannot open the device", e))?;
-        Ok(Some(Gpu { device, queue, adapter: adapter.get_info(), limits, pipelines: Mutex::new(HashMap::new()) }))
+        let failure = Arc::new(Mutex::new(None));
+        let record = |failure: &Arc<Mutex<Option<String>>>| {
+            let failure = failure.clone();
+            move |message: String| {
+                failure.lock().expect("failure lock").get_or_insert(message);
+            }
+        };
+        let on_error = record(&failure);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| on_error(e.to_string())));
+        let on_lost = record(&failure);
+        device.set_device_lost_callback(move |reason, message| on_lost(format!("the device was lost ({reason:?}): {message}")));
+        Ok(Some(Gpu { device, queue, adapter: adapter.get_info(), limits, pipelines: Mutex::new(HashMap::new()), failure }))
+    }
+
+    /// An error if the device has reported one since it was opened: results are not to be trusted.
+    pub fn check(&self) -> Result<()> {
+        match self.failure.lock().expect("failure lock").as_ref() {
+            Some(message) => Err(Error::Gpu(message.clone())),
+            None => Ok(()),
+        }
     }
 
     /// A compute pipeline for `entry` of `source`, built once per `key`.
@@ -107,8 +129,8 @@ impl Gpu {
     pub fn storage(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
         let size = bytes.len().div_ceil(4).max(1) * 4;
         if size as u64 > self.limits.max_storage_buffer_binding_size as u64 {
-            return Err(Error::InvalidInput(format!(
-                "GPU: {label} needs {size} bytes in one binding, this adapter binds at most {} ({}); run on the CPU",
+            return Err(Error::Gpu(format!(
+                "{label} needs {size} bytes in one binding, this adapter binds at most {} ({}); run on the CPU",
                 self.limits.max_storage_buffer_binding_size, self.adapter.name
             )));
         }

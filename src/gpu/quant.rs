@@ -21,7 +21,7 @@ fn format_id(dtype: GgmlDType) -> Result<u32> {
         GgmlDType::Q8_0 => 8,
         GgmlDType::Q4K => 12,
         GgmlDType::Q6K => 14,
-        other => return Err(Error::InvalidInput(format!("GPU: no kernel reads {other:?} weights; run on the CPU"))),
+        other => return Err(Error::Gpu(format!("no kernel reads {other:?} weights; run on the CPU"))),
     })
 }
 

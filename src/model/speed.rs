@@ -1,6 +1,7 @@
 //! Prefill and decode speed of the decoder on a fixed prompt, the same measurement natively
 //! (`hybrid bench decode`) and in the browser (`hybrid bench browser`, through `Engine::bench`).
 use super::Model;
+use crate::generate::Slm;
 use crate::sampler::argmax;
 use crate::Result;
 use serde::{Deserialize, Serialize};
@@ -20,21 +21,21 @@ pub fn bench_prompt(model: &Model, n: usize) -> Result<Vec<u32>> {
 }
 
 /// Best-of-`repeats` prefill of `prompt` and decode of `gen_tokens` greedy tokens after it.
-pub fn measure(model: &mut Model, prompt: &[u32], gen_tokens: usize, repeats: usize) -> Result<Speed> {
+pub async fn measure(slm: &mut impl Slm, prompt: &[u32], gen_tokens: usize, repeats: usize) -> Result<Speed> {
     let mut best = Speed { prefill_tok_s: 0.0, decode_tok_s: 0.0 };
     for _ in 0..repeats.max(1) {
-        model.decoder.cache_mut().clear();
+        slm.reset();
         let t = Instant::now();
-        let mut id = argmax(&model.decoder.forward(prompt)?.logits);
+        let mut id = argmax(&slm.forward(prompt).await?.logits);
         let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..gen_tokens {
-            id = argmax(&model.decoder.forward(&[id])?.logits);
+            id = argmax(&slm.forward(&[id]).await?.logits);
         }
         let decode = gen_tokens as f64 / t.elapsed().as_secs_f64();
         best.prefill_tok_s = best.prefill_tok_s.max(prefill);
         best.decode_tok_s = best.decode_tok_s.max(decode);
     }
-    model.decoder.cache_mut().clear();
+    slm.reset();
     Ok(best)
 }
