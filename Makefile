@@ -79,7 +79,7 @@ endef
 ## In headless Chrome: tokenizer, decoder, policies, normaliser and reward head as natively.
 test-wasm:
 	$(CARGO) build --quiet
-	$(call with_smollm2_server, HYBRID_TEST_MODEL_URL=http://127.0.0.1:$$port/models/smollm2-135m.gguf CHROMEDRIVER=/usr/bin/chromedriver wasm-pack test --headless --chrome -- --test web --no-default-features)
+	$(call with_smollm2_server, HYBRID_TEST_MODEL_URL=http://127.0.0.1:$$port/models/smollm2-135m.gguf CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=900 wasm-pack test --headless --chrome -- --test web --no-default-features)
 
 ## The web app and the extension end to end in chromium against hybrid serve (screenshots in target/e2e/).
 test-e2e:

@@ -7,8 +7,12 @@
 //! ever sees bytes and JSON, so its interface is small and the worker is its only caller.
 use crate::cloud::{Completion, CompletionRequest};
 use crate::generate::{CloudTransport, HybridConfig, HybridLoop, TokenEvent};
-use crate::model::chat::Message;
-use crate::model::{gguf, speed, Model};
+use crate::backend::SmallModel;
+use crate::gpu::Gpu;
+use crate::model::chat::{ChatTemplate, Message};
+use crate::model::decoder::Decoder;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::{gguf, speed};
 use crate::policy::{Policy, PolicyKind};
 use crate::reward::RewardHead;
 use crate::sampler::{Sampler, SamplerConfig};
@@ -26,8 +30,32 @@ pub struct Engine {
 }
 
 struct Loaded {
-    model: Model,
+    tokenizer: Tokenizer,
+    chat: Option<ChatTemplate>,
+    slm: SmallModel,
     head: Option<RewardHead>,
+}
+
+/// The tokenizer, chat template and reward head (checked against the model's width).
+type TextSide = (Tokenizer, Option<ChatTemplate>, Option<RewardHead>);
+
+impl Loaded {
+    fn text_side(gguf: &[u8], reward_head: Option<Vec<u8>>) -> Result<TextSide> {
+        let content = gguf::read_content(&mut std::io::Cursor::new(gguf))?;
+        let tokenizer = Tokenizer::from_gguf(&content)?;
+        let chat = ChatTemplate::from_gguf(&content).ok();
+        let head = reward_head.map(|b| RewardHead::from_safetensors(&b)).transpose()?;
+        let d = crate::model::config::ModelConfig::from_gguf(&content)?.n_embd;
+        if let Some(h) = &head {
+            if h.hidden_size() != d {
+                return Err(Error::InvalidInput(format!(
+                    "the reward head was trained for a model with hidden size {}, this model has {d}: load the head made for this model, or none (then use maxprob or entropy)",
+                    h.hidden_size()
+                )));
+            }
+        }
+        Ok((tokenizer, chat, head))
+    }
 }
 
 /// `generate`'s options, as the worker passes them (camelCase, all optional).
@@ -67,37 +95,45 @@ impl Default for GenerateOptions {
 #[wasm_bindgen]
 impl Engine {
     /// Loads a GGUF model (and optionally a reward head in safetensors) from bytes the caller
-    /// has already verified.
+    /// has already verified, on the CPU.
     #[wasm_bindgen(constructor)]
     pub fn new(gguf_bytes: Vec<u8>, reward_head: Option<Vec<u8>>) -> std::result::Result<Engine, JsError> {
-        let mut reader = std::io::Cursor::new(gguf_bytes);
+        let (tokenizer, chat, head) = Loaded::text_side(&gguf_bytes, reward_head)?;
+        let mut reader = std::io::Cursor::new(&gguf_bytes[..]);
         let content = gguf::read_content(&mut reader)?;
-        let model = Model::from_gguf(&content, &mut reader, &candle_core::Device::Cpu)?;
-        let head = reward_head.map(|b| RewardHead::from_safetensors(&b)).transpose()?;
-        if let Some(h) = &head {
-            let d = model.decoder.config().n_embd;
-            if h.hidden_size() != d {
-                return Err(JsError::new(&format!(
-                    "the reward head was trained for a model with hidden size {}, this model has {d}: load the head made for this model, or none (then use maxprob or entropy)",
-                    h.hidden_size()
-                )));
-            }
-        }
-        Ok(Engine { inner: Rc::new(RefCell::new(Loaded { model, head })) })
+        let decoder = Decoder::from_gguf(&content, &mut reader, &candle_core::Device::Cpu, Default::default())?;
+        let slm = SmallModel::cpu(decoder, "the CPU was asked for");
+        Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head })) })
     }
 
-    /// What was loaded, as JSON: `{arch, layers, hiddenSize, vocabSize, contextLength, rewardHead, chatTemplate}`.
+    /// Like the constructor, but on WebGPU when `gpu` is set and an adapter can take the model
+    /// (else on the CPU; `info()` says which and why).
+    pub async fn load(gguf_bytes: Vec<u8>, reward_head: Option<Vec<u8>>, gpu: bool) -> std::result::Result<Engine, JsError> {
+        let adapter = match gpu {
+            true => Gpu::new().await?,
+            false => None,
+        };
+        let (tokenizer, chat, head) = Loaded::text_side(&gguf_bytes, reward_head)?;
+        let slm = SmallModel::load(gguf_bytes, adapter).await?;
+        Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head })) })
+    }
+
+    /// What was loaded, as JSON: `{arch, layers, hiddenSize, vocabSize, contextLength,
+    /// rewardHead, chatTemplate, backend: "webgpu"|"cpu", adapter, cpuReason}`.
     pub fn info(&self) -> String {
         let loaded = self.inner.borrow();
-        let c = loaded.model.decoder.config();
+        let c = loaded.slm.config();
         serde_json::json!({
             "arch": c.arch,
             "layers": c.n_layer,
             "hiddenSize": c.n_embd,
-            "vocabSize": loaded.model.decoder.vocab_size(),
+            "vocabSize": loaded.tokenizer.vocab_size(),
             "contextLength": c.context_length,
             "rewardHead": loaded.head.is_some(),
-            "chatTemplate": loaded.model.chat.is_some(),
+            "chatTemplate": loaded.chat.is_some(),
+            "backend": loaded.slm.backend(),
+            "adapter": loaded.slm.adapter(),
+            "cpuReason": loaded.slm.cpu_reason(),
         })
         .to_string()
     }
@@ -112,27 +148,34 @@ impl Engine {
             return Err(JsError::new("no messages: give the assistant something to answer"));
         }
         let loaded = self.inner.borrow();
-        Ok(loaded.model.tokenizer.encode(&loaded.model.render_chat(&messages)?)?)
+        let template = loaded.chat.as_ref().ok_or_else(|| JsError::new("this model has no chat template to turn messages into a prompt"))?;
+        Ok(loaded.tokenizer.encode(&template.render(&messages, true)?)?)
     }
 
-    /// Prefill and decode speed on this engine's model (`hybrid bench browser`): a
-    /// `prompt_tokens`-token prompt, then `gen_tokens` greedy tokens, best of `repeats`. JSON
-    /// `{prefill_tok_s, decode_tok_s, prompt_tokens, prompt_text}`; the text lets another
-    /// engine be measured on the same prompt.
-    pub fn bench(&self, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> std::result::Result<String, JsError> {
-        let mut loaded = self
-            .inner
-            .try_borrow_mut()
-            .map_err(|_| JsError::new("a generation is running on this engine: benchmark it when idle"))?;
-        let prompt = speed::bench_prompt(&loaded.model, prompt_tokens)?;
-        let result = speed::measure(&mut loaded.model, &prompt, gen_tokens, repeats)?;
-        Ok(serde_json::json!({
-            "prefill_tok_s": result.prefill_tok_s,
-            "decode_tok_s": result.decode_tok_s,
-            "prompt_tokens": prompt.len(),
-            "prompt_text": loaded.model.tokenizer.decode(&prompt),
+    /// Prefill and decode speed on this engine's model and backend (`hybrid bench browser`): a
+    /// `prompt_tokens`-token prompt, then `gen_tokens` greedy tokens, best of `repeats`.
+    /// Resolves to JSON `{prefill_tok_s, decode_tok_s, prompt_tokens, prompt_text, backend}`;
+    /// the text lets another engine be measured on the same prompt.
+    pub fn bench(&self, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut loaded = inner
+                .try_borrow_mut()
+                .map_err(|_| JsError::new("a generation is running on this engine: benchmark it when idle"))?;
+            let loaded = &mut *loaded;
+            let prompt = speed::bench_prompt(&loaded.tokenizer, prompt_tokens).map_err(to_js)?;
+            let result = speed::measure(&mut loaded.slm, &prompt, gen_tokens, repeats).await.map_err(to_js)?;
+            Ok(JsValue::from_str(
+                &serde_json::json!({
+                    "prefill_tok_s": result.prefill_tok_s,
+                    "decode_tok_s": result.decode_tok_s,
+                    "prompt_tokens": prompt.len(),
+                    "prompt_text": loaded.tokenizer.decode(&prompt),
+                    "backend": loaded.slm.backend(),
+                })
+                .to_string(),
+            ))
         })
-        .to_string())
     }
 
     /// Runs the hybrid loop after `prompt` (token ids). `options` is JSON ([`GenerateOptions`]).
@@ -150,7 +193,7 @@ impl Engine {
         let inner = self.inner.clone();
         let options = options.to_string();
         wasm_bindgen_futures::future_to_promise(async move {
-            let stats = run_generation(&inner, &prompt, &options, cloud_fetch, on_event).await.map_err(|e| JsError::new(&e.to_string()))?;
+            let stats = run_generation(&inner, &prompt, &options, cloud_fetch, on_event).await.map_err(to_js)?;
             Ok(JsValue::from_str(&stats))
         })
     }
@@ -175,10 +218,10 @@ async fn run_generation(
     let mut guard = inner
         .try_borrow_mut()
         .map_err(|_| Error::InvalidInput("a generation is already running on this engine: wait for it or abort it".into()))?;
-    let Loaded { model, head } = &mut *guard;
+    let Loaded { slm, tokenizer, head, .. } = &mut *guard;
     let mut run = HybridLoop {
-        slm: &mut model.decoder,
-        tokenizer: &model.tokenizer,
+        slm,
+        tokenizer,
         head: head.as_ref(),
         cloud: cloud.as_mut(),
         policy,
@@ -189,6 +232,9 @@ async fn run_generation(
     let mut summary = stats.summary();
     // Bytes of an unfinished character at the end, for the page to append.
     summary["tail"] = stats.tail.into();
+    // Where the model ran; a GPU that failed during this answer says so here.
+    summary["backend"] = guard.slm.backend().into();
+    summary["cpu_reason"] = guard.slm.cpu_reason().into();
     Ok(summary.to_string())
 }
 
@@ -228,6 +274,10 @@ impl CloudTransport for JsCloud {
         let text = field("text").as_string().unwrap_or_default();
         Completion::from_http(&self.url, status, body.len(), &text)
     }
+}
+
+fn to_js(e: Error) -> JsValue {
+    JsError::new(&e.to_string()).into()
 }
 
 fn cloud_error(url: &str, e: JsValue) -> Error {

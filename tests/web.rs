@@ -1,7 +1,9 @@
 //! The browser half of the parity check, run by `wasm-pack test --headless --chrome` (make
 //! test-wasm): in headless Chrome the tokenizer, decoder, policies, normaliser and reward head
 //! give what they give natively (tests/data/web_parity.json, checked natively by
-//! tests/web_parity.rs), and the `Engine` binding the worker uses generates the same ids.
+//! tests/web_parity.rs), and the `Engine` binding the worker uses generates the same ids, on
+//! the CPU and on WebGPU (Chromium's software adapter, `--enable-unsafe-webgpu` in
+//! webdriver.json).
 //! smollm2-135m comes from a `hybrid serve` whose URL is fixed at build time in
 //! HYBRID_TEST_MODEL_URL.
 #![cfg(target_arch = "wasm32")]
@@ -58,7 +60,31 @@ async fn browser_results_match_the_native_ones() {
     let first_tie = expected["greedy_margins"].as_array().unwrap().iter().position(|m| m.as_f64().unwrap() < parity::NEAR_TIE).unwrap_or(16);
     assert_eq!(ids.borrow()[..first_tie], native_greedy[..first_tie].iter().map(|&i| i as u64).collect::<Vec<_>>()[..]);
 
+    // On WebGPU: the same greedy ids up to the first near-tie.
+    let gpu_ids = generate_ids(Engine::load(smollm2().await, None, true).await.unwrap(), &expected).await;
+    assert_eq!(gpu_ids[..first_tie], ids.borrow()[..first_tie], "WebGPU against the CPU");
+
     // Bad input is an error that says what to do, not a panic.
     let err = engine.encode_chat("not json").err().expect("an error");
     assert!(JsValue::from(err).dyn_into::<js_sys::Error>().unwrap().message().as_string().unwrap().contains("list of {role, content}"));
+}
+
+/// 16 greedy ids from the engine through `generate` (the `never` policy), after checking
+/// that it runs on WebGPU.
+async fn generate_ids(engine: Engine, expected: &serde_json::Value) -> Vec<u64> {
+    let info: serde_json::Value = serde_json::from_str(&engine.info()).unwrap();
+    assert_eq!(info["backend"], "webgpu", "WebGPU in headless Chromium needs --enable-unsafe-webgpu: {info}");
+    let prompt = engine.encode_chat(r#"[{"role":"user","content":"Write a Python function that checks whether a number is prime."}]"#).unwrap();
+    assert_eq!(serde_json::json!(prompt), expected["prompt_ids"]);
+    let ids = Rc::new(RefCell::new(Vec::<u64>::new()));
+    let sink = ids.clone();
+    let on_event = Closure::<dyn FnMut(String) -> bool>::new(move |json: String| {
+        let event: serde_json::Value = serde_json::from_str(&json).unwrap();
+        sink.borrow_mut().push(event["id"].as_u64().unwrap());
+        true
+    });
+    let done = engine.generate(prompt, r#"{"policy":"never","maxTokens":16}"#, None, on_event.as_ref().unchecked_ref::<js_sys::Function>().clone());
+    JsFuture::from(done).await.unwrap();
+    let ids = ids.borrow().clone();
+    ids
 }

@@ -35,7 +35,7 @@ let config = null;
 let assistant = null;
 let running = null; // AbortController of the answer being generated
 const history = load('history', []); // [{role, content, tokens?: [[text, source, reward, prob]], stats?}]
-const controls = load('controls', { policy: 'reward', thresholds: {}, consultTokens: 1, maxTokens: 512 });
+const controls = { policy: 'reward', thresholds: {}, consultTokens: 1, maxTokens: 512, gpu: true, ...load('controls', {}) };
 
 function setState(state) {
   document.body.dataset.state = state;
@@ -70,6 +70,7 @@ function renderControls() {
   $('threshold-value').textContent = range ? Number(slider.value).toFixed(2) : '–';
   $('consult-tokens').value = controls.consultTokens;
   $('max-tokens').value = controls.maxTokens;
+  $('use-gpu').checked = controls.gpu;
 }
 
 function readControls() {
@@ -77,6 +78,7 @@ function readControls() {
   if (POLICIES[controls.policy]) controls.thresholds[controls.policy] = Number($('threshold').value);
   controls.consultTokens = Math.max(1, Number($('consult-tokens').value) || 1);
   controls.maxTokens = Math.max(1, Number($('max-tokens').value) || 512);
+  controls.gpu = $('use-gpu').checked;
   save('controls', controls);
 }
 
@@ -195,6 +197,7 @@ async function send(text) {
     if (stats.tail) { el.append(stats.tail); tokens.push([stats.tail, 'local', null, null]); }
     showStats(stats);
     if (stats.failed_consults && stats.last_cloud_error) show('banner-cloud', stats.last_cloud_error);
+    if (stats.backend) showBackend(stats.backend, stats.cpu_reason);
   }
   const noteText = failure ? `The answer stopped: ${failure}` : stats?.stop === 'stopped' ? 'Stopped.' : null;
   if (noteText) note(el, noteText);
@@ -221,7 +224,7 @@ async function loadEngine() {
     $('download-progress').value = sum / totalBytes;
   };
   try {
-    const spec = { model: config.model, rewardHead: config.rewardHead, onProgress };
+    const spec = { model: config.model, rewardHead: config.rewardHead, gpu: controls.gpu, onProgress };
     if (assistant) await assistant.reload(spec);
     else assistant = await Assistant.load({ ...spec, cloud: config.cloud });
   } catch (e) {
@@ -233,10 +236,18 @@ async function loadEngine() {
   }
   $('download').hidden = true;
   showModel();
+  showBackend(assistant.info.backend, assistant.info.cpuReason);
   const noHead = !assistant.info.rewardHead;
   $('policy').querySelector('option[value=reward]').disabled = noHead;
   if (noHead && controls.policy === 'reward') { controls.policy = 'maxprob'; renderControls(); }
   setState('ready');
+}
+
+// Which backend runs the model; on the CPU, a banner says why.
+function showBackend(backend, reason) {
+  $('backend').textContent = backend === 'webgpu' ? `WebGPU · ${assistant.info.adapter || 'GPU'}` : 'CPU · wasm SIMD';
+  $('banner-cpu').hidden = backend === 'webgpu';
+  if (backend !== 'webgpu') $('banner-cpu').querySelector('.detail').textContent = reason || 'no WebGPU';
 }
 
 function showModel() {
@@ -254,10 +265,6 @@ function applyConfig(next) {
 }
 
 export async function startApp(host) {
-  $('backend').textContent = 'CPU · wasm SIMD';
-  // navigator.gpu can exist with no usable adapter behind it.
-  const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
-  if (!adapter) show('banner-cpu');
   renderControls();
   renderHistory();
   $('prompt').value = load('draft', '');
@@ -266,6 +273,7 @@ export async function startApp(host) {
   $('threshold').addEventListener('input', () => { readControls(); renderControls(); });
   $('consult-tokens').addEventListener('change', readControls);
   $('max-tokens').addEventListener('change', readControls);
+  $('use-gpu').addEventListener('change', () => { readControls(); if (!running && config) loadEngine(); });
   $('prompt').addEventListener('input', () => save('draft', $('prompt').value));
   $('prompt').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); $('composer').requestSubmit(); }

@@ -3,7 +3,9 @@
 //
 //   const assistant = await Assistant.load({
 //     model: {name, url, sha256, bytes}, rewardHead: {name, url, sha256, bytes} | null,
-//     cloud: {url, apiKey, model, timeoutMs}, onProgress: ({file, loaded, total, fromCache}) => {} });
+//     cloud: {url, apiKey, model, timeoutMs}, gpu: true,   // WebGPU when an adapter takes the model
+//     onProgress: ({file, loaded, total, fromCache}) => {} });
+//   assistant.info.backend: 'webgpu' | 'cpu' (and info.cpuReason says why)
 //   for await (const item of assistant.generate(messages, {policy, threshold, maxTokens,
 //       temperature, consultTokens, signal, onConsult})) {
 //     if (item.done) console.log(item.stats);   // last item: the statistics
@@ -31,11 +33,11 @@ export class Assistant {
   }
 
   /** Starts the worker and loads the model and reward head (downloaded once, then cached). */
-  static async load({ model, rewardHead = null, cloud = null, onProgress = () => {}, workerUrl } = {}) {
+  static async load({ model, rewardHead = null, cloud = null, gpu = true, onProgress = () => {}, workerUrl } = {}) {
     const worker = new Worker(workerUrl || new URL('./worker.js', import.meta.url), { type: 'module' });
     const assistant = new Assistant(worker, cloud);
     try {
-      await assistant.reload({ model, rewardHead, onProgress });
+      await assistant.reload({ model, rewardHead, gpu, onProgress });
     } catch (e) {
       worker.terminate();
       throw e;
@@ -44,7 +46,7 @@ export class Assistant {
   }
 
   /** Loads (another) model into the running worker; also the way to retry a failed download. */
-  reload({ model, rewardHead = null, onProgress = () => {} }) {
+  reload({ model, rewardHead = null, gpu = true, onProgress = () => {} }) {
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       const finish = (f, v) => { this.#pending.delete(id); f(v); };
@@ -56,7 +58,7 @@ export class Assistant {
           else if (m.type === 'error') finish(reject, Object.assign(new Error(m.message), { download: m.download }));
         },
       });
-      this.#worker.postMessage({ type: 'load', id, model, rewardHead });
+      this.#worker.postMessage({ type: 'load', id, model, rewardHead, gpu });
     });
   }
 

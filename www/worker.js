@@ -33,7 +33,7 @@ self.onmessage = async ({ data }) => {
   }
 };
 
-async function load({ id, model, rewardHead }) {
+async function load({ id, model, rewardHead, gpu = true }) {
   if (aborts.size) throw new Error('an answer is being generated: stop it before loading another model');
   await init();
   const progress = (file) => (loaded, total, fromCache) =>
@@ -42,7 +42,7 @@ async function load({ id, model, rewardHead }) {
   const headBytes = rewardHead ? await fetchVerified(rewardHead, progress(rewardHead)) : undefined;
   engine?.free();
   engine = null;
-  engine = new Engine(modelBytes, headBytes);
+  engine = await Engine.load(modelBytes, headBytes, gpu);
   postMessage({ type: 'loaded', id, info: JSON.parse(engine.info()) });
 }
 

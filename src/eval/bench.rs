@@ -90,7 +90,7 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
 /// Best-of-`repeats` prefill of `prompt_tokens` ids and decode of `gen_tokens` greedy tokens.
 fn bench_ours(path: &Path, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> Result<Speed> {
     let mut model = Model::load(path)?;
-    let prompt = speed::bench_prompt(&model, prompt_tokens)?;
+    let prompt = speed::bench_prompt(&model.tokenizer, prompt_tokens)?;
     pollster::block_on(speed::measure(&mut model.decoder, &prompt, gen_tokens, repeats))
 }
 

@@ -1,6 +1,6 @@
 //! Prefill and decode speed of the decoder on a fixed prompt, the same measurement natively
 //! (`hybrid bench decode`) and in the browser (`hybrid bench browser`, through `Engine::bench`).
-use super::Model;
+use super::tokenizer::Tokenizer;
 use crate::generate::Slm;
 use crate::sampler::argmax;
 use crate::Result;
@@ -14,9 +14,9 @@ pub struct Speed {
 }
 
 /// Real text, tokenized and repeated to exactly `n` ids.
-pub fn bench_prompt(model: &Model, n: usize) -> Result<Vec<u32>> {
+pub fn bench_prompt(tokenizer: &Tokenizer, n: usize) -> Result<Vec<u32>> {
     const TEXT: &str = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\nThe quick brown fox jumps over the lazy dog. ";
-    let ids = model.tokenizer.encode(TEXT)?;
+    let ids = tokenizer.encode(TEXT)?;
     Ok(ids.iter().copied().cycle().take(n).collect())
 }
 
