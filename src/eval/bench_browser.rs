@@ -21,14 +21,27 @@ pub struct BrowserBenchArgs {
     /// Runs per engine; the best is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Also measure our WebGPU path (Chromium with --enable-unsafe-webgpu; without a GPU that
+    /// is a software adapter, slow).
+    #[arg(long)]
+    pub webgpu: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Our WebGPU path's figures, or why it did not run.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum GpuResult {
+    Ran { prefill_tok_s: f64, decode_tok_s: f64, adapter: Option<String> },
+    Refused { error: Option<String> },
 }
 
 /// What the page reports.
 #[derive(Debug, Deserialize)]
 struct PageResult {
     ours: Speed,
+    webgpu: Option<GpuResult>,
     wllama: Speed,
     webgpu_adapter: bool,
     browser: String,
@@ -42,12 +55,13 @@ struct Report {
     gen_tokens: usize,
     repeats: usize,
     cpu: Speed,
-    /// Our WebGPU path: not built yet (null).
-    webgpu: Option<Speed>,
+    /// Our WebGPU path (null unless --webgpu).
+    webgpu: Option<GpuResult>,
     webgpu_adapter: bool,
     wllama: Speed,
     cpu_prefill_vs_wllama: f64,
     cpu_decode_vs_wllama: f64,
+    webgpu_decode_vs_wllama: Option<f64>,
 }
 
 pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
@@ -71,6 +85,7 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
         .args(["--prompt-tokens", &args.prompt_tokens.to_string()])
         .args(["--gen-tokens", &args.gen_tokens.to_string()])
         .args(["--repeats", &args.repeats.to_string()])
+        .args(args.webgpu.then_some("--webgpu"))
         .output()
         .context("cannot run node; install Node.js 18+")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -90,8 +105,12 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
         repeats: args.repeats,
         cpu_prefill_vs_wllama: round2(page.ours.prefill_tok_s / page.wllama.prefill_tok_s),
         cpu_decode_vs_wllama: round2(page.ours.decode_tok_s / page.wllama.decode_tok_s),
+        webgpu_decode_vs_wllama: match &page.webgpu {
+            Some(GpuResult::Ran { decode_tok_s, .. }) => Some(round2(decode_tok_s / page.wllama.decode_tok_s)),
+            _ => None,
+        },
         cpu: page.ours,
-        webgpu: None,
+        webgpu: page.webgpu,
         webgpu_adapter: page.webgpu_adapter,
         wllama: page.wllama,
     };
@@ -105,7 +124,13 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
     );
     println!("{:<22}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s");
     println!("{:<22}{:>16.1}{:>16.1}", "ours, wasm CPU", report.cpu.prefill_tok_s, report.cpu.decode_tok_s);
-    println!("{:<22}{:>16}{:>16}", "ours, WebGPU", "not built", "not built");
+    match &report.webgpu {
+        Some(GpuResult::Ran { prefill_tok_s, decode_tok_s, adapter }) => {
+            println!("{:<22}{:>16.1}{:>16.1}   on {}", "ours, WebGPU", prefill_tok_s, decode_tok_s, adapter.as_deref().unwrap_or("?"))
+        }
+        Some(GpuResult::Refused { error }) => println!("{:<22}   did not run: {}", "ours, WebGPU", error.as_deref().unwrap_or("no adapter")),
+        None => println!("{:<22}   not measured (--webgpu)", "ours, WebGPU"),
+    }
     println!("{:<22}{:>16.1}{:>16.1}", "wllama, 1 thread", report.wllama.prefill_tok_s, report.wllama.decode_tok_s);
     println!("{:<22}{:>15.2}x{:>15.2}x", "wasm CPU / wllama", report.cpu_prefill_vs_wllama, report.cpu_decode_vs_wllama);
     Ok(())

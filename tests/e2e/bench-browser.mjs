@@ -2,7 +2,7 @@
 // page, wllama and the GGUF on a loopback port, runs the page in headless chromium and prints
 // one JSON line with both engines' figures.
 //
-//   node tests/e2e/bench-browser.mjs --model PATH.gguf [--prompt-tokens 256] [--gen-tokens 64] [--repeats 3]
+//   node tests/e2e/bench-browser.mjs --model PATH.gguf [--prompt-tokens 256] [--gen-tokens 64] [--repeats 3] [--webgpu]
 import { createReadStream, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { extname, join, normalize } from 'node:path';
@@ -16,6 +16,7 @@ const { values: args } = parseArgs({
     'prompt-tokens': { type: 'string', default: '256' },
     'gen-tokens': { type: 'string', default: '64' },
     repeats: { type: 'string', default: '3' },
+    webgpu: { type: 'boolean', default: false },
   },
 });
 if (!args.model) throw new Error('--model PATH.gguf is required');
@@ -48,7 +49,8 @@ const base = `http://127.0.0.1:${server.address().port}`;
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+  args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+    ...(args.webgpu ? ['--enable-unsafe-webgpu'] : [])],
 });
 try {
   const page = await browser.newPage();
@@ -62,6 +64,7 @@ try {
     promptTokens: Number(args['prompt-tokens']),
     genTokens: Number(args['gen-tokens']),
     repeats: Number(args.repeats),
+    webgpu: args.webgpu,
   });
   result.browser = browser.version();
   console.log(JSON.stringify(result));

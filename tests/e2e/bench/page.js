@@ -5,15 +5,26 @@ import { Wllama } from '/wllama/esm/index.js';
 
 const log = (line) => { document.getElementById('log').textContent += `${line}\n`; };
 
-window.runBench = async ({ modelUrl, promptTokens, genTokens, repeats }) => {
+window.runBench = async ({ modelUrl, promptTokens, genTokens, repeats, webgpu }) => {
   const bytes = new Uint8Array(await (await fetch(modelUrl)).arrayBuffer());
   log(`model: ${bytes.length} bytes`);
 
   await init();
   const engine = new Engine(bytes, undefined);
-  const ours = JSON.parse(engine.bench(promptTokens, genTokens, repeats));
+  const ours = JSON.parse(await engine.bench(promptTokens, genTokens, repeats));
   engine.free();
   log(`ours (wasm CPU): ${JSON.stringify({ prefill: ours.prefill_tok_s, decode: ours.decode_tok_s })}`);
+
+  let gpu = null;
+  if (webgpu) {
+    const onGpu = await Engine.load(bytes, undefined, true);
+    const info = JSON.parse(onGpu.info());
+    gpu = info.backend === 'webgpu'
+      ? { ...JSON.parse(await onGpu.bench(promptTokens, genTokens, repeats)), adapter: info.adapter, prompt_text: undefined }
+      : { error: info.cpuReason };
+    onGpu.free();
+    log(`ours (WebGPU): ${JSON.stringify(gpu)}`);
+  }
 
   const wllama = new Wllama({ default: '/wllama/esm/wasm/wllama.wasm' }, { suppressNativeLog: true });
   await wllama.loadModel([new Blob([bytes])], { n_threads: 1, n_gpu_layers: 0, n_ctx: 2048, n_batch: 512, seed: 1 });
@@ -31,6 +42,6 @@ window.runBench = async ({ modelUrl, promptTokens, genTokens, repeats }) => {
   await wllama.exit();
   log(`wllama (1 thread): ${JSON.stringify(anchor)}`);
   const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
-  return { ours: { ...ours, prompt_text: undefined }, wllama: anchor, webgpu_adapter: Boolean(adapter) };
+  return { ours: { ...ours, prompt_text: undefined }, webgpu: gpu, wllama: anchor, webgpu_adapter: Boolean(adapter) };
 };
 log('ready');
