@@ -128,17 +128,88 @@ fn dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
   }
 }
 
+// Σ_j W[row, 32c + j] · x[32c + j] over one 32-element chunk of the row at `base`: the
+// chunk's scales are read once, then its quants.
+fn chunk_dot(base: u32, c: u32) -> f32 {
+  let x0 = c * 32u;
+  if (FORMAT == Q8_0) {
+    let o = base + c * 34u;
+    var s = 0.0;
+    for (var j = 0u; j < 32u; j++) {
+      s += f32(i8_at(o + 2u + j)) * x[x0 + j];
+    }
+    return f16_at(o) * s;
+  }
+  if (FORMAT == Q4_0 || FORMAT == Q4_1 || FORMAT == Q5_0) {
+    var size = 18u;
+    if (FORMAT == Q4_1) { size = 20u; }
+    if (FORMAT == Q5_0) { size = 22u; }
+    let o = base + c * size;
+    let qs = o + size - 16u;
+    var qh = 0u;
+    if (FORMAT == Q5_0) { qh = u32_at(o + 2u); }
+    var s = 0.0;
+    var xs = 0.0;
+    for (var j = 0u; j < 16u; j++) {
+      let b = byte_at(qs + j);
+      var lo = b & 0xfu;
+      var hi = b >> 4u;
+      if (FORMAT == Q5_0) {
+        lo |= ((qh >> j) << 4u) & 0x10u;
+        hi |= (qh >> (j + 12u)) & 0x10u;
+      }
+      s += f32(lo) * x[x0 + j] + f32(hi) * x[x0 + j + 16u];
+      xs += x[x0 + j] + x[x0 + j + 16u];
+    }
+    if (FORMAT == Q4_0) { return f16_at(o) * (s - 8.0 * xs); }
+    if (FORMAT == Q5_0) { return f16_at(o) * (s - 16.0 * xs); }
+    return f16_at(o) * s + f16_at(o + 2u) * xs;
+  }
+  if (FORMAT == Q4_K) {
+    let o = base + (c / 8u) * 144u;
+    let sub = c % 8u;
+    let sm = scale_min_k4(o + 4u, sub);
+    let qs = o + 16u + (sub / 2u) * 32u;
+    let shift = (sub % 2u) * 4u;
+    var s = 0.0;
+    var xs = 0.0;
+    for (var l = 0u; l < 32u; l++) {
+      s += f32((byte_at(qs + l) >> shift) & 0xfu) * x[x0 + l];
+      xs += x[x0 + l];
+    }
+    return f16_at(o) * sm.x * s - f16_at(o + 2u) * sm.y * xs;
+  }
+  // Q6_K: a chunk is one group g of one half; its two 16-element runs have their own scales.
+  let o = base + (c / 8u) * 210u;
+  let within = c % 8u;
+  let half = within / 4u;
+  let g = within % 4u;
+  let ql = o + half * 64u + (g & 1u) * 32u;
+  let qh = o + 128u + half * 32u;
+  let shift = select(0u, 4u, g >= 2u);
+  var s0 = 0.0;
+  var s1 = 0.0;
+  for (var l = 0u; l < 32u; l++) {
+    let q = i32(((byte_at(ql + l) >> shift) & 0xfu) | (((byte_at(qh + l) >> (2u * g)) & 3u) << 4u)) - 32;
+    let p = f32(q) * x[x0 + l];
+    if (l < 16u) { s0 += p; } else { s1 += p; }
+  }
+  let sc = o + 192u + half * 8u + 2u * g;
+  return f16_at(o + 208u) * (f32(i8_at(sc)) * s0 + f32(i8_at(sc + 1u)) * s1);
+}
+
 var<workgroup> partial: array<f32, 64>;
 
-// y = W x (+ bias) (+ y): one workgroup per row, 64 threads striding over it, then a tree sum.
+// y = W x (+ bias) (+ y): one workgroup per row, its 64 threads taking 32-element chunks in
+// turn, then a tree sum.
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let row = row_of(wid);
   var sum = 0.0;
   if (row < dims.rows) {
     let base = (row + dims.first_row) * dims.row_bytes;
-    for (var e = lid.x; e < dims.cols; e += 64u) {
-      sum += dequant(base, e) * x[e];
+    for (var c = lid.x; c < dims.cols / 32u; c += 64u) {
+      sum += chunk_dot(base, c);
     }
   }
   partial[lid.x] = sum;
