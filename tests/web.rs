@@ -36,10 +36,28 @@ async fn browser_results_match_the_native_ones() {
     let actual = parity::compute(&bytes, Some(&native_greedy));
     parity::assert_matches_vectors(&expected, &actual);
 
-    // The binding the worker calls: chat template, then the hybrid loop with no cloud.
-    let engine = Engine::new(bytes, None).unwrap();
+    // The binding the worker calls, on the CPU and on WebGPU: chat template, then the hybrid
+    // loop with no cloud. Free-running, so the same ids up to the first near-tie (each choice
+    // was checked teacher-forced above).
+    let first_tie = expected["greedy_margins"].as_array().unwrap().iter().position(|m| m.as_f64().unwrap() < parity::NEAR_TIE).unwrap_or(16);
+    let native: Vec<u64> = native_greedy.iter().map(|&i| i as u64).collect();
+    let engine = Engine::new(bytes.clone(), None).unwrap();
+    let cpu_ids = generate_ids(&engine, "cpu", &expected).await;
+    assert_eq!(cpu_ids[..first_tie], native[..first_tie], "wasm CPU against native");
+    let gpu_ids = generate_ids(&Engine::load(bytes, None, true).await.unwrap(), "webgpu", &expected).await;
+    assert_eq!(gpu_ids[..first_tie], native[..first_tie], "WebGPU against native");
+
+    // Bad input is an error that says what to do, not a panic.
+    let err = engine.encode_chat("not json").err().expect("an error");
+    assert!(JsValue::from(err).dyn_into::<js_sys::Error>().unwrap().message().as_string().unwrap().contains("list of {role, content}"));
+}
+
+/// 16 greedy ids from the engine through `generate` (the `never` policy), after checking
+/// that it runs on `backend`.
+async fn generate_ids(engine: &Engine, backend: &str, expected: &serde_json::Value) -> Vec<u64> {
     let info: serde_json::Value = serde_json::from_str(&engine.info()).unwrap();
     assert_eq!(info["arch"], "llama");
+    assert_eq!(info["backend"], backend, "WebGPU in headless Chromium needs --enable-unsafe-webgpu: {info}");
     let prompt = engine.encode_chat(r#"[{"role":"user","content":"Write a Python function that checks whether a number is prime."}]"#).unwrap();
     assert_eq!(serde_json::json!(prompt), expected["prompt_ids"]);
     let ids = Rc::new(RefCell::new(Vec::<u64>::new()));
@@ -50,41 +68,9 @@ async fn browser_results_match_the_native_ones() {
         sink.borrow_mut().push(event["id"].as_u64().unwrap());
         true
     });
-    let options = r#"{"policy":"never","maxTokens":16}"#;
-    let stats = JsFuture::from(engine.generate(prompt, options, None, on_event.as_ref().unchecked_ref::<js_sys::Function>().clone()))
-        .await
-        .unwrap();
-    let stats: serde_json::Value = serde_json::from_str(&stats.as_string().unwrap()).unwrap();
-    assert_eq!(stats["tokens"], 16);
-    // Free-running, so the same ids up to the first near-tie (checked above, teacher-forced).
-    let first_tie = expected["greedy_margins"].as_array().unwrap().iter().position(|m| m.as_f64().unwrap() < parity::NEAR_TIE).unwrap_or(16);
-    assert_eq!(ids.borrow()[..first_tie], native_greedy[..first_tie].iter().map(|&i| i as u64).collect::<Vec<_>>()[..]);
-
-    // On WebGPU: the same greedy ids up to the first near-tie.
-    let gpu_ids = generate_ids(Engine::load(smollm2().await, None, true).await.unwrap(), &expected).await;
-    assert_eq!(gpu_ids[..first_tie], ids.borrow()[..first_tie], "WebGPU against the CPU");
-
-    // Bad input is an error that says what to do, not a panic.
-    let err = engine.encode_chat("not json").err().expect("an error");
-    assert!(JsValue::from(err).dyn_into::<js_sys::Error>().unwrap().message().as_string().unwrap().contains("list of {role, content}"));
-}
-
-/// 16 greedy ids from the engine through `generate` (the `never` policy), after checking
-/// that it runs on WebGPU.
-async fn generate_ids(engine: Engine, expected: &serde_json::Value) -> Vec<u64> {
-    let info: serde_json::Value = serde_json::from_str(&engine.info()).unwrap();
-    assert_eq!(info["backend"], "webgpu", "WebGPU in headless Chromium needs --enable-unsafe-webgpu: {info}");
-    let prompt = engine.encode_chat(r#"[{"role":"user","content":"Write a Python function that checks whether a number is prime."}]"#).unwrap();
-    assert_eq!(serde_json::json!(prompt), expected["prompt_ids"]);
-    let ids = Rc::new(RefCell::new(Vec::<u64>::new()));
-    let sink = ids.clone();
-    let on_event = Closure::<dyn FnMut(String) -> bool>::new(move |json: String| {
-        let event: serde_json::Value = serde_json::from_str(&json).unwrap();
-        sink.borrow_mut().push(event["id"].as_u64().unwrap());
-        true
-    });
     let done = engine.generate(prompt, r#"{"policy":"never","maxTokens":16}"#, None, on_event.as_ref().unchecked_ref::<js_sys::Function>().clone());
-    JsFuture::from(done).await.unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&JsFuture::from(done).await.unwrap().as_string().unwrap()).unwrap();
+    assert_eq!((stats["tokens"].as_u64(), stats["backend"].as_str()), (Some(16), Some(backend)));
     let ids = ids.borrow().clone();
     ids
 }

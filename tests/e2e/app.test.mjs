@@ -9,33 +9,16 @@
 // static site (`hybrid site`) served from another origin answers through the cloud; killing
 // the server mid-answer gives .tok.fallback spans, a banner and a finished answer. Screenshots
 // go to target/e2e/.
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFile, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { extname, join, normalize } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { strict as assert } from 'node:assert';
 import { chromium } from 'playwright-core';
+import { hybrid, MODEL, shots, startServer } from './server.mjs';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
-const hybrid = process.env.HYBRID_BIN || `${root}target/debug/hybrid`;
-const shots = `${root}target/e2e`;
-const MODEL = 'smollm2-135m';
 const PROMPT = 'Write a Python function that returns the square of a number.';
 const TIMEOUT = 300_000;
-
-function startServer(allowOrigin) {
-  const child = spawn(hybrid, ['serve', '--addr', '127.0.0.1:0', '--cloud-model', MODEL, '--browser-model', MODEL, '--allow-origin', allowOrigin],
-    { stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    child.on('exit', (code) => reject(new Error(`hybrid serve exited (${code}) before listening`)));
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      const m = line.match(/listening on (\S+)/);
-      if (m) resolve({ child, url: m[1] });
-    });
-  });
-}
 
 // A plain static host for the site: files as they are, no ranges, no server-side logic.
 function startStaticHost(dir) {

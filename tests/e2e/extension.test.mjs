@@ -8,38 +8,21 @@
 // context-menu handler hands the selection to the side panel's prompt box; the side panel
 // page downloads the model with progress and streams an answer as .tok spans, all .tok.cloud
 // at threshold 1. A screenshot of the side panel goes to target/e2e/side-panel.png.
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { strict as assert } from 'node:assert';
 import { chromium } from 'playwright-core';
+import { hybrid, MODEL, shots, startServer } from './server.mjs';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
-const hybrid = process.env.HYBRID_BIN || `${root}target/debug/hybrid`;
-const shots = `${root}target/e2e`;
-const MODEL = 'smollm2-135m';
 const TIMEOUT = 300_000;
 const SELECTION = 'def square(x):\n    return x * x';
 
-function startServer() {
-  // Any origin may call: the extension's id is only known once it is loaded.
-  const child = spawn(hybrid, ['serve', '--addr', '127.0.0.1:0', '--cloud-model', MODEL, '--browser-model', MODEL, '--allow-origin', '*'],
-    { stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    child.on('exit', (code) => reject(new Error(`hybrid serve exited (${code}) before listening`)));
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      const m = line.match(/listening on (\S+)/);
-      if (m) resolve({ child, url: m[1] });
-    });
-  });
-}
-
 async function main() {
   mkdirSync(shots, { recursive: true });
-  const server = await startServer();
+  // Any origin may call: the extension's id is only known once it is loaded.
+  const server = await startServer('*');
   const dir = `${shots}/extension`;
   rmSync(dir, { recursive: true, force: true });
   execFileSync(hybrid, ['site', '--extension', '--out', dir, '--cloud-url', server.url, '--cloud-model', MODEL, '--browser-model', MODEL], { stdio: 'inherit' });
