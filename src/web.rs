@@ -1,13 +1,14 @@
-//! The browser binding (wasm32 only): an [`Engine`] holds the small model, its tokenizer and
-//! chat template and the reward head, and runs the same hybrid loop as `hybrid chat`.
+//! The browser binding (wasm32 only): an [`Engine`] holds the small model (on WebGPU or the
+//! CPU, see `backend.rs`), its tokenizer and chat template and the reward head, and runs the
+//! same hybrid loop as `hybrid chat`.
 //!
 //! What belongs to the page stays in JavaScript (`www/worker.js`): downloading and caching
 //! the files, hash checks, the cloud's URL, key and timeout (the loop gets a `fetch`
 //! function), and abort (the per-token callback answers whether to go on). The engine only
 //! ever sees bytes and JSON, so its interface is small and the worker is its only caller.
 use crate::cloud::{Completion, CompletionRequest};
-use crate::generate::{CloudTransport, HybridConfig, HybridLoop, TokenEvent};
 use crate::backend::SmallModel;
+use crate::generate::{CloudTransport, HybridConfig, HybridLoop, TokenEvent};
 use crate::gpu::Gpu;
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::decoder::Decoder;
@@ -102,7 +103,7 @@ impl Engine {
         let mut reader = std::io::Cursor::new(&gguf_bytes[..]);
         let content = gguf::read_content(&mut reader)?;
         let decoder = Decoder::from_gguf(&content, &mut reader, &candle_core::Device::Cpu, Default::default())?;
-        let slm = SmallModel::cpu(decoder, "the CPU was asked for");
+        let slm = SmallModel::cpu(decoder, "this engine was made for the CPU");
         Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head })) })
     }
 
