@@ -126,7 +126,7 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
     println!("{:<22}{:>16.1}{:>16.1}", "ours, wasm CPU", report.cpu.prefill_tok_s, report.cpu.decode_tok_s);
     match &report.webgpu {
         Some(GpuResult::Ran { prefill_tok_s, decode_tok_s, adapter }) => {
-            println!("{:<22}{:>16.1}{:>16.1}   on {}", "ours, WebGPU", prefill_tok_s, decode_tok_s, adapter.as_deref().unwrap_or("?"))
+            println!("{:<22}{:>16.1}{:>16.1}   on {}", "ours, WebGPU", prefill_tok_s, decode_tok_s, adapter.as_deref().filter(|a| !a.is_empty()).unwrap_or("an unnamed adapter"))
         }
         Some(GpuResult::Refused { error }) => println!("{:<22}   did not run: {}", "ours, WebGPU", error.as_deref().unwrap_or("no adapter")),
         None => println!("{:<22}   not measured (--webgpu)", "ours, WebGPU"),
