@@ -7,6 +7,8 @@ PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 .PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-slow bench bench-browser bench-serve reward-data reward-head eval-humaneval
 PORT ?= 8080
 HYBRID := ./target/debug/hybrid
+# Mesa's Vulkan drivers (the GPU tests) complain on every device open without a runtime dir.
+export XDG_RUNTIME_DIR ?= $(shell d=/tmp/hybrid-xdg-$$(id -u); mkdir -p -m 700 $$d; echo $$d)
 
 ## The main job: the web app at http://127.0.0.1:$(PORT): qwen2.5-coder-0.5b runs in the browser
 ## and asks the cloud (qwen2.5-coder-1.5b, served by the same process) for the tokens it is unsure
