@@ -26,6 +26,9 @@ pub struct DecodeBenchArgs {
     /// Skip the llama.cpp anchor (no ratios).
     #[arg(long)]
     pub no_llama_cpp: bool,
+    /// Also measure our decoder on the GPU (wgpu: Vulkan, Metal or DX12; lavapipe without a GPU).
+    #[arg(long)]
+    pub gpu: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -34,6 +37,9 @@ pub struct DecodeBenchArgs {
 struct Report {
     model: String,
     threads: usize,
+    /// Our decoder on the GPU (with --gpu), and the adapter it ran on.
+    gpu: Option<Speed>,
+    gpu_adapter: Option<String>,
     prompt_tokens: usize,
     gen_tokens: usize,
     repeats: usize,
@@ -52,6 +58,14 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
 
     eprintln!("measuring our decoder ({} runs)…", repeats);
     let ours = bench_ours(&path, args.prompt_tokens, args.gen_tokens, repeats)?;
+    let (gpu, gpu_adapter) = match args.gpu {
+        true => {
+            eprintln!("measuring our decoder on the GPU ({} runs)…", repeats);
+            let (speed, adapter) = bench_gpu(&path, args.prompt_tokens, args.gen_tokens, repeats)?;
+            (Some(speed), Some(adapter))
+        }
+        false => (None, None),
+    };
     let llama_cpp = match args.no_llama_cpp {
         true => None,
         false => {
@@ -62,6 +76,8 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
     let report = Report {
         model: args.model.clone(),
         threads,
+        gpu,
+        gpu_adapter,
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
         repeats,
@@ -80,6 +96,9 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
     );
     println!("{:<14}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s");
     println!("{:<14}{:>16.1}{:>16.1}", "ours", report.ours.prefill_tok_s, report.ours.decode_tok_s);
+    if let (Some(g), Some(adapter)) = (&report.gpu, &report.gpu_adapter) {
+        println!("{:<14}{:>16.1}{:>16.1}   on {adapter}", "ours, GPU", g.prefill_tok_s, g.decode_tok_s);
+    }
     if let (Some(l), Some(p), Some(d)) = (&report.llama_cpp, report.prefill_vs_llama_cpp, report.decode_vs_llama_cpp) {
         println!("{:<14}{:>16.1}{:>16.1}", "llama.cpp", l.prefill_tok_s, l.decode_tok_s);
         println!("{:<14}{:>15.2}x{:>15.2}x", "ours/llama.cpp", p, d);
@@ -92,6 +111,19 @@ fn bench_ours(path: &Path, prompt_tokens: usize, gen_tokens: usize, repeats: usi
     let mut model = Model::load(path)?;
     let prompt = speed::bench_prompt(&model.tokenizer, prompt_tokens)?;
     pollster::block_on(speed::measure(&mut model.decoder, &prompt, gen_tokens, repeats))
+}
+
+/// The same measurement with the model on the GPU; refuses to fall back to the CPU.
+fn bench_gpu(path: &Path, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> anyhow::Result<(Speed, String)> {
+    let tokenizer = Model::load(path)?.tokenizer;
+    let prompt = speed::bench_prompt(&tokenizer, prompt_tokens)?;
+    let gpu = pollster::block_on(crate::gpu::Gpu::new())?.ok_or_else(|| anyhow::anyhow!("no GPU adapter (without a GPU: apt-get install mesa-vulkan-drivers)"))?;
+    let mut slm = pollster::block_on(crate::backend::SmallModel::load(std::fs::read(path)?, Some(gpu)))?;
+    if let Some(reason) = slm.cpu_reason() {
+        anyhow::bail!("the model did not go onto the GPU: {reason}");
+    }
+    let adapter = slm.adapter().unwrap_or_default();
+    Ok((pollster::block_on(speed::measure(&mut slm, &prompt, gen_tokens, repeats))?, adapter))
 }
 
 fn llama_cpp_dir() -> PathBuf {
