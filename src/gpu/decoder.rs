@@ -41,12 +41,12 @@ struct Params {
     eps: f32,
     kv_row: u32,
     offset: u32,
-    layout: u32,
+    rope_layout: u32,
 }
 
 impl Params {
     fn bytes(&self) -> [u8; 32] {
-        let words = [self.n, self.heads, self.kv_heads, self.pos, self.eps.to_bits(), self.kv_row, self.offset, self.layout];
+        let words = [self.n, self.heads, self.kv_heads, self.pos, self.eps.to_bits(), self.kv_row, self.offset, self.rope_layout];
         let mut out = [0u8; 32];
         out.copy_from_slice(bytes_of(&words));
         out
@@ -78,10 +78,12 @@ pub struct GpuDecoder {
     /// One-row lookups in the embedding table, one per part of it.
     embed: Vec<MatOp>,
     layers: Vec<LayerOps>,
-    /// rope_q and attention read it: position `pos`.
+    /// Every layer's rope_q and attention read `q_step`: position `pos`.
     q_params: Params,
-    /// rope_k reads it: position `pos`, rotating in the cache at `pos * kv_row`.
+    q_step: wgpu::Buffer,
+    /// Every layer's rope_k reads `k_step`: position `pos`, rotating in the cache at `pos * kv_row`.
     k_params: Params,
+    k_step: wgpu::Buffer,
     output_norm: Op,
     output: Vec<MatOp>,
     logits: wgpu::Buffer,
@@ -115,15 +117,18 @@ impl GpuDecoder {
         let half = hd / 2;
         let table: Vec<f32> = rope_cos[..positions * half].iter().chain(&rope_sin[..positions * half]).copied().collect();
         let rope_table = gpu.storage("rope", bytes_of(&table), wgpu::BufferUsages::empty())?;
-        let layout = match c.rope_layout {
+        let rope_layout = match c.rope_layout {
             RopeLayout::Interleaved => 0,
             RopeLayout::Halves => 1,
         };
-        let q_params = Params { n: hd as u32, heads: c.n_head as u32, kv_heads: c.n_head_kv as u32, kv_row: kv_row as u32, layout, ..Default::default() };
+        // What every layer's kernels read; the step's position is written once per step.
+        let q_params = Params { n: hd as u32, heads: c.n_head as u32, kv_heads: c.n_head_kv as u32, kv_row: kv_row as u32, rope_layout, ..Default::default() };
         let k_params = Params { heads: c.n_head_kv as u32, ..q_params };
-        let norm_params = Params { n: d as u32, eps: c.rms_eps, ..Default::default() };
+        let (q_step, k_step) = (gpu.uniform("q step", &q_params.bytes()), gpu.uniform("k step", &k_params.bytes()));
+        let norm_params = gpu.uniform("norm", &Params { n: d as u32, eps: c.rms_eps, ..Default::default() }.bytes());
+        let silu_params = gpu.uniform("silu", &Params { n: c.n_ff as u32, ..Default::default() }.bytes());
         let norm = |x: &wgpu::Buffer, w: &wgpu::Buffer, out: &wgpu::Buffer| {
-            gpu.op(kernel(&gpu, "rms_norm"), &[(0, x), (1, w), (2, out)], 3, &norm_params.bytes(), (1, 1))
+            gpu.op(kernel(&gpu, "rms_norm"), &[(0, x), (1, w), (2, out)], (3, &norm_params), (1, 1))
         };
         let groups = |n: usize| ((n as u32).div_ceil(64), 1);
 
@@ -151,20 +156,14 @@ impl GpuDecoder {
                 q: wq.matvec_ops(&gpu, &h, &q, Product { bias: bq.as_ref(), ..Default::default() })?,
                 k: wk.matvec_ops(&gpu, &h, &k_cache, Product { bias: bk.as_ref(), ..Default::default() })?,
                 v: wv.matvec_ops(&gpu, &h, &v_cache, Product { bias: bv.as_ref(), ..Default::default() })?,
-                rope_q: gpu.op(kernel(&gpu, "rope"), &[(0, &q), (1, &rope_table)], 2, &q_params.bytes(), groups(c.n_head * half)),
-                rope_k: gpu.op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table)], 2, &k_params.bytes(), groups(c.n_head_kv * half)),
-                attention: gpu.op(
-                    kernel(&gpu, "attention"),
-                    &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att)],
-                    4,
-                    &q_params.bytes(),
-                    (c.n_head as u32, 1),
-                ),
+                rope_q: gpu.op(kernel(&gpu, "rope"), &[(0, &q), (1, &rope_table)], (2, &q_step), groups(c.n_head * half)),
+                rope_k: gpu.op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table)], (2, &k_step), groups(c.n_head_kv * half)),
+                attention: gpu.op(kernel(&gpu, "attention"), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att)], (4, &q_step), (c.n_head as u32, 1)),
                 o: wo.matvec_ops(&gpu, &att, &x, Product { accumulate: true, ..Default::default() })?,
                 ffn_norm: norm(&x, &ffn_norm_w, &h),
                 gate: wg.matvec_ops(&gpu, &h, &gate, Product::default())?,
                 up: wu.matvec_ops(&gpu, &h, &up, Product::default())?,
-                silu: gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up)], 2, &Params { n: c.n_ff as u32, ..Default::default() }.bytes(), groups(c.n_ff)),
+                silu: gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up)], (2, &silu_params), groups(c.n_ff)),
                 down: wd.matvec_ops(&gpu, &gate, &x, Product { accumulate: true, ..Default::default() })?,
             };
             layers.push(ops);
@@ -190,7 +189,9 @@ impl GpuDecoder {
             embed,
             layers,
             q_params,
+            q_step,
             k_params,
+            k_step,
             output_norm,
             output,
             logits,
@@ -260,9 +261,9 @@ impl GpuDecoder {
         for (i, &token) in tokens.iter().enumerate() {
             self.step(token, i + 1 == tokens.len());
         }
-        let logits = self.gpu.read_f32(&self.logits, self.vocab).await?;
-        let hidden = self.gpu.read_f32(&self.hidden, self.config.n_embd).await?;
+        let mut read = self.gpu.read_f32s(&[(&self.logits, self.vocab), (&self.hidden, self.config.n_embd)]).await?;
         self.gpu.check()?;
+        let (hidden, logits) = (read.pop().expect("hidden"), read.pop().expect("logits"));
         Ok(Step { logits, hidden })
     }
 
@@ -272,13 +273,13 @@ impl GpuDecoder {
         let pos = self.len as u32;
         let gpu = &self.gpu;
         let kv_offset = pos * self.q_params.kv_row;
+        gpu.queue.write_buffer(&self.q_step, 0, &Params { pos, ..self.q_params }.bytes());
+        gpu.queue.write_buffer(&self.k_step, 0, &Params { pos, offset: kv_offset, ..self.k_params }.bytes());
+        // K and V go straight into each layer's cache at this position.
         for layer in &self.layers {
             for m in layer.k.iter().chain(&layer.v) {
                 m.write_y_offset(gpu, kv_offset);
             }
-            gpu.queue.write_buffer(&layer.rope_q.params, 0, &Params { pos, ..self.q_params }.bytes());
-            gpu.queue.write_buffer(&layer.attention.params, 0, &Params { pos, ..self.q_params }.bytes());
-            gpu.queue.write_buffer(&layer.rope_k.params, 0, &Params { pos, offset: kv_offset, ..self.k_params }.bytes());
         }
         let mut ops: Vec<&Op> = vec![lookup(gpu, &self.embed, token as usize)];
         for l in &self.layers {

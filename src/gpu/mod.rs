@@ -26,7 +26,7 @@ pub struct Gpu {
 }
 
 /// One kernel dispatch with its bindings, built once and encoded again for every step; what
-/// changes between steps is written into its `params` uniform.
+/// changes between steps is written into its `params` uniform (possibly shared with others).
 pub struct Op {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
@@ -140,28 +140,41 @@ impl Gpu {
             usage: usage | wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut padded = bytes.to_vec();
-        padded.resize(size, 0);
-        self.queue.write_buffer(&buffer, 0, &padded);
+        // Writes must be whole u32s: the bulk as it is, only the last partial word padded.
+        let whole = bytes.len() / 4 * 4;
+        if whole > 0 {
+            self.queue.write_buffer(&buffer, 0, &bytes[..whole]);
+        }
+        if whole < size {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.queue.write_buffer(&buffer, whole as u64, &tail);
+        }
         Ok(buffer)
     }
 
-    /// One dispatch of `pipeline` with `buffers` at their binding numbers and a uniform holding
-    /// `params` at `params_binding`, over `groups` workgroups.
-    pub fn op(&self, pipeline: Arc<wgpu::ComputePipeline>, buffers: &[(u32, &wgpu::Buffer)], params_binding: u32, params: &[u8], groups: (u32, u32)) -> Op {
-        let params_buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("params"),
-            size: params.len() as u64,
+    /// A uniform buffer holding `bytes`, rewritable between steps.
+    pub fn uniform(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.len() as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.queue.write_buffer(&params_buffer, 0, params);
+        self.queue.write_buffer(&buffer, 0, bytes);
+        buffer
+    }
+
+    /// One dispatch of `pipeline` with `buffers` at their binding numbers and the uniform
+    /// `params` at its binding (ops that read the same values share one), over `groups`
+    /// workgroups.
+    pub fn op(&self, pipeline: Arc<wgpu::ComputePipeline>, buffers: &[(u32, &wgpu::Buffer)], params: (u32, &wgpu::Buffer), groups: (u32, u32)) -> Op {
         let mut entries: Vec<wgpu::BindGroupEntry> =
             buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry { binding: *binding, resource: b.as_entire_binding() }).collect();
-        entries.push(wgpu::BindGroupEntry { binding: params_binding, resource: params_buffer.as_entire_binding() });
+        entries.push(wgpu::BindGroupEntry { binding: params.0, resource: params.1.as_entire_binding() });
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-        Op { pipeline, bind_group, groups, params: params_buffer }
+        Op { pipeline, bind_group, groups, params: params.1.clone() }
     }
 
     /// Runs `ops` in order in one submission (a dispatch sees what the ones before it wrote).
@@ -188,7 +201,13 @@ impl Gpu {
 
     /// Copies `len` f32s out of `buffer` (after everything submitted so far).
     pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let size = (len * 4) as u64;
+        Ok(self.read_f32s(&[(buffer, len)]).await?.pop().expect("one read"))
+    }
+
+    /// Copies the first `len` f32s out of each buffer with one copy submission and one wait.
+    pub async fn read_f32s(&self, reads: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+        let offsets: Vec<u64> = reads.iter().scan(0u64, |at, &(_, len)| Some(std::mem::replace(at, *at + len as u64 * 4))).collect();
+        let size = reads.iter().map(|&(_, len)| len as u64 * 4).sum::<u64>().max(4);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,
@@ -196,7 +215,9 @@ impl Gpu {
             mapped_at_creation: false,
         });
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        for (&(buffer, len), &offset) in reads.iter().zip(&offsets) {
+            encoder.copy_buffer_to_buffer(buffer, 0, &staging, offset, len as u64 * 4);
+        }
         self.queue.submit([encoder.finish()]);
         let (sender, receiver) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |result| {
@@ -210,7 +231,13 @@ impl Gpu {
             .map_err(|_| gpu_error("reading back", "the device went away"))?
             .map_err(|e| gpu_error("reading back", e))?;
         let data = staging.slice(..).get_mapped_range().map_err(|e| gpu_error("reading back", e))?;
-        let values = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let values = reads
+            .iter()
+            .zip(&offsets)
+            .map(|(&(_, len), &offset)| {
+                data[offset as usize..offset as usize + len * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            })
+            .collect();
         drop(data);
         staging.unmap();
         Ok(values)

@@ -98,8 +98,15 @@ impl GpuMatrix {
     /// `y = W x` (with `product`'s bias, accumulation and offset): one op per part, one
     /// workgroup per row.
     pub fn matvec_ops(&self, gpu: &Gpu, x: &wgpu::Buffer, y: &wgpu::Buffer, product: Product) -> Result<Vec<MatOp>> {
-        let no_bias = gpu.storage("no bias", &[0; 4], wgpu::BufferUsages::empty())?;
-        let bias = product.bias.unwrap_or(&no_bias);
+        // The kernel reads its bias binding only when the flag says so, but it must be bound.
+        let no_bias;
+        let bias = match product.bias {
+            Some(bias) => bias,
+            None => {
+                no_bias = gpu.storage("no bias", &[0; 4], wgpu::BufferUsages::empty())?;
+                &no_bias
+            }
+        };
         let flags = u32::from(product.bias.is_some()) | (u32::from(product.accumulate) << 1);
         Ok(self
             .parts
@@ -108,7 +115,8 @@ impl GpuMatrix {
                 let rows = part.rows as u32;
                 let dims = [rows, self.cols as u32, self.row_bytes as u32, rows.min(MAX_GROUPS), 0, product.y_offset + part.first_row as u32, flags, part.first_row as u32];
                 let buffers = [(0, &part.blocks), (1, x), (2, y), (4, bias)];
-                let op = gpu.op(self.pipeline(gpu, "matvec"), &buffers, 3, bytes_of(&dims), (rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS)));
+                let params = gpu.uniform("dims", bytes_of(&dims));
+                let op = gpu.op(self.pipeline(gpu, "matvec"), &buffers, (3, &params), (rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS)));
                 MatOp { op, dims, first_row: part.first_row, rows: part.rows }
             })
             .collect())
@@ -123,7 +131,8 @@ impl GpuMatrix {
                 let n = rows.unwrap_or(part.rows) as u32;
                 let y_offset = if rows.is_some() { 0 } else { (part.first_row * self.cols) as u32 };
                 let dims = [n, self.cols as u32, self.row_bytes as u32, n.min(MAX_GROUPS), 0, y_offset, 0, 0];
-                let op = gpu.op(self.pipeline(gpu, "dequantize"), &[(0, &part.blocks), (2, y)], 3, bytes_of(&dims), (n.min(MAX_GROUPS), n.div_ceil(MAX_GROUPS)));
+                let params = gpu.uniform("dims", bytes_of(&dims));
+                let op = gpu.op(self.pipeline(gpu, "dequantize"), &[(0, &part.blocks), (2, y)], (3, &params), (n.min(MAX_GROUPS), n.div_ceil(MAX_GROUPS)));
                 MatOp { op, dims, first_row: part.first_row, rows: part.rows }
             })
             .collect()
