@@ -7,6 +7,7 @@ use crate::gpu::Gpu;
 use crate::model::decoder::{Decoder, Step};
 use crate::model::gguf;
 use crate::{Error, Result};
+use candle_core::quantized::gguf_file::Content;
 use std::io::Cursor;
 
 enum Backend {
@@ -30,22 +31,20 @@ impl SmallModel {
         Self { backend: Backend::Cpu(decoder), gguf: None, context: Vec::new(), cpu_reason: Some(reason.into()) }
     }
 
-    /// On the GPU if `gpu` is given and the model fits it, else on the CPU.
-    pub async fn load(gguf: Vec<u8>, gpu: Option<Gpu>) -> Result<Self> {
+    /// On the GPU if `gpu` is given and the model fits it, else on the CPU. `content` is the
+    /// header of `gguf`, read once by the caller.
+    pub async fn load(gguf: Vec<u8>, content: &Content, gpu: Option<Gpu>) -> Result<Self> {
         let reason = match gpu {
             None => "no WebGPU adapter".to_string(),
-            Some(gpu) => {
-                let mut reader = Cursor::new(&gguf[..]);
-                let content = gguf::read_content(&mut reader)?;
-                match GpuDecoder::from_gguf(gpu, &content, &mut reader) {
-                    Ok(decoder) => {
-                        return Ok(Self { backend: Backend::Gpu(decoder), gguf: Some(gguf), context: Vec::new(), cpu_reason: None });
-                    }
-                    Err(e) => e.to_string(),
+            Some(gpu) => match GpuDecoder::from_gguf(gpu, content, &mut Cursor::new(&gguf[..])) {
+                Ok(decoder) => {
+                    return Ok(Self { backend: Backend::Gpu(decoder), gguf: Some(gguf), context: Vec::new(), cpu_reason: None });
                 }
-            }
+                Err(e) => e.to_string(),
+            },
         };
-        Ok(Self::cpu(cpu_decoder(&gguf)?, reason))
+        let decoder = Decoder::from_gguf(content, &mut Cursor::new(&gguf[..]), &candle_core::Device::Cpu, Default::default())?;
+        Ok(Self::cpu(decoder, reason))
     }
 
     /// "webgpu" or "cpu".
@@ -84,6 +83,7 @@ impl SmallModel {
     }
 }
 
+/// The CPU decoder from the whole file (after a GPU failure; the header is read again).
 fn cpu_decoder(gguf: &[u8]) -> Result<Decoder> {
     let mut reader = Cursor::new(gguf);
     let content = gguf::read_content(&mut reader)?;

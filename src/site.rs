@@ -4,7 +4,7 @@
 //! into a directory any static host can serve, or (`--extension`) into the browser
 //! extension's load-unpacked folder and its zip.
 use crate::registry::{ModelSpec, Registry};
-use crate::reward::{shipped_head, SHIPPED_HEADS};
+use crate::reward::shipped_head;
 use anyhow::Context;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -48,7 +48,7 @@ impl HeadFile {
     pub fn shipped(browser_model: &str) -> anyhow::Result<Option<HeadFile>> {
         let Some(path) = shipped_head(browser_model) else { return Ok(None) };
         let data = std::fs::read(&path).with_context(|| format!("reading the reward head {}", path.display()))?;
-        let file_name = SHIPPED_HEADS.iter().find(|(m, _)| *m == browser_model).map(|(_, f)| f.to_string()).unwrap_or_default();
+        let file_name = path.file_name().expect("shipped_head names a file").to_string_lossy().into_owned();
         Ok(Some(HeadFile { file_name, sha256: hex::encode(Sha256::digest(&data)), bytes: data.len() as u64, path }))
     }
 }

@@ -11,6 +11,7 @@ use crate::backend::SmallModel;
 use crate::generate::{CloudTransport, HybridConfig, HybridLoop, TokenEvent};
 use crate::gpu::Gpu;
 use crate::model::chat::{ChatTemplate, Message};
+use candle_core::quantized::gguf_file::Content;
 use crate::model::decoder::Decoder;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{gguf, speed};
@@ -41,12 +42,11 @@ struct Loaded {
 type TextSide = (Tokenizer, Option<ChatTemplate>, Option<RewardHead>);
 
 impl Loaded {
-    fn text_side(gguf: &[u8], reward_head: Option<Vec<u8>>) -> Result<TextSide> {
-        let content = gguf::read_content(&mut std::io::Cursor::new(gguf))?;
-        let tokenizer = Tokenizer::from_gguf(&content)?;
-        let chat = ChatTemplate::from_gguf(&content).ok();
+    fn text_side(content: &Content, reward_head: Option<Vec<u8>>) -> Result<TextSide> {
+        let tokenizer = Tokenizer::from_gguf(content)?;
+        let chat = ChatTemplate::from_gguf(content).ok();
         let head = reward_head.map(|b| RewardHead::from_safetensors(&b)).transpose()?;
-        let d = crate::model::config::ModelConfig::from_gguf(&content)?.n_embd;
+        let d = crate::model::config::ModelConfig::from_gguf(content)?.n_embd;
         if let Some(h) = &head {
             if h.hidden_size() != d {
                 return Err(Error::InvalidInput(format!(
@@ -99,9 +99,9 @@ impl Engine {
     /// has already verified, on the CPU.
     #[wasm_bindgen(constructor)]
     pub fn new(gguf_bytes: Vec<u8>, reward_head: Option<Vec<u8>>) -> std::result::Result<Engine, JsError> {
-        let (tokenizer, chat, head) = Loaded::text_side(&gguf_bytes, reward_head)?;
         let mut reader = std::io::Cursor::new(&gguf_bytes[..]);
         let content = gguf::read_content(&mut reader)?;
+        let (tokenizer, chat, head) = Loaded::text_side(&content, reward_head)?;
         let decoder = Decoder::from_gguf(&content, &mut reader, &candle_core::Device::Cpu, Default::default())?;
         let slm = SmallModel::cpu(decoder, "this engine was made for the CPU");
         Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head })) })
@@ -114,8 +114,9 @@ impl Engine {
             true => Gpu::new().await?,
             false => None,
         };
-        let (tokenizer, chat, head) = Loaded::text_side(&gguf_bytes, reward_head)?;
-        let slm = SmallModel::load(gguf_bytes, adapter).await?;
+        let content = gguf::read_content(&mut std::io::Cursor::new(&gguf_bytes[..]))?;
+        let (tokenizer, chat, head) = Loaded::text_side(&content, reward_head)?;
+        let slm = SmallModel::load(gguf_bytes, &content, adapter).await?;
         Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head })) })
     }
 

@@ -62,7 +62,9 @@ fn a_gpu_lost_mid_answer_hands_over_to_the_cpu_without_losing_the_answer() {
     let path = common::model_path("smollm2-135m");
     let mut cpu = Model::load(&path).unwrap();
     let gpu = pollster::block_on(Gpu::new()).unwrap().expect("no GPU adapter: install mesa-vulkan-drivers (lavapipe)");
-    let mut slm = pollster::block_on(SmallModel::load(std::fs::read(&path).unwrap(), Some(gpu))).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let content = gguf::read_content(&mut std::io::Cursor::new(&bytes[..])).unwrap();
+    let mut slm = pollster::block_on(SmallModel::load(bytes, &content, Some(gpu))).unwrap();
     assert_eq!(slm.backend(), "webgpu");
     assert!(slm.cpu_reason().is_none());
 

@@ -115,10 +115,11 @@ fn bench_ours(path: &Path, prompt_tokens: usize, gen_tokens: usize, repeats: usi
 
 /// The same measurement with the model on the GPU; refuses to fall back to the CPU.
 fn bench_gpu(path: &Path, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> anyhow::Result<(Speed, String)> {
-    let tokenizer = Model::load(path)?.tokenizer;
-    let prompt = speed::bench_prompt(&tokenizer, prompt_tokens)?;
+    let bytes = std::fs::read(path)?;
+    let content = crate::model::gguf::read_content(&mut std::io::Cursor::new(&bytes[..]))?;
+    let prompt = speed::bench_prompt(&crate::model::tokenizer::Tokenizer::from_gguf(&content)?, prompt_tokens)?;
     let gpu = pollster::block_on(crate::gpu::Gpu::new())?.ok_or_else(|| anyhow::anyhow!("no GPU adapter (without a GPU: apt-get install mesa-vulkan-drivers)"))?;
-    let mut slm = pollster::block_on(crate::backend::SmallModel::load(std::fs::read(path)?, Some(gpu)))?;
+    let mut slm = pollster::block_on(crate::backend::SmallModel::load(bytes, &content, Some(gpu)))?;
     if let Some(reason) = slm.cpu_reason() {
         anyhow::bail!("the model did not go onto the GPU: {reason}");
     }
