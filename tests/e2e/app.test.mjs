@@ -10,29 +10,13 @@
 // the server mid-answer gives .tok.fallback spans, a banner and a finished answer. Screenshots
 // go to target/e2e/.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFile, rmSync } from 'node:fs';
-import { createServer } from 'node:http';
-import { extname, join, normalize } from 'node:path';
+import { mkdirSync, rmSync } from 'node:fs';
 import { strict as assert } from 'node:assert';
 import { chromium } from 'playwright-core';
-import { hybrid, MODEL, shots, startServer } from './server.mjs';
+import { hybrid, MODEL, shots, startServer, startStaticHost } from './server.mjs';
 
 const PROMPT = 'Write a Python function that returns the square of a number.';
 const TIMEOUT = 300_000;
-
-// A plain static host for the site: files as they are, no ranges, no server-side logic.
-function startStaticHost(dir) {
-  const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.wasm': 'application/wasm' };
-  const server = createServer((req, res) => {
-    const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
-    const file = join(dir, path.endsWith('/') ? `${path}index.html` : path);
-    readFile(file, (err, data) => {
-      if (err) { res.writeHead(404).end(); return; }
-      res.writeHead(200, { 'Content-Type': types[extname(file)] || 'application/octet-stream' }).end(data);
-    });
-  });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, url: `http://127.0.0.1:${server.address().port}` })));
-}
 
 // Counts of token spans in the last answer, and the statistics table.
 const lastAnswer = (page) => page.evaluate(() => {
@@ -76,7 +60,7 @@ async function main() {
   mkdirSync(shots, { recursive: true });
   const siteDir = `${shots}/site`;
   rmSync(siteDir, { recursive: true, force: true });
-  const staticHost = await startStaticHost(siteDir);
+  const staticHost = await startStaticHost([['/', siteDir]]);
   const server = await startServer(staticHost.url);
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',

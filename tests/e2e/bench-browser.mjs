@@ -3,12 +3,11 @@
 // one JSON line with both engines' figures.
 //
 //   node tests/e2e/bench-browser.mjs --model PATH.gguf [--prompt-tokens 256] [--gen-tokens 64] [--repeats 3] [--webgpu]
-import { createReadStream, statSync } from 'node:fs';
-import { createServer } from 'node:http';
-import { extname, join, normalize } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
+import { startStaticHost } from './server.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -22,30 +21,12 @@ const { values: args } = parseArgs({
 if (!args.model) throw new Error('--model PATH.gguf is required');
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const here = fileURLToPath(new URL('.', import.meta.url));
-const routes = [
+const { server, url: base } = await startStaticHost([
   ['/pkg/', join(root, 'pkg')],
   ['/wllama/', join(here, 'node_modules/@wllama/wllama')],
   ['/bench/', join(here, 'bench')],
-];
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm' };
-
-const server = createServer((req, res) => {
-  const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
-  let file = path === '/model.gguf' ? args.model : null;
-  for (const [prefix, dir] of routes) if (!file && path.startsWith(prefix)) file = join(dir, path.slice(prefix.length));
-  if (file && path.endsWith('/')) file = join(file, 'index.html');
-  try {
-    const stat = statSync(file);
-    if (!stat.isFile()) throw new Error('not a file');
-    const { size } = stat;
-    res.writeHead(200, { 'Content-Type': types[extname(file)] || 'application/octet-stream', 'Content-Length': size });
-    createReadStream(file).pipe(res);
-  } catch {
-    res.writeHead(404).end();
-  }
-});
-await new Promise((r) => server.listen(0, '127.0.0.1', r));
-const base = `http://127.0.0.1:${server.address().port}`;
+  ['/model.gguf', args.model],
+]);
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',

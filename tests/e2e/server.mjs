@@ -1,5 +1,9 @@
-// `hybrid serve` on a free loopback port for the browser tests, smollm2-135m on both sides.
+// Loopback servers for the browser tests and benchmark: `hybrid serve` (smollm2-135m on both
+// sides) and a plain static file host.
 import { spawn } from 'node:child_process';
+import { createReadStream, statSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { extname, join, normalize } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
@@ -19,4 +23,30 @@ export function startServer(allowOrigin) {
       if (m) resolve({ child, url: m[1] });
     });
   });
+}
+
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.wasm': 'application/wasm' };
+
+/**
+ * A static host on a free loopback port: files as they are, no ranges, no server-side logic.
+ * `mounts` is [[urlPrefix, path]]: a prefix ending in '/' serves the directory at path
+ * (index.html for directory URLs), any other serves the one file. Resolves to {server, url}.
+ */
+export function startStaticHost(mounts) {
+  const server = createServer((req, res) => {
+    const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
+    const mount = mounts.find(([prefix]) => (prefix.endsWith('/') ? path.startsWith(prefix) : path === prefix));
+    let file = mount && (mount[0].endsWith('/') ? join(mount[1], path.slice(mount[0].length)) : mount[1]);
+    if (file && path.endsWith('/')) file = join(file, 'index.html');
+    try {
+      const stat = statSync(file);
+      if (!stat.isFile()) throw new Error('not a file');
+      const { size } = stat;
+      res.writeHead(200, { 'Content-Type': TYPES[extname(file)] || 'application/octet-stream', 'Content-Length': size });
+      createReadStream(file).on('error', () => res.destroy()).pipe(res);
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, url: `http://127.0.0.1:${server.address().port}` })));
 }
