@@ -8,6 +8,18 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The measurement both speed benchmarks make (decode natively, browser in Chromium).
+#[derive(clap::Args, Debug)]
+pub struct MeasureArgs {
+    #[arg(long, default_value_t = 256)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Runs per engine; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct DecodeBenchArgs {
     /// A model name or a path to a .gguf file.
@@ -16,13 +28,8 @@ pub struct DecodeBenchArgs {
     /// Threads for both engines (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    #[arg(long, default_value_t = 256)]
-    pub prompt_tokens: usize,
-    #[arg(long, default_value_t = 64)]
-    pub gen_tokens: usize,
-    /// Runs per engine; the best is reported.
-    #[arg(long, default_value_t = 3)]
-    pub repeats: usize,
+    #[command(flatten)]
+    pub measure: MeasureArgs,
     /// Skip the llama.cpp anchor (no ratios).
     #[arg(long)]
     pub no_llama_cpp: bool,
@@ -54,14 +61,14 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
     // candle sizes its thread pools from this variable when they are first used.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let path = resolve_model(&args.model)?;
-    let repeats = args.repeats.max(1);
+    let repeats = args.measure.repeats.max(1);
 
     eprintln!("measuring our decoder ({} runs)…", repeats);
-    let ours = bench_ours(&path, args.prompt_tokens, args.gen_tokens, repeats)?;
+    let ours = bench_ours(&path, args.measure.prompt_tokens, args.measure.gen_tokens, repeats)?;
     let (gpu, gpu_adapter) = match args.gpu {
         true => {
             eprintln!("measuring our decoder on the GPU ({} runs)…", repeats);
-            let (speed, adapter) = bench_gpu(&path, args.prompt_tokens, args.gen_tokens, repeats)?;
+            let (speed, adapter) = bench_gpu(&path, args.measure.prompt_tokens, args.measure.gen_tokens, repeats)?;
             (Some(speed), Some(adapter))
         }
         false => (None, None),
@@ -70,7 +77,7 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         true => None,
         false => {
             eprintln!("measuring llama.cpp ({} runs)…", repeats);
-            Some(bench_llama_cpp(&path, threads, args.prompt_tokens, args.gen_tokens, repeats)?)
+            Some(bench_llama_cpp(&path, threads, args.measure.prompt_tokens, args.measure.gen_tokens, repeats)?)
         }
     };
     let report = Report {
@@ -78,8 +85,8 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         threads,
         gpu,
         gpu_adapter,
-        prompt_tokens: args.prompt_tokens,
-        gen_tokens: args.gen_tokens,
+        prompt_tokens: args.measure.prompt_tokens,
+        gen_tokens: args.measure.gen_tokens,
         repeats,
         prefill_vs_llama_cpp: llama_cpp.as_ref().map(|l| round2(ours.prefill_tok_s / l.prefill_tok_s)),
         decode_vs_llama_cpp: llama_cpp.as_ref().map(|l| round2(ours.decode_tok_s / l.decode_tok_s)),

@@ -2,6 +2,7 @@
 //! wasm build in pkg/, CPU path) against wllama (llama.cpp compiled to wasm, one thread, no
 //! GPU) on the same GGUF and prompt in the same tab, with ratios. The page and its runner are
 //! tests/e2e/bench/ and tests/e2e/bench-browser.mjs.
+use super::bench::MeasureArgs;
 use super::{resolve_model, round2};
 use crate::model::speed::Speed;
 use anyhow::Context;
@@ -14,13 +15,8 @@ pub struct BrowserBenchArgs {
     /// A model name or a path to a .gguf file.
     #[arg(long, default_value = "smollm2-135m")]
     pub model: String,
-    #[arg(long, default_value_t = 256)]
-    pub prompt_tokens: usize,
-    #[arg(long, default_value_t = 64)]
-    pub gen_tokens: usize,
-    /// Runs per engine; the best is reported.
-    #[arg(long, default_value_t = 3)]
-    pub repeats: usize,
+    #[command(flatten)]
+    pub measure: MeasureArgs,
     /// Also measure our WebGPU path (Chromium with --enable-unsafe-webgpu; without a GPU that
     /// is a software adapter, slow).
     #[arg(long)]
@@ -78,13 +74,13 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "npm ci failed in {}", e2e.display());
     }
     let path = resolve_model(&args.model)?;
-    eprintln!("measuring in headless chromium: ours (wasm CPU) and wllama (1 thread), best of {} …", args.repeats);
+    eprintln!("measuring in headless chromium: ours (wasm CPU) and wllama (1 thread), best of {} …", args.measure.repeats);
     let output = Command::new("node")
         .arg(e2e.join("bench-browser.mjs"))
         .args(["--model".as_ref(), path.as_os_str()])
-        .args(["--prompt-tokens", &args.prompt_tokens.to_string()])
-        .args(["--gen-tokens", &args.gen_tokens.to_string()])
-        .args(["--repeats", &args.repeats.to_string()])
+        .args(["--prompt-tokens", &args.measure.prompt_tokens.to_string()])
+        .args(["--gen-tokens", &args.measure.gen_tokens.to_string()])
+        .args(["--repeats", &args.measure.repeats.to_string()])
         .args(args.webgpu.then_some("--webgpu"))
         .output()
         .context("cannot run node; install Node.js 18+")?;
@@ -100,9 +96,9 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
     let report = Report {
         model: args.model.clone(),
         browser: page.browser,
-        prompt_tokens: args.prompt_tokens,
-        gen_tokens: args.gen_tokens,
-        repeats: args.repeats,
+        prompt_tokens: args.measure.prompt_tokens,
+        gen_tokens: args.measure.gen_tokens,
+        repeats: args.measure.repeats,
         cpu_prefill_vs_wllama: round2(page.ours.prefill_tok_s / page.wllama.prefill_tok_s),
         cpu_decode_vs_wllama: round2(page.ours.decode_tok_s / page.wllama.decode_tok_s),
         webgpu_decode_vs_wllama: match &page.webgpu {
