@@ -209,10 +209,6 @@ impl GpuDecoder {
         &self.gpu.adapter
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.vocab
-    }
-
     /// The input embedding of a token (the reward head reads it), from the CPU copy.
     pub fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {
         if id as usize >= self.vocab {
@@ -235,11 +231,6 @@ impl GpuDecoder {
     /// Forgets the conversation (the cache is overwritten from position 0).
     pub fn clear(&mut self) {
         self.len = 0;
-    }
-
-    /// Keeps the first `len` positions.
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
     }
 
     /// Runs `tokens` after the cached positions; the step predicts the token after the last.
