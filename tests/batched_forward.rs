@@ -1,15 +1,16 @@
 //! `Decoder::forward_batch` (what the server's continuous batching runs) against one
 //! sequence at a time: the same logits and hidden states for each sequence, whatever else
-//! shares the pass, and caches left untouched by a failed pass.
+//! shares the pass, and caches left untouched by a failed pass. With the kernels the server
+//! loads (`Kernels::RowInvariant`).
 #![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
-use hybrid_assistant::model::decoder::{Decoder, KvCache, Sequence};
+use hybrid_assistant::model::decoder::{Decoder, Kernels, KvCache, LoadOptions, Sequence};
 use hybrid_assistant::model::Model;
 use hybrid_assistant::sampler::argmax;
 
 fn load(name: &str) -> Model {
-    Model::load(&common::model_path(name)).unwrap()
+    Model::load_with(&common::model_path(name), LoadOptions { kernels: Kernels::RowInvariant }).unwrap()
 }
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use hybrid_assistant::model::decoder::{Decoder, LoadOptions};
+use hybrid_assistant::model::decoder::{Decoder, Kernels, LoadOptions};
 use hybrid_assistant::model::tokenizer::Tokenizer;
 use hybrid_assistant::sampler::argmax;
 
@@ -72,7 +72,7 @@ fn relative_max_diff(ours: &[f32], reference: &[f32]) -> f32 {
 /// allowed only where the reference's own top two are within 0.5% of its logit range
 /// (seen: smollm2-135m's first answer token, 35.127 vs 35.101 with a range of ~50).
 fn check_parity(name: &str, prompt: &[u32], steps: usize) {
-    let options = LoadOptions { rewrite_weights: false };
+    let options = LoadOptions { kernels: Kernels::CandleReference };
     let mut ours = Decoder::load_with(&common::model_path(name), options).unwrap();
     let mut reference = load_reference(name);
 

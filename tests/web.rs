@@ -52,6 +52,29 @@ async fn browser_results_match_the_native_ones() {
     assert!(JsValue::from(err).dyn_into::<js_sys::Error>().unwrap().message().as_string().unwrap().contains("list of {role, content}"));
 }
 
+/// The batched quantized kernel (SIMD128 here) against the scalar reference, for every
+/// format it decodes, with a partial tile and an odd number of activation rows.
+#[wasm_bindgen_test]
+fn batched_kernel_matches_the_scalar_one() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use hybrid_assistant::model::gemm::{matmul_with, Activations, Kernel};
+    assert_ne!(Kernel::best(), Kernel::Scalar, "the wasm build has SIMD128");
+    let (n, k, m) = (37, 512, 5);
+    let values = |len: usize, seed: u32| (0..len).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
+    let acts = Activations::quantize(&values(m * k, 7), m, k);
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+        let w = QTensor::quantize(&Tensor::from_vec(values(n * k, 3), (n, k), &Device::Cpu).unwrap(), dtype).unwrap();
+        let data = w.data().unwrap();
+        let reference = matmul_with(Kernel::Scalar, dtype, &data, n, k, &acts);
+        let simd = matmul_with(Kernel::best(), dtype, &data, n, k, &acts);
+        let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (i, (a, b)) in simd.iter().zip(&reference).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * scale, "{dtype:?} [{i}]: SIMD128 {a} vs scalar {b}");
+        }
+    }
+}
+
 /// 16 greedy ids from the engine through `generate` (the `never` policy), after checking
 /// that it runs on `backend`.
 async fn generate_ids(engine: &Engine, backend: &str, expected: &serde_json::Value) -> Vec<u64> {

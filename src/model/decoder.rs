@@ -23,17 +23,27 @@ pub struct Step {
     pub hidden: Vec<f32>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct LoadOptions {
-    /// Rewrite weight formats that lack SIMD kernels into equivalent ones that have them
-    /// (see `weights.rs`). Off only to compare kernels with a reference bit for bit.
-    pub rewrite_weights: bool,
+/// Which kernels the quantized products run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// Several rows at once (prefill) through our batched kernels (`gemm`), a single row (a
+    /// decode step) through candle's matrix-vector kernels. Fastest; but the two meet the
+    /// same row with different arithmetic, so a prompt run whole and run in pieces differ in
+    /// the last bits.
+    #[default]
+    Fastest,
+    /// Every row through candle's kernels, whose result for a row never depends on the other
+    /// rows of the pass. The server runs this: a cached prefix, a batch of sessions and one
+    /// request alone then give exactly the same tokens.
+    RowInvariant,
+    /// candle's kernels on the weights as stored (no rewritten formats): the reference the
+    /// parity tests compare the decoder with.
+    CandleReference,
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self { rewrite_weights: true }
-    }
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub kernels: Kernels,
 }
 
 /// A quantized projection with an optional bias.
@@ -98,17 +108,14 @@ impl Decoder {
         device: &Device,
         options: LoadOptions,
     ) -> Result<Self> {
-        let weight = |t: QTensor| match options.rewrite_weights {
-            true => QWeight::new(t),
-            false => QWeight::as_stored(t),
-        };
+        let weight = |t: QTensor| QWeight::new(t, options.kernels);
         let config = ModelConfig::from_gguf(content)?;
         let mut qtensor = |name: &str| tensor(content, reader, name, device);
         let embedding = Arc::new(qtensor("token_embd.weight")?);
         // Small models tie the output projection to the embedding table.
         let output = match content.tensor_infos.contains_key("output.weight") {
             true => weight(qtensor("output.weight")?)?,
-            false => QWeight::from_arc(embedding.clone())?,
+            false => QWeight::from_arc(embedding.clone(), options.kernels)?,
         };
         let output_norm = qtensor("output_norm.weight")?.dequantize(device)?;
         let mut layers = Vec::with_capacity(config.n_layer);

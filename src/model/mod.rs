@@ -4,6 +4,7 @@ pub mod attention;
 pub mod chat;
 pub mod config;
 pub mod decoder;
+pub mod gemm;
 pub mod gguf;
 pub mod speed;
 pub mod tokenizer;
@@ -25,19 +26,24 @@ pub struct Model {
 impl Model {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(path: &std::path::Path) -> Result<Self> {
+        Self::load_with(path, Default::default())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_with(path: &std::path::Path, options: decoder::LoadOptions) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| crate::Error::File {
             path: path.to_path_buf(),
             message: format!("cannot open model file: {e}"),
         })?;
         let content = gguf::read_content(&mut file)?;
-        Self::from_gguf(&content, &mut file, &Device::Cpu)
+        Self::from_gguf(&content, &mut file, &Device::Cpu, options)
     }
 
-    pub fn from_gguf<R: Read + Seek>(content: &Content, reader: &mut R, device: &Device) -> Result<Self> {
+    pub fn from_gguf<R: Read + Seek>(content: &Content, reader: &mut R, device: &Device, options: decoder::LoadOptions) -> Result<Self> {
         Ok(Self {
             tokenizer: tokenizer::Tokenizer::from_gguf(content)?,
             chat: chat::ChatTemplate::from_gguf(content).ok(),
-            decoder: decoder::Decoder::from_gguf(content, reader, device, Default::default())?,
+            decoder: decoder::Decoder::from_gguf(content, reader, device, options)?,
         })
     }
 

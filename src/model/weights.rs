@@ -1,9 +1,13 @@
-//! Quantized projection weights as the decoder uses them. Formats without a SIMD kernel
-//! in candle (Q5_0, Q4_1) are rewritten once at load time into formats that have one,
-//! without changing the values they encode:
+//! Quantized projection weights as the decoder uses them. Several activation rows at once
+//! (prefill, batched decode) go through our batched kernels (`gemm`); a single row through
+//! candle's matrix-vector kernels. Formats without a SIMD kernel in candle (Q5_0, Q4_1) are
+//! rewritten once at load time into formats that have one, without changing the values they
+//! encode:
 //! - Q5_0 `d * (q - 16)` with 5-bit `q` is exactly Q8_0 with the same scale.
 //! - Q4_1 `d * q + m` is Q4_0 `d * (q - 8)` plus a per-block offset `c = m + 8d`, whose
 //!   contribution to `x · w` is `c` times the sum of `x` over the block: a small dense matmul.
+use super::decoder::Kernels;
+use super::gemm;
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -11,48 +15,67 @@ use half::f16;
 use std::borrow::Cow;
 
 const BLOCK: usize = 32;
+/// From this many activation rows on, decoding the weights once for all of them (`gemm`)
+/// beats one candle matrix-vector product per row.
+const BATCHED_FROM_ROWS: usize = 2;
 
 /// `y = x · Wᵀ` for a quantized `W` of shape `(out, in)`.
 pub struct QWeight {
     matmul: QMatMul,
+    /// Whether batches go through `gemm` (`Kernels::Fastest`).
+    batched: bool,
     /// For rewritten Q4_1: the per-block offsets, `(in / 32, out)`.
     block_offsets: Option<Tensor>,
 }
 
 impl QWeight {
-    pub fn new(tensor: QTensor) -> Result<Self> {
+    pub fn new(tensor: QTensor, kernels: Kernels) -> Result<Self> {
+        let batched = kernels == Kernels::Fastest;
+        if kernels == Kernels::CandleReference {
+            return Ok(Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None });
+        }
         let device = tensor.device();
         let (out, inp) = tensor.shape().dims2()?;
         Ok(match tensor.dtype() {
             GgmlDType::Q5_0 => {
                 let q8 = q5_0_to_q8_0(&tensor.data()?)?;
-                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, block_offsets: None }
+                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, batched, block_offsets: None }
             }
             GgmlDType::Q4_1 => {
                 let (q4_0, offsets) = q4_1_to_q4_0(&tensor.data()?)?;
                 let offsets = Tensor::from_vec(offsets, (out, inp / BLOCK), &device)?.t()?.contiguous()?;
                 Self {
                     matmul: qmatmul(q4_0, GgmlDType::Q4_0, (out, inp), &device)?,
+                    batched,
                     block_offsets: Some(offsets),
                 }
             }
-            _ => Self::as_stored(tensor)?,
+            _ => Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None },
         })
     }
 
-    /// The tensor in its stored format, whatever kernel candle has for it.
-    pub fn as_stored(tensor: QTensor) -> Result<Self> {
-        Ok(Self { matmul: QMatMul::from_qtensor(tensor)?, block_offsets: None })
+    /// A weight shared with the embedding table (tied output projection), used as it is.
+    pub fn from_arc(tensor: std::sync::Arc<QTensor>, kernels: Kernels) -> Result<Self> {
+        Ok(Self { matmul: QMatMul::from_arc(tensor)?, batched: kernels == Kernels::Fastest, block_offsets: None })
     }
 
-    /// A weight shared with the embedding table (tied output projection), used as it is.
-    pub fn from_arc(tensor: std::sync::Arc<QTensor>) -> Result<Self> {
-        Ok(Self { matmul: QMatMul::from_arc(tensor)?, block_offsets: None })
+    fn batched_here(w: &QTensor) -> bool {
+        let (out, inp) = w.shape().dims2().unwrap_or((0, 0));
+        gemm::preferred(w.dtype(), out, inp)
     }
 
     /// `x`: `(rows, in)` → `(rows, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.matmul.forward(x)?;
+        let rows = x.dim(0)?;
+        let y = match &self.matmul {
+            QMatMul::QTensor(w) if self.batched && rows >= BATCHED_FROM_ROWS && Self::batched_here(w) => {
+                let (out, inp) = w.shape().dims2()?;
+                let values = x.flatten_all()?.to_vec1::<f32>()?;
+                let y = gemm::matmul(w.dtype(), &w.data()?, out, inp, &values, rows);
+                Tensor::from_vec(y, (rows, out), x.device())?
+            }
+            _ => self.matmul.forward(x)?,
+        };
         Ok(match &self.block_offsets {
             None => y,
             Some(offsets) => {
@@ -187,7 +210,7 @@ mod tests {
             let w = Tensor::from_vec(random(out * inp, 2), (out, inp), &Device::Cpu).unwrap();
             let x = Tensor::from_vec(random(rows * inp, 3), (rows, inp), &Device::Cpu).unwrap();
             let original = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
-            let rewritten = QWeight::new(QTensor::quantize(&w, dtype).unwrap()).unwrap();
+            let rewritten = QWeight::new(QTensor::quantize(&w, dtype).unwrap(), Kernels::RowInvariant).unwrap();
             let (a, b) = (original.forward(&x).unwrap(), rewritten.forward(&x).unwrap());
             let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

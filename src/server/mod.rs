@@ -8,6 +8,7 @@ pub mod prefix_cache;
 pub mod stop;
 
 use crate::fetch::Fetcher;
+use crate::model::decoder::{Kernels, LoadOptions};
 use crate::model::Model;
 use crate::registry::Registry;
 use anyhow::Context;
@@ -73,7 +74,9 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let path = crate::eval::resolve_model(&config.cloud_model)?;
-    let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    // Row-invariant kernels: a cached prefix and any batch give exactly one request's tokens.
+    let options = LoadOptions { kernels: Kernels::RowInvariant };
+    let model = Model::load_with(&path, options).with_context(|| format!("loading {}", path.display()))?;
     let model_name = match config.cloud_model.ends_with(".gguf") {
         true => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         false => config.cloud_model.clone(),

@@ -29,7 +29,7 @@ const GREEDY_TOKENS: usize = 16;
 pub fn compute(smollm2_gguf: &[u8], forced: Option<&[u32]>) -> Value {
     let mut reader = std::io::Cursor::new(smollm2_gguf);
     let content = gguf::read_content(&mut reader).unwrap();
-    let mut model = Model::from_gguf(&content, &mut reader, &candle_core::Device::Cpu).unwrap();
+    let mut model = Model::from_gguf(&content, &mut reader, &candle_core::Device::Cpu, Default::default()).unwrap();
 
     let strings: Vec<String> = serde_json::from_str(HARD_STRINGS).unwrap();
     let tokenizer: Vec<Value> = strings.iter().map(|s| json!(model.tokenizer.encode(s).unwrap())).collect();
