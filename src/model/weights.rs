@@ -24,8 +24,8 @@ pub struct QWeight {
     matmul: QMatMul,
     /// Whether batches go through `gemm` (`Kernels::Fastest`).
     batched: bool,
-    /// For rewritten Q4_1: the per-block offsets, `(in / 32, out)`.
-    block_offsets: Option<Tensor>,
+    /// For rewritten Q4_1: the per-block offsets, `in / 32` rows of `out`.
+    block_offsets: Option<Vec<f32>>,
 }
 
 impl QWeight {
@@ -43,7 +43,7 @@ impl QWeight {
             }
             GgmlDType::Q4_1 => {
                 let (q4_0, offsets) = q4_1_to_q4_0(&tensor.data()?)?;
-                let offsets = Tensor::from_vec(offsets, (out, inp / BLOCK), &device)?.t()?.contiguous()?;
+                let offsets = transpose(&offsets, out, inp / BLOCK);
                 Self {
                     matmul: qmatmul(q4_0, GgmlDType::Q4_0, (out, inp), &device)?,
                     batched,
@@ -79,13 +79,36 @@ impl QWeight {
         Ok(match &self.block_offsets {
             None => y,
             Some(offsets) => {
-                let (rows, inp) = x.dims2()?;
+                let (rows, out) = y.dims2()?;
                 let sums = q8_block_sums(&x.flatten_all()?.to_vec1::<f32>()?);
-                let sums = Tensor::from_vec(sums, (rows, inp / BLOCK), x.device())?;
-                (y + sums.matmul(offsets)?)?
+                let mut y = y.flatten_all()?.to_vec1::<f32>()?;
+                add_block_offsets(&mut y, out, &sums, offsets);
+                Tensor::from_vec(y, (rows, out), x.device())?
             }
         })
     }
+}
+
+/// `y[row] += Σ_b sums[row][b] · offsets[b]`, each row on its own in a fixed order (so a row's
+/// result does not depend on the others), as vectorized multiply-adds over the outputs.
+fn add_block_offsets(y: &mut [f32], out: usize, sums: &[f32], offsets: &[f32]) {
+    let blocks = offsets.len() / out;
+    let add = |(y, sums): (&mut [f32], &[f32])| {
+        for (&s, offsets) in sums.iter().zip(offsets.chunks_exact(out)) {
+            y.iter_mut().zip(offsets).for_each(|(y, &c)| *y += s * c);
+        }
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        y.par_chunks_exact_mut(out).zip(sums.par_chunks_exact(blocks)).with_min_len(8).for_each(add);
+    }
+    #[cfg(target_arch = "wasm32")]
+    y.chunks_exact_mut(out).zip(sums.chunks_exact(blocks)).for_each(add);
+}
+
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols * rows).map(|i| values[(i % rows) * cols + i / rows]).collect()
 }
 
 /// Per 32-value block, the sum of `x` as ggml's Q8_1 activations carry it (quantized to
