@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use hybrid_assistant::fetch::Fetcher;
 use hybrid_assistant::cloud::{CloudClient, CloudConfig};
 use hybrid_assistant::generate::{HybridConfig, HybridLoop, HybridStats, NoCloud, Source, TokenEvent};
+use hybrid_assistant::model::decoder::{Kernels, LoadOptions};
 use hybrid_assistant::model::Model;
 use hybrid_assistant::policy::{Policy, PolicyKind};
 use hybrid_assistant::reward::RewardHead;
@@ -236,7 +237,9 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let path = hybrid_assistant::eval::resolve_model(&args.model)?;
-    let mut model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    // The server's kernels, so that `hybrid generate` gives exactly the tokens `hybrid serve` does.
+    let options = LoadOptions { kernels: Kernels::RowInvariant };
+    let mut model = Model::load_with(&path, options).with_context(|| format!("loading {}", path.display()))?;
     let prompt = prompt_ids(&model, &args.prompt, args.chat)?;
     let mut run = HybridLoop::<_, NoCloud> {
         slm: &mut model.decoder,
