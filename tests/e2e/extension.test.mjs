@@ -27,13 +27,24 @@ async function main() {
   rmSync(dir, { recursive: true, force: true });
   execFileSync(hybrid, ['site', '--extension', '--out', dir, '--cloud-url', server.url, '--cloud-model', MODEL, '--browser-model', MODEL], { stdio: 'inherit' });
   const profile = mkdtempSync(join(tmpdir(), 'hybrid-extension-'));
-  const context = await chromium.launchPersistentContext(profile, {
+  const launch = () => chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
     viewport: { width: 420, height: 900 }, // about a side panel's width
     args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
       `--disable-extensions-except=${dir}`, `--load-extension=${dir}`],
   });
+  let context;
+  try {
+    // Chromium's zygote sometimes fails to fork its GPU process on a loaded machine: one retry.
+    context = await launch().catch((e) => {
+      console.log(`chromium did not start (${String(e).split('\n')[0]}); retrying once`);
+      return launch();
+    });
+  } catch (e) {
+    server.child.kill('SIGKILL');
+    throw e;
+  }
   const errors = [];
   try {
     const worker = context.serviceWorkers()[0] || await context.waitForEvent('serviceworker', { timeout: 30_000 });
