@@ -17,6 +17,7 @@ use super::plot::{line_plot, HLine, PlotSpec, Series};
 use super::sandbox;
 use crate::cloud::{CloudClient, CloudConfig};
 use crate::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, NoCloud};
+use crate::model::decoder::{Kernels, LoadOptions};
 use crate::model::Model;
 use crate::policy::{Policy, PolicyKind};
 use crate::reward::RewardHead;
@@ -201,7 +202,11 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
     let mut slm = Model::load(&crate::eval::resolve_model(&args.slm)?).with_context(|| format!("loading {}", args.slm))?;
     let pending = |s: &Setting| problems.iter().any(|p| !done.contains(&(s.key(), p.task_id.clone())));
     let mut cloud_model = match pending(&settings[1]) {
-        true => Some(Model::load(&crate::eval::resolve_model(&args.cloud_model)?).with_context(|| format!("loading {}", args.cloud_model))?),
+        // The server's kernels: cloud-only answers are what `hybrid serve` would give.
+        true => Some(
+            Model::load_with(&crate::eval::resolve_model(&args.cloud_model)?, LoadOptions { kernels: Kernels::RowInvariant })
+                .with_context(|| format!("loading {}", args.cloud_model))?,
+        ),
         false => None,
     };
     let needs_server = settings.iter().filter(|s| s.policy != PolicyKind::Never && s.policy != PolicyKind::Always).any(pending);

@@ -15,6 +15,18 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::Device;
 use std::io::{Read, Seek};
 
+/// Deterministic values in [-1, 1) for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// Everything one GGUF file provides: the decoder, its tokenizer and its chat template.
 pub struct Model {
     pub decoder: decoder::Decoder,

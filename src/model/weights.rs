@@ -178,16 +178,8 @@ pub fn q4_1_to_q4_0(bytes: &[u8]) -> Result<(Vec<u8>, Vec<f32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_values as random;
 
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The rewritten weight encodes exactly the values of the original.
     fn check_lossless(dtype: GgmlDType) {

@@ -8,6 +8,7 @@
 //! consecutive prompts, written atomically. A rerun skips finished shards, so an interrupted
 //! collection resumes where it stopped.
 use super::{read_prompts, PromptEntry};
+use crate::model::decoder::{Kernels, LoadOptions};
 use crate::model::Model;
 use crate::reward::LogitFeatures;
 use crate::sampler::argmax;
@@ -163,8 +164,11 @@ pub fn collect(args: &CollectArgs) -> Result<()> {
     }
     let slm_path = crate::eval::resolve_model(&args.slm)?;
     let cloud_path = crate::eval::resolve_model(&args.cloud_model)?;
-    let mut slm = Model::load(&slm_path)?;
-    let mut cloud = Model::load(&cloud_path)?;
+    // The cloud's arithmetic is the server's (row-invariant), and so is the small model's on
+    // single decode steps: labels then say what a consult at run time would answer.
+    let options = LoadOptions { kernels: Kernels::RowInvariant };
+    let mut slm = Model::load_with(&slm_path, options)?;
+    let mut cloud = Model::load_with(&cloud_path, options)?;
     if slm.decoder.vocab_size() != cloud.decoder.vocab_size() {
         return Err(Error::InvalidInput(format!(
             "{} has {} token ids and {} has {}: teacher forcing needs one shared tokenizer",

@@ -342,18 +342,10 @@ pub fn matmul_with(kernel: Kernel, dtype: GgmlDType, data: &[u8], n: usize, k: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_values as random;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     const FORMATS: [GgmlDType; 8] = [
         GgmlDType::Q4_0,
