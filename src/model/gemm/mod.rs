@@ -181,7 +181,7 @@ impl Kernel {
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Kernel::Simd128 => wasm::tile(tile, out),
         }
-        let _ = wide;
+        let _ = wide; // only the x86 AVX2 kernels take another path for levels above 127
     }
 }
 
@@ -274,7 +274,7 @@ pub fn preferred(dtype: GgmlDType, n: usize, k: usize) -> bool {
     {
         return false;
     }
-    let _ = (n, k);
+    let _ = (n, k); // only read where candle has tiles (x86)
     supports(dtype)
 }
 
