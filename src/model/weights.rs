@@ -5,7 +5,7 @@
 //! encode:
 //! - Q5_0 `d * (q - 16)` with 5-bit `q` is exactly Q8_0 with the same scale.
 //! - Q4_1 `d * q + m` is Q4_0 `d * (q - 8)` plus a per-block offset `c = m + 8d`, whose
-//!   contribution to `x · w` is `c` times the sum of `x` over the block: a small dense matmul.
+//!   contribution to `x · w` is `c` times the sum of `x` over the block (`add_block_offsets`).
 use super::decoder::Kernels;
 use super::gemm;
 use crate::{Error, Result};
@@ -67,25 +67,27 @@ impl QWeight {
     /// `x`: `(rows, in)` → `(rows, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
-        let y = match &self.matmul {
-            QMatMul::QTensor(w) if self.batched && rows >= BATCHED_FROM_ROWS && Self::batched_here(w) => {
-                let (out, inp) = w.shape().dims2()?;
-                let values = x.flatten_all()?.to_vec1::<f32>()?;
-                let y = gemm::matmul(w.dtype(), &w.data()?, out, inp, &values, rows);
-                Tensor::from_vec(y, (rows, out), x.device())?
-            }
-            _ => self.matmul.forward(x)?,
+        let batched = match &self.matmul {
+            QMatMul::QTensor(w) if self.batched && rows >= BATCHED_FROM_ROWS && Self::batched_here(w) => Some(w),
+            _ => None,
         };
-        Ok(match &self.block_offsets {
-            None => y,
-            Some(offsets) => {
-                let (rows, out) = y.dims2()?;
-                let sums = q8_block_sums(&x.flatten_all()?.to_vec1::<f32>()?);
-                let mut y = y.flatten_all()?.to_vec1::<f32>()?;
-                add_block_offsets(&mut y, out, &sums, offsets);
-                Tensor::from_vec(y, (rows, out), x.device())?
+        if batched.is_none() && self.block_offsets.is_none() {
+            return Ok(self.matmul.forward(x)?);
+        }
+        // Both remaining paths work on the values: read them out once.
+        let values = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut y = match batched {
+            Some(w) => {
+                let (out, inp) = w.shape().dims2()?;
+                gemm::matmul(w.dtype(), &w.data()?, out, inp, &values, rows)
             }
-        })
+            None => self.matmul.forward(x)?.flatten_all()?.to_vec1::<f32>()?,
+        };
+        let out = y.len() / rows;
+        if let Some(offsets) = &self.block_offsets {
+            add_block_offsets(&mut y, out, &q8_block_sums(&values), offsets);
+        }
+        Ok(Tensor::from_vec(y, (rows, out), x.device())?)
     }
 }
 
