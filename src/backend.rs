@@ -1,10 +1,10 @@
 //! Where the small model runs: on the GPU when an adapter can take it, else on the CPU. A GPU
 //! that fails mid-answer (a lost device, an error it reports) hands over to the CPU, which
 //! recomputes the conversation so far and goes on: the answer is not lost.
-use crate::generate::Slm;
+use crate::generate::{Slm, SlmStep};
 use crate::gpu::decoder::GpuDecoder;
 use crate::gpu::Gpu;
-use crate::model::decoder::{Decoder, Step};
+use crate::model::decoder::Decoder;
 use crate::model::gguf;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
@@ -99,9 +99,9 @@ impl Slm for SmallModel {
         }
     }
 
-    async fn forward(&mut self, tokens: &[u32]) -> Result<Step> {
+    async fn forward(&mut self, tokens: &[u32]) -> Result<SlmStep> {
         let step = match &mut self.backend {
-            Backend::Cpu(d) => d.forward(tokens)?,
+            Backend::Cpu(d) => d.forward(tokens)?.into(),
             Backend::Gpu(g) => match g.forward(tokens).await {
                 Ok(step) => step,
                 Err(e @ Error::Gpu(_)) => {
@@ -109,7 +109,7 @@ impl Slm for SmallModel {
                     let mut cpu = cpu_decoder(&gguf)?;
                     let mut all = self.context.clone();
                     all.extend_from_slice(tokens);
-                    let step = cpu.forward(&all)?;
+                    let step = cpu.forward(&all)?.into();
                     self.backend = Backend::Cpu(cpu);
                     self.cpu_reason = Some(format!("the GPU failed mid-answer ({e}); going on on the CPU"));
                     step

@@ -12,8 +12,8 @@ use crate::cloud::{Completion, CompletionRequest, Prompt};
 use crate::model::decoder::{Decoder, Step};
 use crate::model::tokenizer::{TextStream, Tokenizer};
 use crate::policy::{Policy, Signals};
-use crate::reward::{LogitFeatures, RewardHead};
-use crate::sampler::Sampler;
+use crate::reward::RewardHead;
+use crate::sampler::{Sampler, TopLogits};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::time::Duration;
@@ -26,9 +26,23 @@ pub trait Slm {
     /// Forgets the previous conversation (empties the KV cache).
     fn reset(&mut self);
     /// Runs new tokens after the cached ones; the step predicts the token after the last.
-    async fn forward(&mut self, tokens: &[u32]) -> Result<Step>;
+    async fn forward(&mut self, tokens: &[u32]) -> Result<SlmStep>;
     /// The input embedding of a token (the reward head reads it).
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>>;
+}
+
+/// What the loop reads of a step: the most likely next tokens, and the final hidden state
+/// (the reward head's input).
+#[derive(Debug, Clone)]
+pub struct SlmStep {
+    pub top: TopLogits,
+    pub hidden: Vec<f32>,
+}
+
+impl From<Step> for SlmStep {
+    fn from(step: Step) -> Self {
+        Self { top: TopLogits::from_logits(&step.logits), hidden: step.hidden }
+    }
 }
 
 impl Slm for Decoder {
@@ -36,8 +50,8 @@ impl Slm for Decoder {
         self.cache_mut().clear();
     }
 
-    async fn forward(&mut self, tokens: &[u32]) -> Result<Step> {
-        Decoder::forward(self, tokens)
+    async fn forward(&mut self, tokens: &[u32]) -> Result<SlmStep> {
+        Ok(Decoder::forward(self, tokens)?.into())
     }
 
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {
@@ -86,7 +100,8 @@ pub struct TokenEvent {
     pub source: Source,
     /// The reward head's score of the small model's proposal at this position, when scored.
     pub reward: Option<f32>,
-    /// The small model's probability of this token, when it was computed for it.
+    /// The small model's probability of this token, when known: not for the cloud's second
+    /// and later tokens of a consult, nor for one outside the small model's top tokens.
     pub slm_prob: Option<f32>,
 }
 
@@ -345,8 +360,8 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
         stats.prefill_secs = t.elapsed().as_secs_f64();
 
         'generation: while stats.tokens < self.config.max_tokens {
-            let proposal = self.sampler.sample(&step.logits);
-            let features = LogitFeatures::from_logits(&step.logits, proposal);
+            let proposal = self.sampler.sample_top(&step.top);
+            let features = step.top.features(proposal);
             let reward = match self.head {
                 Some(head) => Some(head.score(&step.hidden, &self.slm.token_embedding(proposal)?, &features)?),
                 None => None,
@@ -366,7 +381,7 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
                     Some(answer) => {
                         for (i, &id) in answer.ids.iter().enumerate() {
                             // The small model's view of the first cloud token is known; of later ones it is not.
-                            let slm_prob = (i == 0).then(|| LogitFeatures::from_logits(&step.logits, id).log_p.exp());
+                            let slm_prob = if i == 0 { step.top.log_prob(id).map(f32::exp) } else { None };
                             let reward = if i == 0 { reward } else { None };
                             emitted.push(TokenEvent { id, text: String::new(), source: Source::Cloud, reward, slm_prob });
                         }

@@ -32,7 +32,8 @@ pub fn shipped_head(slm: &str) -> Option<std::path::PathBuf> {
     path.exists().then_some(path)
 }
 
-/// Scalars of the next-token distribution at the position that proposes a token.
+/// Scalars of the next-token distribution at the position that proposes a token (softmax at
+/// temperature 1; computed by [`TopLogits::features`](crate::sampler::TopLogits::features)).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct LogitFeatures {
     /// Log-probability of the proposed token.
@@ -47,37 +48,6 @@ pub struct LogitFeatures {
 
 impl LogitFeatures {
     pub const COUNT: usize = 4;
-
-    /// The features of proposing `token` from these logits (softmax at temperature 1).
-    pub fn from_logits(logits: &[f32], token: u32) -> Self {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        // f64 sums: the vocabulary has ~150k entries.
-        let mut sum = 0f64;
-        let mut weighted = 0f64;
-        let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-        for &l in logits {
-            let z = (l - max) as f64;
-            let e = z.exp();
-            sum += e;
-            weighted += e * z;
-            if l > first {
-                second = first;
-                first = l;
-            } else if l > second {
-                second = l;
-            }
-        }
-        let log_sum = sum.ln();
-        let prob = |l: f32| ((l - max) as f64 - log_sum).exp() as f32;
-        let chosen = logits.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY);
-        Self {
-            log_p: ((chosen - max) as f64 - log_sum).max(-100.0) as f32,
-            top1_p: prob(first),
-            margin: prob(first) - if second.is_finite() { prob(second) } else { 0.0 },
-            // H = log Σe^z − Σ e^z·z / Σ e^z
-            entropy: (log_sum - weighted / sum).max(0.0) as f32,
-        }
-    }
 
     pub fn to_array(self) -> [f32; Self::COUNT] {
         [self.log_p, self.top1_p, self.margin, self.entropy]
@@ -238,15 +208,16 @@ mod tests {
         let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
         let p: Vec<f64> = logits.iter().map(|&l| (l as f64).exp() / z).collect();
         let entropy: f64 = -p.iter().map(|q| q * q.ln()).sum::<f64>();
-        let f = LogitFeatures::from_logits(&logits, 2);
+        let features = |logits: &[f32], token| crate::sampler::TopLogits::from_logits(logits).features(token);
+        let f = features(&logits, 2);
         assert!((f.log_p as f64 - p[2].ln()).abs() < 1e-5);
         assert!((f.top1_p as f64 - p[0]).abs() < 1e-6);
         assert!((f.margin as f64 - (p[0] - p[4])).abs() < 1e-6);
         assert!((f.entropy as f64 - entropy).abs() < 1e-5);
         // A tie for the top: margin 0.
-        assert_eq!(LogitFeatures::from_logits(&[1.0, 1.0, 0.0], 0).margin, 0.0);
+        assert_eq!(features(&[1.0, 1.0, 0.0], 0).margin, 0.0);
         // A certain distribution: entropy 0, top-1 probability 1.
-        let sure = LogitFeatures::from_logits(&[100.0, -100.0, -100.0], 0);
+        let sure = features(&[100.0, -100.0, -100.0], 0);
         assert!(sure.entropy < 1e-6 && (sure.top1_p - 1.0).abs() < 1e-6 && sure.log_p > -1e-6);
     }
 

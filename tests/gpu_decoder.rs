@@ -1,5 +1,6 @@
-//! The GPU decoder against the CPU decoder on the real models: after a prompt the logits
-//! agree within 3% of their range, and 16 greedy steps pick the same tokens. The difference is
+//! The GPU decoder against the CPU decoder on the real models: after a prompt (its matrix-
+//! matrix prefill) the logits agree within 3% of their range, the top tokens it sends back
+//! are the CPU's, and 16 greedy steps (matrix-vector) pick the same tokens. The difference is
 //! the CPU's: it rounds activations to 8 bits for its integer kernels (against candle's own
 //! reference it differs by up to 2.8% on smollm2-135m, tests/decoder_parity.rs), while the GPU
 //! computes in f32. On lavapipe here; any adapter elsewhere.
@@ -9,9 +10,9 @@ mod common;
 use hybrid_assistant::gpu::decoder::GpuDecoder;
 use hybrid_assistant::gpu::Gpu;
 use hybrid_assistant::model::{gguf, Model};
-use hybrid_assistant::sampler::argmax;
+use hybrid_assistant::sampler::{argmax, TopLogits};
 
-/// Raw text, short: lavapipe runs these kernels at a few tokens per second.
+/// Raw text, short: lavapipe runs these kernels at a few tokens per second (decode).
 const PROMPT: &str = "def is_prime(n):\n";
 
 fn compare(name: &str) {
@@ -26,16 +27,26 @@ fn compare(name: &str) {
     let prompt = cpu.tokenizer.encode(PROMPT).unwrap();
     let mut c = cpu.decoder.forward(&prompt).unwrap();
     let mut g = pollster::block_on(gpu.forward(&prompt)).unwrap();
+    let logits = pollster::block_on(gpu.last_logits()).unwrap();
     let range = c.logits.iter().fold(f32::MIN, |a, &b| a.max(b)) - c.logits.iter().fold(f32::MAX, |a, &b| a.min(b));
-    let worst = c.logits.iter().zip(&g.logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let worst = c.logits.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     eprintln!("{name}: logits after the prompt differ by at most {worst:.4} ({:.2}% of the range {range:.2})", 100.0 * worst / range);
     assert!(worst <= 0.03 * range, "{name}: logits differ by {worst}, more than 3% of their range {range}");
     let hidden_diff = c.hidden.iter().zip(&g.hidden).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(hidden_diff < 0.05 * c.hidden.iter().fold(0.0f32, |a, &b| a.max(b.abs())), "{name}: hidden states differ by {hidden_diff}");
+    // What comes back is the summary of those logits.
+    assert_eq!(g.top, TopLogits::from_candidates(g.top.ids.iter().map(|&i| (i, logits[i as usize])).collect(), g.top.log_sum_exp, g.top.entropy));
+    let whole = TopLogits::from_logits(&logits);
+    assert_eq!(g.top.ids, whole.ids, "{name}: the top tokens of the GPU's own logits");
+    assert!((g.top.log_sum_exp - whole.log_sum_exp).abs() < 1e-3 * whole.log_sum_exp.abs().max(1.0));
+    let cpu_top = TopLogits::from_logits(&c.logits);
+    let shared = cpu_top.ids[..8].iter().filter(|id| g.top.ids[..8].contains(id)).count();
+    eprintln!("{name}: {shared} of the CPU's top 8 tokens are the GPU's; entropy {:.3} vs {:.3}", cpu_top.entropy, g.top.entropy);
+    assert!((cpu_top.entropy - g.top.entropy).abs() < 0.1 * cpu_top.entropy.max(0.5), "{name}: entropy");
 
     let (mut cpu_ids, mut gpu_ids) = (Vec::new(), Vec::new());
     for _ in 0..16 {
-        let (a, b) = (argmax(&c.logits), argmax(&g.logits));
+        let (a, b) = (argmax(&c.logits), g.top.argmax());
         cpu_ids.push(a);
         gpu_ids.push(b);
         c = cpu.decoder.forward(&[a]).unwrap();
@@ -53,6 +64,39 @@ fn smollm2_on_the_gpu_matches_the_cpu() {
 #[test]
 fn qwen_coder_0_5b_on_the_gpu_matches_the_cpu() {
     compare("qwen2.5-coder-0.5b");
+}
+
+#[test]
+fn a_prompt_longer_than_a_chunk_matches_the_cpu_whole_and_in_pieces() {
+    use hybrid_assistant::gpu::decoder::CHUNK;
+    let path = common::model_path("smollm2-135m");
+    let mut cpu = Model::load(&path).unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf::read_content(&mut file).unwrap();
+    let gpu = pollster::block_on(Gpu::new()).unwrap().expect("no GPU adapter: install mesa-vulkan-drivers (lavapipe)");
+    let mut gpu = GpuDecoder::from_gguf(gpu, &content, &mut file).unwrap();
+    let text = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n".repeat(4);
+    let prompt = cpu.tokenizer.encode(&text).unwrap();
+    assert!(prompt.len() > CHUNK + 1, "{} tokens", prompt.len());
+    let c = cpu.decoder.forward(&prompt).unwrap();
+    let cpu_top = TopLogits::from_logits(&c.logits);
+    let whole = pollster::block_on(gpu.forward(&prompt)).unwrap();
+    let logits = pollster::block_on(gpu.last_logits()).unwrap();
+    let range = c.logits.iter().fold(f32::MIN, |a, &b| a.max(b)) - c.logits.iter().fold(f32::MAX, |a, &b| a.min(b));
+    let worst = c.logits.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    eprintln!("{} tokens: logits differ by at most {worst:.4} ({:.2}% of the range)", prompt.len(), 100.0 * worst / range);
+    assert!(worst <= 0.03 * range, "logits differ by {worst}, more than 3% of their range {range}");
+    assert_eq!(whole.top.argmax(), cpu_top.argmax());
+    // The same prompt in uneven pieces (a chunk boundary inside a piece, one single token).
+    gpu.clear();
+    let (a, b) = (prompt.len() / 3, prompt.len() - 1);
+    for piece in [&prompt[..a], &prompt[a..b], &prompt[b..]] {
+        pollster::block_on(gpu.forward(piece)).unwrap();
+    }
+    let pieces = pollster::block_on(gpu.last_logits()).unwrap();
+    let apart = logits.iter().zip(&pieces).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(apart <= 1e-3 * range, "whole and in pieces differ by {apart}");
+    assert_eq!(gpu.kv_len(), prompt.len());
 }
 
 #[test]
@@ -75,7 +119,7 @@ fn a_gpu_lost_mid_answer_hands_over_to_the_cpu_without_losing_the_answer() {
         if i == 4 {
             slm.lose_gpu();
         }
-        let (a, b) = (argmax(&c.logits), argmax(&g.logits));
+        let (a, b) = (argmax(&c.logits), g.top.argmax());
         cpu_ids.push(a);
         ids.push(b);
         c = cpu.decoder.forward(&[a]).unwrap();

@@ -1,6 +1,7 @@
 //! The GPU backend's quantized kernels against the CPU, for every format our models use:
-//! dequantization must equal candle's, and a matrix-vector product must match the dequantized
-//! matrix times the vector. Runs on whatever adapter wgpu finds; on a machine without a GPU,
+//! dequantization must equal candle's, and the matrix-vector (decode) and matrix-matrix
+//! (prefill) products must match the dequantized matrix times the input; the logit summary
+//! must hold the top logits and the whole vocabulary's normaliser and entropy. Runs on whatever adapter wgpu finds; on a machine without a GPU,
 //! Mesa's lavapipe (`apt-get install mesa-vulkan-drivers`, done by `make setup`).
 #![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -58,11 +59,35 @@ fn matvec_matches_the_dequantized_product_for_every_format() {
         let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         let x = values(cols, 7);
         let m = GpuMatrix::upload(&gpu, "w", &q).unwrap();
-        let got = pollster::block_on(m.matvec(&gpu, &x)).unwrap();
+        let got = pollster::block_on(m.product(&gpu, &x, 1)).unwrap();
         for (r, row) in w.iter().enumerate() {
             let want: f64 = row.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
             let scale: f64 = row.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
             assert!((got[r] as f64 - want).abs() <= 1e-5 * scale.max(1.0), "{dtype:?} row {r}: GPU {}, CPU {want}", got[r]);
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_the_dequantized_product_for_every_format() {
+    let gpu = gpu();
+    for (i, dtype) in FORMATS.into_iter().enumerate() {
+        // Neither the rows nor the tokens fill the last 32×32 tile.
+        let (rows, cols, tokens) = (67, 768, 37);
+        let q = quantized(rows, cols, dtype, 200 + i as u32);
+        let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let x = values(tokens * cols, 17);
+        let m = GpuMatrix::upload(&gpu, "w", &q).unwrap();
+        let got = pollster::block_on(m.product(&gpu, &x, tokens)).unwrap();
+        assert_eq!(got.len(), tokens * rows);
+        for t in 0..tokens {
+            let xt = &x[t * cols..(t + 1) * cols];
+            for (r, row) in w.iter().enumerate() {
+                let want: f64 = row.iter().zip(xt).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let scale: f64 = row.iter().zip(xt).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                let g = got[t * rows + r];
+                assert!((g as f64 - want).abs() <= 1e-5 * scale.max(1.0), "{dtype:?} token {t} row {r}: GPU {g}, CPU {want}");
+            }
         }
     }
 }
@@ -74,7 +99,7 @@ fn matvec_covers_more_rows_than_one_dispatch_dimension_holds() {
     let q = quantized(rows, cols, GgmlDType::Q8_0, 9);
     let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
     let x = values(cols, 3);
-    let got = pollster::block_on(GpuMatrix::upload(&gpu, "tall", &q).unwrap().matvec(&gpu, &x)).unwrap();
+    let got = pollster::block_on(GpuMatrix::upload(&gpu, "tall", &q).unwrap().product(&gpu, &x, 1)).unwrap();
     for r in [0, 1, 65534, 65535, 65536, rows - 1] {
         let want: f32 = w[r].iter().zip(&x).map(|(a, b)| a * b).sum();
         assert!((got[r] - want).abs() <= 1e-4 * want.abs().max(1.0), "row {r}: GPU {}, CPU {want}", got[r]);
@@ -97,19 +122,54 @@ fn a_matrix_larger_than_one_binding_is_split_by_rows() {
     let q = quantized(37, 32, GgmlDType::Q8_0, 11);
     let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
     let m = GpuMatrix::upload(&gpu, "split", &q).unwrap();
-    let x = values(32, 5);
-    let got = pollster::block_on(m.matvec(&gpu, &x)).unwrap();
-    for (r, row) in w.iter().enumerate() {
-        let want: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
-        assert!((got[r] - want).abs() <= 1e-4 * want.abs().max(1.0), "row {r}: GPU {}, CPU {want}", got[r]);
+    for tokens in [1, 2] {
+        let x = values(tokens * 32, 5);
+        let got = pollster::block_on(m.product(&gpu, &x, tokens)).unwrap();
+        for t in 0..tokens {
+            for (r, row) in w.iter().enumerate() {
+                let want: f32 = row.iter().zip(&x[t * 32..]).map(|(a, b)| a * b).sum();
+                let g = got[t * 37 + r];
+                assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{tokens} tokens, token {t} row {r}: GPU {g}, CPU {want}");
+            }
+        }
     }
     let all = pollster::block_on(m.dequantize(&gpu)).unwrap();
     assert_eq!(all, w.concat(), "dequantized across parts");
-    // A one-row lookup finds its part (the embedding lookup of the decoder).
-    let out = gpu.output("row", 32);
-    let ops = m.rows_ops(&gpu, Some(1), &out);
-    for row in [0, 9, 10, 29, 36] {
-        gpu.run(&[hybrid_assistant::gpu::quant::lookup(&gpu, &ops, row)]);
-        assert_eq!(pollster::block_on(gpu.read_f32(&out, 32)).unwrap(), w[row], "row {row}");
+    // A gather of rows finds each row's part (the embedding lookup of the decoder).
+    let ids = [0, 9, 10, 29, 36, 10];
+    let rows = pollster::block_on(m.gather(&gpu, &ids)).unwrap();
+    for (t, &id) in ids.iter().enumerate() {
+        assert_eq!(rows[t * 32..(t + 1) * 32], w[id as usize], "row {id}");
     }
+}
+
+#[test]
+fn the_logit_summary_holds_the_top_logits_and_the_whole_normaliser() {
+    use hybrid_assistant::gpu::decoder::summarize;
+    use hybrid_assistant::sampler::TopLogits;
+    let gpu = gpu();
+    let check = |what: &str, logits: &[f32]| {
+        let want = TopLogits::from_logits(logits);
+        let got = pollster::block_on(summarize(&gpu, logits)).unwrap();
+        assert_eq!(got.ids, want.ids, "{what}: the top ids, in order");
+        assert_eq!(got.logits, want.logits, "{what}: their logits");
+        assert!((got.log_sum_exp - want.log_sum_exp).abs() <= 1e-4 * want.log_sum_exp.abs().max(1.0), "{what}: log Σ exp {} vs {}", got.log_sum_exp, want.log_sum_exp);
+        assert!((got.entropy - want.entropy).abs() <= 1e-3 * want.entropy.max(1.0), "{what}: entropy {} vs {}", got.entropy, want.entropy);
+    };
+    // A vocabulary of qwen's size, logits rounded to 1/64 so that many tie.
+    let vocab = 151_936;
+    let wide: Vec<f32> = values(vocab, 21).iter().map(|v| (v * 6.0 * 64.0).round() / 64.0).collect();
+    check("qwen-sized, with ties", &wide);
+    // A peaked distribution: fewer than 64 logits within 32 of the top, and only those kept.
+    let mut peaked = vec![-100.0f32; 49_152];
+    for (i, l) in [(7usize, 30.0f32), (40_000, 29.5), (3, 12.0), (11, -1.5)] {
+        peaked[i] = l;
+    }
+    check("peaked", &peaked);
+    // 100 tokens tied for the top: the lowest ids first, as greedy choice wants.
+    let mut tied = values(50_000, 5);
+    for i in (0..50_000).step_by(500) {
+        tied[i] = 9.0;
+    }
+    check("tied", &tied);
 }

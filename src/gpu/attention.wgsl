@@ -1,4 +1,4 @@
-// ---- attention: one workgroup per query head over the cached positions 0..=pos ----
+// ---- attention: one workgroup per query head h and token t, over positions 0..=pos + t ----
 @group(0) @binding(0) var<storage, read> att_q: array<f32>;
 @group(0) @binding(1) var<storage, read> att_k: array<f32>;
 @group(0) @binding(2) var<storage, read> att_v: array<f32>;
@@ -14,10 +14,11 @@ var<workgroup> reduce: array<f32, 64>;
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let hd = att_params.n;
   let h = wid.x;
+  let t = wid.y;
   let g = h / (att_params.heads / att_params.kv_heads);
-  let seen = att_params.pos + 1u;
+  let seen = att_params.pos + t + 1u;
   let scale = 1.0 / sqrt(f32(hd));
-  let q = h * hd;
+  let q = (t * att_params.heads + h) * hd;
   var m = -3.4e38;
   for (var j = lid.x; j < seen; j += 64u) {
     let k = j * att_params.kv_row + g * hd;

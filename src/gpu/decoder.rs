@@ -1,14 +1,14 @@
 //! The decoder on the GPU: the same llama/qwen2 computation as `model::decoder`, with the
-//! weights in their GGUF blocks on the device and the KV cache there too. A step (one token)
-//! is one submission; only the logits and the final hidden state come back, and only for the
-//! last token of a prompt.
-//!
-//! Prompts run token by token (matrix-vector products); a batched prefill kernel is next.
-use super::quant::{lookup, GpuMatrix, MatOp, Product};
-use super::{bytes_of, Gpu, Op};
+//! weights in their GGUF blocks on the device and the KV cache there too. A step (one token,
+//! or up to [`CHUNK`] tokens of a prompt, through the matrix-matrix kernel) is one
+//! submission; only a summary of the last token's logits (`logit_summary.wgsl`: the top ones,
+//! normaliser and entropy) and its final hidden state come back.
+use super::quant::{Batch, GpuMatrix, MatOp, Product};
+use super::{bytes_of, Gpu, Groups, Op};
 use crate::model::attention::Rope;
 use crate::model::config::{ModelConfig, RopeLayout};
-use crate::model::decoder::Step;
+use crate::generate::SlmStep;
+use crate::sampler::TopLogits;
 use crate::model::gguf::tensor;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
@@ -18,6 +18,11 @@ use std::io::{Read, Seek};
 const PARAMS: &str = include_str!("params.wgsl");
 /// Positions the GPU KV cache holds (the attention kernel keeps this many scores on chip).
 pub const MAX_POSITIONS: usize = 2048;
+/// Prompt tokens one step computes (activation buffers hold this many rows).
+pub const CHUNK: usize = 128;
+/// Logits the summary sends back at most (`CAP` in logit_summary.wgsl), and words in all.
+const SUMMARY_CAP: usize = 128;
+const SUMMARY_WORDS: usize = 4 + 2 * SUMMARY_CAP;
 
 /// The f32 kernels, each from its own file with the shared `Params`.
 fn kernel(gpu: &Gpu, name: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
@@ -26,6 +31,7 @@ fn kernel(gpu: &Gpu, name: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
         "rope" => include_str!("rope.wgsl"),
         "attention" => include_str!("attention.wgsl"),
         "silu_mul" => include_str!("silu_mul.wgsl"),
+        "logit_summary" => include_str!("logit_summary.wgsl"),
         other => unreachable!("no kernel {other}"),
     };
     gpu.pipeline(name, || format!("{PARAMS}\n{source}"), name)
@@ -53,6 +59,7 @@ impl Params {
     }
 }
 
+/// A layer's dispatches, in order.
 struct LayerOps {
     attn_norm: Op,
     q: Vec<MatOp>,
@@ -75,18 +82,26 @@ pub struct GpuDecoder {
     vocab: usize,
     /// Positions in the KV cache; the next token goes here.
     len: usize,
-    /// One-row lookups in the embedding table, one per part of it.
-    embed: Vec<MatOp>,
+    /// The step's token ids, and its size and position for the matrix ops.
+    ids: wgpu::Buffer,
+    batch: Batch,
+    /// Embedding lookups of the step's ids, one per part of the table.
+    embed: Vec<Op>,
     layers: Vec<LayerOps>,
-    /// Every layer's rope_q and attention read `q_step`: position `pos`.
+    /// Every layer's rope_q and attention read `q_step`: the step's first position `pos`.
     q_params: Params,
     q_step: wgpu::Buffer,
     /// Every layer's rope_k reads `k_step`: position `pos`, rotating in the cache at `pos * kv_row`.
     k_params: Params,
     k_step: wgpu::Buffer,
+    /// The final norm of the step's last row.
+    output_params: Params,
+    output_step: wgpu::Buffer,
     output_norm: Op,
     output: Vec<MatOp>,
     logits: wgpu::Buffer,
+    summarize: Op,
+    summary: wgpu::Buffer,
     hidden: wgpu::Buffer,
     /// Keeps the weights of the ops alive and names what was uploaded.
     _matrices: Vec<GpuMatrix>,
@@ -109,9 +124,12 @@ impl GpuDecoder {
             let values = tensor(content, reader, name, &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
             gpu.storage(name, bytes_of(&values), wgpu::BufferUsages::empty())
         };
-        let buffer = |label: &str, len: usize| gpu.output(label, len);
-        let (x, h, q, att) = (buffer("x", d), buffer("h", d), buffer("q", c.n_head * hd), buffer("att", c.n_head * hd));
-        let (gate, up) = (buffer("gate", c.n_ff), buffer("up", c.n_ff));
+        // Activations: a row per token of the step.
+        let rows = |label: &str, width: usize| gpu.output(label, CHUNK * width);
+        let (x, h, q, att) = (rows("x", d), rows("h", d), rows("q", c.n_head * hd), rows("att", c.n_head * hd));
+        let (gate, up) = (rows("gate", c.n_ff), rows("up", c.n_ff));
+        let ids = gpu.storage("ids", &[0; 4 * CHUNK], wgpu::BufferUsages::empty())?;
+        let batch = Batch::new(&gpu);
         let rope = Rope::new(c);
         let (rope_cos, rope_sin) = rope.tables();
         let half = hd / 2;
@@ -125,16 +143,17 @@ impl GpuDecoder {
         let q_params = Params { n: hd as u32, heads: c.n_head as u32, kv_heads: c.n_head_kv as u32, kv_row: kv_row as u32, rope_layout, ..Default::default() };
         let k_params = Params { heads: c.n_head_kv as u32, ..q_params };
         let (q_step, k_step) = (gpu.uniform("q step", &q_params.bytes()), gpu.uniform("k step", &k_params.bytes()));
-        let norm_params = gpu.uniform("norm", &Params { n: d as u32, eps: c.rms_eps, ..Default::default() }.bytes());
+        let norm_params = Params { n: d as u32, eps: c.rms_eps, ..Default::default() };
+        let norm_uniform = gpu.uniform("norm", &norm_params.bytes());
         let silu_params = gpu.uniform("silu", &Params { n: c.n_ff as u32, ..Default::default() }.bytes());
         let norm = |x: &wgpu::Buffer, w: &wgpu::Buffer, out: &wgpu::Buffer| {
-            gpu.op(kernel(&gpu, "rms_norm"), &[(0, x), (1, w), (2, out)], (3, &norm_params), (1, 1))
+            gpu.op(kernel(&gpu, "rms_norm"), &[(0, x), (1, w), (2, out), (3, &norm_uniform)], Groups::per_token(1))
         };
-        let groups = |n: usize| ((n as u32).div_ceil(64), 1);
+        let across = |n: usize| (n as u32).div_ceil(64);
 
         let embedding_cpu = tensor(content, reader, "token_embd.weight", &Device::Cpu)?;
         let embedding = GpuMatrix::upload(&gpu, "token_embd.weight", &embedding_cpu)?;
-        let embed = embedding.rows_ops(&gpu, Some(1), &x);
+        let embed = embedding.gather_ops(&gpu, &ids, &x, &batch);
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let name = |n: &str| format!("blk.{i}.{n}");
@@ -144,41 +163,49 @@ impl GpuDecoder {
                     false => Ok(None),
                 }
             };
-            let (k_cache, v_cache) = (buffer("k cache", positions * kv_row), buffer("v cache", positions * kv_row));
+            let (k_cache, v_cache) = (gpu.output("k cache", positions * kv_row), gpu.output("v cache", positions * kv_row));
             let (wq, bq) = (upload(&name("attn_q.weight"), reader)?, bias("attn_q", reader)?);
             let (wk, bk) = (upload(&name("attn_k.weight"), reader)?, bias("attn_k", reader)?);
             let (wv, bv) = (upload(&name("attn_v.weight"), reader)?, bias("attn_v", reader)?);
             let wo = upload(&name("attn_output.weight"), reader)?;
             let (wg, wu, wd) = (upload(&name("ffn_gate.weight"), reader)?, upload(&name("ffn_up.weight"), reader)?, upload(&name("ffn_down.weight"), reader)?);
             let (attn_norm_w, ffn_norm_w) = (floats(&name("attn_norm.weight"), reader)?, floats(&name("ffn_norm.weight"), reader)?);
+            let product = |m: &GpuMatrix, x: &wgpu::Buffer, y: &wgpu::Buffer, p: Product| m.product_ops(&gpu, x, y, &batch, p);
+            // K and V go straight into the layer's cache at the step's positions.
+            let cached = |bias| Product { bias, at_position: true, ..Default::default() };
+            let residual = Product { accumulate: true, ..Default::default() };
             let ops = LayerOps {
                 attn_norm: norm(&x, &attn_norm_w, &h),
-                q: wq.matvec_ops(&gpu, &h, &q, Product { bias: bq.as_ref(), ..Default::default() })?,
-                k: wk.matvec_ops(&gpu, &h, &k_cache, Product { bias: bk.as_ref(), ..Default::default() })?,
-                v: wv.matvec_ops(&gpu, &h, &v_cache, Product { bias: bv.as_ref(), ..Default::default() })?,
-                rope_q: gpu.op(kernel(&gpu, "rope"), &[(0, &q), (1, &rope_table)], (2, &q_step), groups(c.n_head * half)),
-                rope_k: gpu.op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table)], (2, &k_step), groups(c.n_head_kv * half)),
-                attention: gpu.op(kernel(&gpu, "attention"), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att)], (4, &q_step), (c.n_head as u32, 1)),
-                o: wo.matvec_ops(&gpu, &att, &x, Product { accumulate: true, ..Default::default() })?,
+                q: product(&wq, &h, &q, Product { bias: bq.as_ref(), ..Default::default() })?,
+                k: product(&wk, &h, &k_cache, cached(bk.as_ref()))?,
+                v: product(&wv, &h, &v_cache, cached(bv.as_ref()))?,
+                rope_q: gpu.op(kernel(&gpu, "rope"), &[(0, &q), (1, &rope_table), (2, &q_step)], Groups::per_token(across(c.n_head * half))),
+                rope_k: gpu.op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table), (2, &k_step)], Groups::per_token(across(c.n_head_kv * half))),
+                attention: gpu.op(kernel(&gpu, "attention"), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)], Groups::per_token(c.n_head as u32)),
+                o: product(&wo, &att, &x, residual)?,
                 ffn_norm: norm(&x, &ffn_norm_w, &h),
-                gate: wg.matvec_ops(&gpu, &h, &gate, Product::default())?,
-                up: wu.matvec_ops(&gpu, &h, &up, Product::default())?,
-                silu: gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up)], (2, &silu_params), groups(c.n_ff)),
-                down: wd.matvec_ops(&gpu, &gate, &x, Product { accumulate: true, ..Default::default() })?,
+                gate: product(&wg, &h, &gate, Product::default())?,
+                up: product(&wu, &h, &up, Product::default())?,
+                silu: gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up), (2, &silu_params)], Groups::per_token(across(c.n_ff))),
+                down: product(&wd, &gate, &x, residual)?,
             };
             layers.push(ops);
             matrices.extend([wq, wk, wv, wo, wg, wu, wd]);
         }
-        let hidden = buffer("hidden", d);
-        let output_norm = norm(&x, &floats("output_norm.weight", reader)?, &hidden);
+        let hidden = gpu.output("hidden", d);
+        let output_params = norm_params;
+        let output_step = gpu.uniform("output norm", &output_params.bytes());
+        let output_norm_w = floats("output_norm.weight", reader)?;
+        let output_norm = gpu.op(kernel(&gpu, "rms_norm"), &[(0, &x), (1, &output_norm_w), (2, &hidden), (3, &output_step)], Groups::fixed(1, 1));
         // Small models tie the output projection to the embedding table.
         let output_matrix = match content.tensor_infos.contains_key("output.weight") {
             true => Some(upload("output.weight", reader)?),
             false => None,
         };
         let vocab = output_matrix.as_ref().unwrap_or(&embedding).rows;
-        let logits = buffer("logits", vocab);
-        let output = output_matrix.as_ref().unwrap_or(&embedding).matvec_ops(&gpu, &hidden, &logits, Product::default())?;
+        let logits = gpu.output("logits", vocab);
+        let output = output_matrix.as_ref().unwrap_or(&embedding).product_ops(&gpu, &hidden, &logits, &batch, Product::default())?;
+        let (summarize, summary) = summary_op(&gpu, &logits, vocab);
         matrices.push(embedding);
         matrices.extend(output_matrix);
         Ok(Self {
@@ -186,15 +213,21 @@ impl GpuDecoder {
             config,
             vocab,
             len: 0,
+            ids,
+            batch,
             embed,
             layers,
             q_params,
             q_step,
             k_params,
             k_step,
+            output_params,
+            output_step,
             output_norm,
             output,
             logits,
+            summarize,
+            summary,
             hidden,
             _matrices: matrices,
             embedding_cpu,
@@ -233,8 +266,9 @@ impl GpuDecoder {
         self.len = 0;
     }
 
-    /// Runs `tokens` after the cached positions; the step predicts the token after the last.
-    pub async fn forward(&mut self, tokens: &[u32]) -> Result<Step> {
+    /// Runs `tokens` after the cached positions, [`CHUNK`] at a time; the step predicts the
+    /// token after the last.
+    pub async fn forward(&mut self, tokens: &[u32]) -> Result<SlmStep> {
         let capacity = MAX_POSITIONS.min(self.config.context_length);
         if tokens.is_empty() {
             return Err(Error::InvalidInput("forward needs at least one token".into()));
@@ -249,49 +283,83 @@ impl GpuDecoder {
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
             return Err(Error::InvalidInput(format!("token id {bad} is outside the vocabulary of {} ids", self.vocab)));
         }
-        for (i, &token) in tokens.iter().enumerate() {
-            self.step(token, i + 1 == tokens.len());
+        let chunks = tokens.len().div_ceil(CHUNK);
+        for (i, chunk) in tokens.chunks(CHUNK).enumerate() {
+            self.step(chunk, i + 1 == chunks);
         }
-        let mut read = self.gpu.read_f32s(&[(&self.logits, self.vocab), (&self.hidden, self.config.n_embd)]).await?;
+        let mut read = self.gpu.read_words(&[(&self.summary, SUMMARY_WORDS), (&self.hidden, self.config.n_embd)]).await?;
         self.gpu.check()?;
-        let (hidden, logits) = (read.pop().expect("hidden"), read.pop().expect("logits"));
-        Ok(Step { logits, hidden })
+        let (hidden, summary) = (read.pop().expect("hidden"), read.pop().expect("summary"));
+        Ok(SlmStep { top: top_logits(&summary)?, hidden: hidden.into_iter().map(f32::from_bits).collect() })
     }
 
-    /// One token at position `len`, in one submission; the output projection only when its
-    /// logits are wanted.
-    fn step(&mut self, token: u32, last: bool) {
-        let pos = self.len as u32;
+    /// The whole vocabulary's logits of the last step (what the summary is computed from; for
+    /// tests: the decoder itself reads back only the summary).
+    pub async fn last_logits(&self) -> Result<Vec<f32>> {
+        self.gpu.read_f32(&self.logits, self.vocab).await
+    }
+
+    /// `tokens` at positions `len..`, in one submission; the output projection and its
+    /// summary only when the step's logits are wanted.
+    fn step(&mut self, tokens: &[u32], last: bool) {
+        let (n, pos) = (tokens.len(), self.len as u32);
         let gpu = &self.gpu;
-        let kv_offset = pos * self.q_params.kv_row;
+        gpu.queue.write_buffer(&self.ids, 0, bytes_of(tokens));
+        self.batch.write(gpu, n, pos as usize);
         gpu.queue.write_buffer(&self.q_step, 0, &Params { pos, ..self.q_params }.bytes());
-        gpu.queue.write_buffer(&self.k_step, 0, &Params { pos, offset: kv_offset, ..self.k_params }.bytes());
-        // K and V go straight into each layer's cache at this position.
-        for layer in &self.layers {
-            for m in layer.k.iter().chain(&layer.v) {
-                m.write_y_offset(gpu, kv_offset);
-            }
-        }
-        let mut ops: Vec<&Op> = vec![lookup(gpu, &self.embed, token as usize)];
+        gpu.queue.write_buffer(&self.k_step, 0, &Params { pos, offset: pos * self.q_params.kv_row, ..self.k_params }.bytes());
+        let product = |ops| for_tokens(ops, n);
+        let mut ops: Vec<&Op> = self.embed.iter().collect();
         for l in &self.layers {
             ops.push(&l.attn_norm);
-            ops.extend(all(&l.q).into_iter().chain(all(&l.k)).chain(all(&l.v)));
+            ops.extend(product(&l.q).into_iter().chain(product(&l.k)).chain(product(&l.v)));
             ops.extend([&l.rope_q, &l.rope_k, &l.attention]);
-            ops.extend(all(&l.o));
+            ops.extend(product(&l.o));
             ops.push(&l.ffn_norm);
-            ops.extend(all(&l.gate).into_iter().chain(all(&l.up)));
+            ops.extend(product(&l.gate).into_iter().chain(product(&l.up)));
             ops.push(&l.silu);
-            ops.extend(all(&l.down));
+            ops.extend(product(&l.down));
         }
         if last {
+            let offset = ((n - 1) * self.config.n_embd) as u32;
+            gpu.queue.write_buffer(&self.output_step, 0, &Params { offset, ..self.output_params }.bytes());
             ops.push(&self.output_norm);
-            ops.extend(all(&self.output));
+            ops.extend(self.output.iter().map(|m| m.for_tokens(1)));
+            ops.push(&self.summarize);
         }
-        gpu.run(&ops);
-        self.len += 1;
+        gpu.run(&ops, n as u32);
+        self.len += n;
     }
 }
 
-fn all(ops: &[MatOp]) -> Vec<&Op> {
-    ops.iter().map(|m| &m.op).collect()
+/// The summary of `vocab` logits (`logit_summary.wgsl`), and the buffer it writes.
+fn summary_op(gpu: &Gpu, logits: &wgpu::Buffer, vocab: usize) -> (Op, wgpu::Buffer) {
+    let summary = gpu.output("logit summary", SUMMARY_WORDS);
+    let params = gpu.uniform("summary", &Params { n: vocab as u32, heads: TopLogits::K as u32, ..Default::default() }.bytes());
+    (gpu.op(kernel(gpu, "logit_summary"), &[(0, logits), (1, &summary), (2, &params)], Groups::fixed(1, 1)), summary)
+}
+
+/// What the decoder reads back of `logits`, computed on the GPU (for tests of the kernel).
+pub async fn summarize(gpu: &Gpu, logits: &[f32]) -> Result<TopLogits> {
+    let buffer = gpu.storage("logits", bytes_of(logits), wgpu::BufferUsages::empty())?;
+    let (op, summary) = summary_op(gpu, &buffer, logits.len());
+    gpu.run(&[&op], 1);
+    let words = gpu.read_words(&[(&summary, SUMMARY_WORDS)]).await?.pop().expect("one read");
+    gpu.check()?;
+    top_logits(&words)
+}
+
+fn for_tokens(ops: &[MatOp], tokens: usize) -> Vec<&Op> {
+    ops.iter().map(|m| m.for_tokens(tokens)).collect()
+}
+
+/// The top logits from `logit_summary.wgsl`'s words: found, max, log Σ exp, entropy, then
+/// (id, logit bits) pairs.
+fn top_logits(words: &[u32]) -> Result<TopLogits> {
+    let found = (words[0] as usize).min(SUMMARY_CAP);
+    if found == 0 {
+        return Err(Error::Gpu("the GPU's logits are not numbers (no top logit found)".into()));
+    }
+    let candidates = words[4..4 + 2 * found].chunks_exact(2).map(|p| (p[0], f32::from_bits(p[1]))).collect();
+    Ok(TopLogits::from_candidates(candidates, f32::from_bits(words[2]), f32::from_bits(words[3])))
 }

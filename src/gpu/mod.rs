@@ -2,10 +2,10 @@
 //! in the browser on WebGPU. Weights stay in their GGUF blocks on the GPU and are
 //! dequantized inside the kernels (`quant.wgsl`).
 //!
-//! This is the backend's first layer: the device with the limits the decoder needs, weight
-//! upload, and the quantized kernels (dequantize, matrix-vector), each checked against the
-//! CPU's dequantization for every format our models use (`tests/gpu_kernels.rs`). The decoder
-//! on top (norms, rotary, attention over a GPU KV cache, one submission per step) is next.
+//! Here: the device with the limits the decoder needs, buffers, dispatches and readback.
+//! `quant` holds the quantized matrices and their kernels (dequantize, gather, matrix-vector
+//! for a decode step, matrix-matrix for a prefill), each checked against the CPU for every
+//! format our models use (`tests/gpu_kernels.rs`); `decoder` the model on top of them.
 pub mod decoder;
 pub mod quant;
 
@@ -26,19 +26,49 @@ pub struct Gpu {
 }
 
 /// One kernel dispatch with its bindings, built once and encoded again for every step; what
-/// changes between steps is written into its `params` uniform (possibly shared with others).
+/// changes between steps is written into uniforms it shares with others.
 pub struct Op {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
-    groups: (u32, u32),
-    pub params: wgpu::Buffer,
+    groups: Groups,
+}
+
+/// Workgroups of a dispatch: `x` across, and down dimension y either a fixed count or one
+/// per token (or per tile of tokens) of the step that runs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Groups {
+    pub x: u32,
+    pub y: Span,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Span {
+    Fixed(u32),
+    Tokens,
+    TokenTiles(u32),
+}
+
+impl Groups {
+    pub fn fixed(x: u32, y: u32) -> Self {
+        Self { x, y: Span::Fixed(y) }
+    }
+
+    pub fn per_token(x: u32) -> Self {
+        Self { x, y: Span::Tokens }
+    }
 }
 
 impl Op {
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Dispatches for a step of `tokens` tokens.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, tokens: u32) {
+        let y = match self.groups.y {
+            Span::Fixed(y) => y,
+            Span::Tokens => tokens,
+            Span::TokenTiles(tile) => tokens.div_ceil(tile),
+        };
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(self.groups.0, self.groups.1, 1);
+        pass.dispatch_workgroups(self.groups.x, y, 1);
     }
 }
 
@@ -165,25 +195,23 @@ impl Gpu {
         buffer
     }
 
-    /// One dispatch of `pipeline` with `buffers` at their binding numbers and the uniform
-    /// `params` at its binding (ops that read the same values share one), over `groups`
-    /// workgroups.
-    pub fn op(&self, pipeline: Arc<wgpu::ComputePipeline>, buffers: &[(u32, &wgpu::Buffer)], params: (u32, &wgpu::Buffer), groups: (u32, u32)) -> Op {
-        let mut entries: Vec<wgpu::BindGroupEntry> =
+    /// One dispatch of `pipeline` with `buffers` (uniforms included) at their binding numbers.
+    pub fn op(&self, pipeline: Arc<wgpu::ComputePipeline>, buffers: &[(u32, &wgpu::Buffer)], groups: Groups) -> Op {
+        let entries: Vec<wgpu::BindGroupEntry> =
             buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry { binding: *binding, resource: b.as_entire_binding() }).collect();
-        entries.push(wgpu::BindGroupEntry { binding: params.0, resource: params.1.as_entire_binding() });
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-        Op { pipeline, bind_group, groups, params: params.1.clone() }
+        Op { pipeline, bind_group, groups }
     }
 
-    /// Runs `ops` in order in one submission (a dispatch sees what the ones before it wrote).
-    pub fn run(&self, ops: &[&Op]) {
+    /// Runs `ops` in order in one submission for a step of `tokens` tokens (a dispatch sees
+    /// what the ones before it wrote).
+    pub fn run(&self, ops: &[&Op], tokens: u32) {
         let mut encoder = self.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             for op in ops {
-                op.encode(&mut pass);
+                op.encode(&mut pass, tokens);
             }
         }
         self.queue.submit([encoder.finish()]);
@@ -201,11 +229,13 @@ impl Gpu {
 
     /// Copies `len` f32s out of `buffer` (after everything submitted so far).
     pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        Ok(self.read_f32s(&[(buffer, len)]).await?.pop().expect("one read"))
+        let words = self.read_words(&[(buffer, len)]).await?.pop().expect("one read");
+        Ok(words.into_iter().map(f32::from_bits).collect())
     }
 
-    /// Copies the first `len` f32s out of each buffer with one copy submission and one wait.
-    pub async fn read_f32s(&self, reads: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+    /// Copies the first `len` 32-bit words out of each buffer with one copy submission and
+    /// one wait.
+    pub async fn read_words(&self, reads: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<u32>>> {
         let offsets: Vec<u64> = reads.iter().scan(0u64, |at, &(_, len)| Some(std::mem::replace(at, *at + len as u64 * 4))).collect();
         let size = reads.iter().map(|&(_, len)| len as u64 * 4).sum::<u64>().max(4);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -235,7 +265,7 @@ impl Gpu {
             .iter()
             .zip(&offsets)
             .map(|(&(_, len), &offset)| {
-                data[offset as usize..offset as usize + len * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                data[offset as usize..offset as usize + len * 4].chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
             })
             .collect();
         drop(data);

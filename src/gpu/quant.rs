@@ -1,13 +1,15 @@
 //! Quantized matrices on the GPU, in their GGUF blocks, and the kernels that read them.
 //! A matrix larger than one binding may hold (WebGPU guarantees 128 MiB; a 150k-token
 //! vocabulary projection is more) is split by rows into parts, each its own buffer and dispatch.
-use super::{bytes_of, Gpu, Op};
+use super::{bytes_of, Gpu, Groups, Op, Span};
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 const SOURCE: &str = include_str!("quant.wgsl");
 /// Workgroups per dispatch dimension (the WebGPU minimum limit).
 const MAX_GROUPS: u32 = 65535;
+/// Matrix rows and tokens of one matmul workgroup (`TILE` in quant.wgsl).
+const TILE: u32 = 32;
 
 /// The formats the kernels read: those of smollm2-135m and the qwen2.5-coder models.
 pub const FORMATS: [GgmlDType; 6] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K];
@@ -25,14 +27,30 @@ fn format_id(dtype: GgmlDType) -> Result<u32> {
     })
 }
 
+/// The step every matrix op of a decoder reads (`Batch` in quant.wgsl): how many token rows
+/// its input holds, and the KV-cache position of the first. Written once per step.
+pub struct Batch {
+    pub buffer: wgpu::Buffer,
+}
+
+impl Batch {
+    pub fn new(gpu: &Gpu) -> Self {
+        Self { buffer: gpu.uniform("batch", bytes_of(&[1u32, 0, 0, 0])) }
+    }
+
+    pub fn write(&self, gpu: &Gpu, tokens: usize, pos: usize) {
+        gpu.queue.write_buffer(&self.buffer, 0, bytes_of(&[tokens as u32, pos as u32, 0, 0]));
+    }
+}
+
 /// What a matrix product does with its result (the `flags` of `quant.wgsl`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Product<'a> {
     pub bias: Option<&'a wgpu::Buffer>,
     /// Add to the output instead of overwriting it.
     pub accumulate: bool,
-    /// Where the output starts, in floats.
-    pub y_offset: u32,
+    /// Token t's output goes to row `pos + t` of the output (the KV cache).
+    pub at_position: bool,
 }
 
 /// Rows `first_row..first_row + rows` of a matrix, in one buffer.
@@ -51,22 +69,20 @@ pub struct GpuMatrix {
     parts: Vec<Part>,
 }
 
-/// One dispatch over a part of a matrix, with the `Dims` it was built with (steps that move
-/// its output, like K and V into the cache, rewrite them).
+/// A product with a part of a matrix: the matrix-vector kernel for a step of one token, the
+/// matrix-matrix kernel for more (both read the same `Dims`).
 pub struct MatOp {
-    pub op: Op,
-    pub dims: [u32; 8],
-    /// The part's first row.
-    pub first_row: usize,
-    pub rows: usize,
+    vector: Op,
+    matrix: Op,
 }
 
 impl MatOp {
-    /// Rewrites the op's `Dims` with its output moved by `offset` floats.
-    pub fn write_y_offset(&self, gpu: &Gpu, offset: u32) {
-        let mut dims = self.dims;
-        dims[5] += offset;
-        gpu.queue.write_buffer(&self.op.params, 0, bytes_of(&dims));
+    pub fn for_tokens(&self, tokens: usize) -> &Op {
+        if tokens == 1 {
+            &self.vector
+        } else {
+            &self.matrix
+        }
     }
 }
 
@@ -95,10 +111,17 @@ impl GpuMatrix {
         gpu.pipeline(&format!("quant-{id}"), || format!("const FORMAT: u32 = {id}u;\n{SOURCE}"), entry)
     }
 
-    /// `y = W x` (with `product`'s bias, accumulation and offset): one op per part, one
-    /// workgroup per row.
-    pub fn matvec_ops(&self, gpu: &Gpu, x: &wgpu::Buffer, y: &wgpu::Buffer, product: Product) -> Result<Vec<MatOp>> {
-        // The kernel reads its bias binding only when the flag says so, but it must be bound.
+    /// The `Dims` uniform of a part (quant.wgsl).
+    fn dims(&self, gpu: &Gpu, part: &Part, flags: u32) -> wgpu::Buffer {
+        let rows = part.rows as u32;
+        let dims = [rows, self.cols as u32, self.row_bytes as u32, rows.min(MAX_GROUPS), part.first_row as u32, 0, flags, self.rows as u32];
+        gpu.uniform("dims", bytes_of(&dims))
+    }
+
+    /// `Y = X Wᵀ` for the step's token rows of `x` (with `product`'s bias, accumulation and
+    /// placement): one op per part.
+    pub fn product_ops(&self, gpu: &Gpu, x: &wgpu::Buffer, y: &wgpu::Buffer, batch: &Batch, product: Product) -> Result<Vec<MatOp>> {
+        // The kernels read their bias binding only when the flag says so, but it must be bound.
         let no_bias;
         let bias = match product.bias {
             Some(bias) => bias,
@@ -107,33 +130,31 @@ impl GpuMatrix {
                 &no_bias
             }
         };
-        let flags = u32::from(product.bias.is_some()) | (u32::from(product.accumulate) << 1);
+        let flags = u32::from(product.bias.is_some()) | (u32::from(product.accumulate) << 1) | (u32::from(product.at_position) << 2);
         Ok(self
             .parts
             .iter()
             .map(|part| {
                 let rows = part.rows as u32;
-                let dims = [rows, self.cols as u32, self.row_bytes as u32, rows.min(MAX_GROUPS), 0, product.y_offset + part.first_row as u32, flags, part.first_row as u32];
-                let buffers = [(0, &part.blocks), (1, x), (2, y), (4, bias)];
-                let params = gpu.uniform("dims", bytes_of(&dims));
-                let op = gpu.op(self.pipeline(gpu, "matvec"), &buffers, (3, &params), (rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS)));
-                MatOp { op, dims, first_row: part.first_row, rows: part.rows }
+                let dims = self.dims(gpu, part, flags);
+                let buffers = [(0, &part.blocks), (1, x), (2, y), (3, &dims), (4, bias), (5, &batch.buffer)];
+                MatOp {
+                    vector: gpu.op(self.pipeline(gpu, "matvec"), &buffers, Groups::fixed(rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS))),
+                    matrix: gpu.op(self.pipeline(gpu, "matmul"), &buffers, Groups { x: rows.div_ceil(TILE), y: Span::TokenTiles(TILE) }),
+                }
             })
             .collect())
     }
 
-    /// Dequantizes `rows` rows of each part into `y` (one op per part). For a lookup of one
-    /// row, build with `rows = 1` and point the op of the row's part at it with [`lookup`].
-    pub fn rows_ops(&self, gpu: &Gpu, rows: Option<usize>, y: &wgpu::Buffer) -> Vec<MatOp> {
+    /// Row t of `y` = row `ids[t]` of the matrix, for the step's tokens (the embedding
+    /// lookup): one op per part, each writing the rows it holds.
+    pub fn gather_ops(&self, gpu: &Gpu, ids: &wgpu::Buffer, y: &wgpu::Buffer, batch: &Batch) -> Vec<Op> {
         self.parts
             .iter()
             .map(|part| {
-                let n = rows.unwrap_or(part.rows) as u32;
-                let y_offset = if rows.is_some() { 0 } else { (part.first_row * self.cols) as u32 };
-                let dims = [n, self.cols as u32, self.row_bytes as u32, n.min(MAX_GROUPS), 0, y_offset, 0, 0];
-                let params = gpu.uniform("dims", bytes_of(&dims));
-                let op = gpu.op(self.pipeline(gpu, "dequantize"), &[(0, &part.blocks), (2, y)], (3, &params), (n.min(MAX_GROUPS), n.div_ceil(MAX_GROUPS)));
-                MatOp { op, dims, first_row: part.first_row, rows: part.rows }
+                let dims = self.dims(gpu, part, 0);
+                let buffers = [(0, &part.blocks), (2, y), (3, &dims), (5, &batch.buffer), (6, ids)];
+                gpu.op(self.pipeline(gpu, "gather"), &buffers, Groups::per_token(1))
             })
             .collect()
     }
@@ -141,30 +162,42 @@ impl GpuMatrix {
     /// The whole matrix as f32, row-major.
     pub async fn dequantize(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         let out = gpu.output("dequantized", self.rows * self.cols);
-        let ops = self.rows_ops(gpu, None, &out);
-        gpu.run(&ops.iter().map(|m| &m.op).collect::<Vec<_>>());
+        let ops: Vec<Op> = self
+            .parts
+            .iter()
+            .map(|part| {
+                let dims = self.dims(gpu, part, 0);
+                let rows = part.rows as u32;
+                gpu.op(self.pipeline(gpu, "dequantize"), &[(0, &part.blocks), (2, &out), (3, &dims)], Groups::fixed(rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS)))
+            })
+            .collect();
+        gpu.run(&ops.iter().collect::<Vec<_>>(), 1);
         gpu.read_f32(&out, self.rows * self.cols).await
     }
 
-    /// `W x` for one input vector of `cols` values.
-    pub async fn matvec(&self, gpu: &Gpu, x: &[f32]) -> Result<Vec<f32>> {
-        if x.len() != self.cols {
-            return Err(Error::InvalidInput(format!("GPU matvec: x has {} values, the matrix {} columns", x.len(), self.cols)));
+    /// `X Wᵀ` for `x` holding `tokens` rows of `cols` values: the matrix-vector kernel for one
+    /// row, the matrix-matrix kernel for more. Row-major `(tokens, rows)`.
+    pub async fn product(&self, gpu: &Gpu, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+        if x.len() != tokens * self.cols {
+            return Err(Error::InvalidInput(format!("GPU product: x has {} values, not {tokens} rows of the matrix's {} columns", x.len(), self.cols)));
         }
+        let batch = Batch::new(gpu);
+        batch.write(gpu, tokens, 0);
         let x = gpu.storage("x", bytes_of(x), wgpu::BufferUsages::empty())?;
-        let out = gpu.output("y", self.rows);
-        let ops = self.matvec_ops(gpu, &x, &out, Product::default())?;
-        gpu.run(&ops.iter().map(|m| &m.op).collect::<Vec<_>>());
-        gpu.read_f32(&out, self.rows).await
+        let out = gpu.output("y", tokens * self.rows);
+        let ops = self.product_ops(gpu, &x, &out, &batch, Product::default())?;
+        gpu.run(&ops.iter().map(|m| m.for_tokens(tokens)).collect::<Vec<_>>(), tokens as u32);
+        gpu.read_f32(&out, tokens * self.rows).await
     }
-}
 
-/// Points a one-row lookup (from [`GpuMatrix::rows_ops`] with `rows = Some(1)`) at `row`:
-/// returns the op to run, of the part holding the row.
-pub fn lookup<'a>(gpu: &Gpu, ops: &'a [MatOp], row: usize) -> &'a Op {
-    let m = ops.iter().find(|m| (m.first_row..m.first_row + m.rows).contains(&row)).expect("a row of the matrix");
-    let mut dims = m.dims;
-    dims[4] = (row - m.first_row) as u32;
-    gpu.queue.write_buffer(&m.op.params, 0, bytes_of(&dims));
-    &m.op
+    /// Rows `ids` of the matrix, dequantized, row after row.
+    pub async fn gather(&self, gpu: &Gpu, ids: &[u32]) -> Result<Vec<f32>> {
+        let batch = Batch::new(gpu);
+        batch.write(gpu, ids.len(), 0);
+        let id_buffer = gpu.storage("ids", bytes_of(ids), wgpu::BufferUsages::empty())?;
+        let out = gpu.output("rows", ids.len() * self.cols);
+        let ops = self.gather_ops(gpu, &id_buffer, &out, &batch);
+        gpu.run(&ops.iter().collect::<Vec<_>>(), ids.len() as u32);
+        gpu.read_f32(&out, ids.len() * self.cols).await
+    }
 }

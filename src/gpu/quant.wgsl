@@ -11,19 +11,32 @@ const Q4_K: u32 = 12u;
 const Q6_K: u32 = 14u;
 
 struct Dims {
+  // Rows of this part of the matrix (a matrix too large for one binding is split by rows).
   rows: u32,
   cols: u32,
   row_bytes: u32,
-  // Rows per dispatch column: a dispatch dimension holds at most 65535 workgroups.
+  // Rows per dispatch column of matvec: a dispatch dimension holds at most 65535 workgroups.
   rows_per_y: u32,
-  // The matrix row that row 0 reads (an embedding lookup reads one row: the token's).
+  // The part's first row in the whole matrix: where its outputs and bias start, and the
+  // token ids a gather of this part serves.
   first_row: u32,
-  // Where the output starts in y (k and v are written straight into the KV cache).
+  // Where the output starts in y.
   y_offset: u32,
-  // Bit 0: add bias[bias_offset + row]. Bit 1: add to y instead of overwriting it (the residual stream).
+  // Bit 0: add bias[first_row + row]. Bit 1: add to y instead of overwriting it (the residual
+  // stream). Bit 2: token t's output goes to row batch.pos + t (k and v, into the KV cache).
   flags: u32,
-  // A matrix too large for one binding is split by rows; its parts index bias from here.
-  bias_offset: u32,
+  // Floats per token row of y: the whole matrix's rows.
+  y_stride: u32,
+}
+
+// What changes between steps, shared by every matrix op of the decoder.
+struct Batch {
+  // Token rows in x (and y).
+  tokens: u32,
+  // Position of the first token in the KV cache.
+  pos: u32,
+  _pad0: u32,
+  _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
@@ -31,6 +44,8 @@ struct Dims {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> dims: Dims;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<uniform> batch: Batch;
+@group(0) @binding(6) var<storage, read> ids: array<u32>;
 
 fn byte_at(o: u32) -> u32 {
   return (w[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
@@ -122,10 +137,42 @@ fn dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
   if (row >= dims.rows) {
     return;
   }
-  let base = (row + dims.first_row) * dims.row_bytes;
+  let base = row * dims.row_bytes;
   for (var e = lid.x; e < dims.cols; e += 64u) {
-    y[dims.y_offset + row * dims.cols + e] = dequant(base, e);
+    y[dims.y_offset + (dims.first_row + row) * dims.cols + e] = dequant(base, e);
   }
+}
+
+// Row t of y = row ids[t] of the matrix (the embedding lookup): workgroup y is the token; a
+// part skips the ids that another part holds.
+@compute @workgroup_size(64)
+fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let t = wid.y;
+  let id = ids[t];
+  if (t >= batch.tokens || id < dims.first_row || id >= dims.first_row + dims.rows) {
+    return;
+  }
+  let base = (id - dims.first_row) * dims.row_bytes;
+  for (var e = lid.x; e < dims.cols; e += 64u) {
+    y[dims.y_offset + t * dims.cols + e] = dequant(base, e);
+  }
+}
+
+// Where token t's output of matrix row `row` (of this part) goes, with bias and accumulation.
+fn store(t: u32, row: u32, value: f32) {
+  var r = value;
+  if ((dims.flags & 1u) != 0u) {
+    r += bias[dims.first_row + row];
+  }
+  var slot = t;
+  if ((dims.flags & 4u) != 0u) {
+    slot += batch.pos;
+  }
+  let at = dims.y_offset + slot * dims.y_stride + dims.first_row + row;
+  if ((dims.flags & 2u) != 0u) {
+    r += y[at];
+  }
+  y[at] = r;
 }
 
 // Σ_j W[row, 32c + j] · x[32c + j] over one 32-element chunk of the row at `base`: the
@@ -200,14 +247,14 @@ fn chunk_dot(base: u32, c: u32) -> f32 {
 
 var<workgroup> partial: array<f32, 64>;
 
-// y = W x (+ bias) (+ y): one workgroup per row, its 64 threads taking 32-element chunks in
-// turn, then a tree sum.
+// y = W x (+ bias) (+ y) for one token (a decode step): one workgroup per row, its 64
+// threads taking 32-element chunks in turn, then a tree sum.
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let row = row_of(wid);
   var sum = 0.0;
   if (row < dims.rows) {
-    let base = (row + dims.first_row) * dims.row_bytes;
+    let base = row * dims.row_bytes;
     for (var c = lid.x; c < dims.cols / 32u; c += 64u) {
       sum += chunk_dot(base, c);
     }
@@ -221,14 +268,61 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     workgroupBarrier();
   }
   if (lid.x == 0u && row < dims.rows) {
-    var r = partial[0];
-    if ((dims.flags & 1u) != 0u) {
-      r += bias[dims.bias_offset + row];
+    store(0u, row, partial[0]);
+  }
+}
+
+// Y = X Wᵀ for batch.tokens rows of x (a prefill): a workgroup computes a tile of TILE matrix
+// rows by TILE tokens, stepping through the columns 32 at a time. Each step dequantizes the
+// tile's weights once into workgroup memory, where all TILE tokens use them; each of the 64
+// threads then accumulates 4 rows by 4 tokens.
+const TILE: u32 = 32u;
+var<workgroup> w_tile: array<f32, 1024>; // [column][row]
+var<workgroup> x_tile: array<f32, 1024>; // [column][token]
+
+@compute @workgroup_size(64)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let row0 = wid.x * TILE;
+  let t0 = wid.y * TILE;
+  // What this thread loads: 16 columns of one row and of one token.
+  let load = lid.x / 2u;
+  let half = (lid.x % 2u) * 16u;
+  let load_row = row0 + load;
+  let load_token = t0 + load;
+  // What this thread computes.
+  let r4 = (lid.x % 8u) * 4u;
+  let t4 = (lid.x / 8u) * 4u;
+  var acc: array<vec4<f32>, 4>; // [row][token]
+  for (var c0 = 0u; c0 < dims.cols; c0 += 32u) {
+    for (var j = 0u; j < 16u; j++) {
+      let c = half + j;
+      var wv = 0.0;
+      if (load_row < dims.rows) {
+        wv = dequant(load_row * dims.row_bytes, c0 + c);
+      }
+      w_tile[c * TILE + load] = wv;
+      var xv = 0.0;
+      if (load_token < batch.tokens) {
+        xv = x[load_token * dims.cols + c0 + c];
+      }
+      x_tile[c * TILE + load] = xv;
     }
-    let at = dims.y_offset + row;
-    if ((dims.flags & 2u) != 0u) {
-      r += y[at];
+    workgroupBarrier();
+    for (var c = 0u; c < 32u; c++) {
+      let xs = vec4<f32>(x_tile[c * TILE + t4], x_tile[c * TILE + t4 + 1u], x_tile[c * TILE + t4 + 2u], x_tile[c * TILE + t4 + 3u]);
+      for (var i = 0u; i < 4u; i++) {
+        acc[i] += w_tile[c * TILE + r4 + i] * xs;
+      }
     }
-    y[at] = r;
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < 4u; i++) {
+    for (var j = 0u; j < 4u; j++) {
+      let row = row0 + r4 + i;
+      let t = t0 + t4 + j;
+      if (row < dims.rows && t < batch.tokens) {
+        store(t, row, acc[i][j]);
+      }
+    }
   }
 }

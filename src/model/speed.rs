@@ -2,7 +2,6 @@
 //! (`hybrid bench decode`) and in the browser (`hybrid bench browser`, through `Engine::bench`).
 use super::tokenizer::Tokenizer;
 use crate::generate::Slm;
-use crate::sampler::argmax;
 use crate::Result;
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
@@ -26,11 +25,11 @@ pub async fn measure(slm: &mut impl Slm, prompt: &[u32], gen_tokens: usize, repe
     for _ in 0..repeats.max(1) {
         slm.reset();
         let t = Instant::now();
-        let mut id = argmax(&slm.forward(prompt).await?.logits);
+        let mut id = slm.forward(prompt).await?.top.argmax();
         let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..gen_tokens {
-            id = argmax(&slm.forward(&[id]).await?.logits);
+            id = slm.forward(&[id]).await?.top.argmax();
         }
         let decode = gen_tokens as f64 / t.elapsed().as_secs_f64();
         best.prefill_tok_s = best.prefill_tok_s.max(prefill);

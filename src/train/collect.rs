@@ -11,7 +11,7 @@ use super::{read_prompts, PromptEntry};
 use crate::model::decoder::{Kernels, LoadOptions};
 use crate::model::Model;
 use crate::reward::LogitFeatures;
-use crate::sampler::argmax;
+use crate::sampler::{argmax, log_prob, TopLogits};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -258,7 +258,7 @@ fn label_prompt(slm: &mut Model, cloud: &mut Model, entry: &PromptEntry, index: 
         let x = argmax(&step.logits);
         shard.hidden.extend_from_slice(&step.hidden);
         shard.embedding.extend(slm.decoder.token_embedding(x)?);
-        shard.features.extend(LogitFeatures::from_logits(&step.logits, x).to_array());
+        shard.features.extend(TopLogits::from_logits(&step.logits).features(x).to_array());
         shard.token.push(x);
         shard.prompt.push(index);
         shard.position.push(position as u32);
@@ -282,7 +282,7 @@ fn label_prompt(slm: &mut Model, cloud: &mut Model, entry: &PromptEntry, index: 
         for step in cloud.decoder.forward_all(chunk)? {
             let x = proposals[k];
             shard.agree.push((argmax(&step.logits) == x) as u8);
-            shard.cloud_prob.push(LogitFeatures::from_logits(&step.logits, x).log_p.exp());
+            shard.cloud_prob.push(log_prob(&step.logits, x).exp());
             k += 1;
         }
     }

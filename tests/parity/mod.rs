@@ -7,8 +7,8 @@
 use hybrid_assistant::cloud::normalize;
 use hybrid_assistant::model::{gguf, Model};
 use hybrid_assistant::policy::{Policy, PolicyKind, Signals};
-use hybrid_assistant::reward::{LogitFeatures, RewardHead};
-use hybrid_assistant::sampler::argmax;
+use hybrid_assistant::reward::RewardHead;
+use hybrid_assistant::sampler::{argmax, TopLogits};
 use serde_json::{json, Value};
 
 pub const VECTORS: &str = include_str!("../data/web_parity.json");
@@ -108,7 +108,7 @@ fn reward_scores() -> Value {
             for (i, l) in logits.iter_mut().enumerate() {
                 *l = wave(i, 1.3 + case as f32) * 3.0;
             }
-            let features = LogitFeatures::from_logits(&logits, case as u32);
+            let features = TopLogits::from_logits(&logits).features(case as u32);
             head.score(&hidden, &embedding, &features).unwrap()
         })
         .collect();
