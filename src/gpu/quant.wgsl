@@ -175,15 +175,33 @@ fn store(t: u32, row: u32, value: f32) {
   y[at] = r;
 }
 
+// The 4 bytes at byte offset `o`, little-endian, at any alignment (blocks of 18, 20, 22, 34
+// and 210 bytes start anywhere in a word): one or two loads instead of four.
+fn word_at(o: u32) -> u32 {
+  let i = o >> 2u;
+  let shift = (o & 3u) * 8u;
+  if (shift == 0u) {
+    return w[i];
+  }
+  return (w[i] >> shift) | (w[i + 1u] << (32u - shift));
+}
+
+// Byte b (0..3) of a word, as a signed 8-bit value.
+fn i8_of(word: u32, b: u32) -> i32 {
+  return bitcast<i32>(word << (24u - 8u * b)) >> 24u;
+}
+
 // Σ_j W[row, 32c + j] · x[32c + j] over one 32-element chunk of the row at `base`: the
-// chunk's scales are read once, then its quants.
+// chunk's scales are read once, then its quants a word (4 bytes) at a time.
 fn chunk_dot(base: u32, c: u32) -> f32 {
   let x0 = c * 32u;
   if (FORMAT == Q8_0) {
     let o = base + c * 34u;
     var s = 0.0;
-    for (var j = 0u; j < 32u; j++) {
-      s += f32(i8_at(o + 2u + j)) * x[x0 + j];
+    for (var k = 0u; k < 8u; k++) {
+      let q = word_at(o + 2u + 4u * k);
+      let j = x0 + 4u * k;
+      s += f32(i8_of(q, 0u)) * x[j] + f32(i8_of(q, 1u)) * x[j + 1u] + f32(i8_of(q, 2u)) * x[j + 2u] + f32(i8_of(q, 3u)) * x[j + 3u];
     }
     return f16_at(o) * s;
   }
@@ -194,23 +212,30 @@ fn chunk_dot(base: u32, c: u32) -> f32 {
     let o = base + c * size;
     let qs = o + size - 16u;
     var qh = 0u;
-    if (FORMAT == Q5_0) { qh = u32_at(o + 2u); }
+    if (FORMAT == Q5_0) { qh = word_at(o + 2u); }
     var s = 0.0;
     var xs = 0.0;
-    for (var j = 0u; j < 16u; j++) {
-      let b = byte_at(qs + j);
-      var lo = b & 0xfu;
-      var hi = b >> 4u;
-      if (FORMAT == Q5_0) {
-        lo |= ((qh >> j) << 4u) & 0x10u;
-        hi |= (qh >> (j + 12u)) & 0x10u;
+    for (var k = 0u; k < 4u; k++) {
+      let q = word_at(qs + 4u * k);
+      for (var b = 0u; b < 4u; b++) {
+        let j = 4u * k + b;
+        var lo = (q >> (8u * b)) & 0xfu;
+        var hi = (q >> (8u * b + 4u)) & 0xfu;
+        if (FORMAT == Q5_0) {
+          lo |= ((qh >> j) << 4u) & 0x10u;
+          hi |= (qh >> (j + 12u)) & 0x10u;
+        }
+        let xl = x[x0 + j];
+        let xh = x[x0 + j + 16u];
+        s += f32(lo) * xl + f32(hi) * xh;
+        xs += xl + xh;
       }
-      s += f32(lo) * x[x0 + j] + f32(hi) * x[x0 + j + 16u];
-      xs += x[x0 + j] + x[x0 + j + 16u];
     }
-    if (FORMAT == Q4_0) { return f16_at(o) * (s - 8.0 * xs); }
-    if (FORMAT == Q5_0) { return f16_at(o) * (s - 16.0 * xs); }
-    return f16_at(o) * s + f16_at(o + 2u) * xs;
+    let scales = word_at(o);
+    let d = unpack2x16float(scales).x;
+    if (FORMAT == Q4_0) { return d * (s - 8.0 * xs); }
+    if (FORMAT == Q5_0) { return d * (s - 16.0 * xs); }
+    return d * s + unpack2x16float(scales).y * xs;
   }
   if (FORMAT == Q4_K) {
     let o = base + (c / 8u) * 144u;
@@ -220,11 +245,16 @@ fn chunk_dot(base: u32, c: u32) -> f32 {
     let shift = (sub % 2u) * 4u;
     var s = 0.0;
     var xs = 0.0;
-    for (var l = 0u; l < 32u; l++) {
-      s += f32((byte_at(qs + l) >> shift) & 0xfu) * x[x0 + l];
-      xs += x[x0 + l];
+    for (var k = 0u; k < 8u; k++) {
+      let q = word_at(qs + 4u * k) >> shift;
+      for (var b = 0u; b < 4u; b++) {
+        let xv = x[x0 + 4u * k + b];
+        s += f32((q >> (8u * b)) & 0xfu) * xv;
+        xs += xv;
+      }
     }
-    return f16_at(o) * sm.x * s - f16_at(o + 2u) * sm.y * xs;
+    let dm = unpack2x16float(word_at(o));
+    return dm.x * sm.x * s - dm.y * sm.y * xs;
   }
   // Q6_K: a chunk is one group g of one half; its two 16-element runs have their own scales.
   let o = base + (c / 8u) * 210u;
@@ -236,10 +266,15 @@ fn chunk_dot(base: u32, c: u32) -> f32 {
   let shift = select(0u, 4u, g >= 2u);
   var s0 = 0.0;
   var s1 = 0.0;
-  for (var l = 0u; l < 32u; l++) {
-    let q = i32(((byte_at(ql + l) >> shift) & 0xfu) | (((byte_at(qh + l) >> (2u * g)) & 3u) << 4u)) - 32;
-    let p = f32(q) * x[x0 + l];
-    if (l < 16u) { s0 += p; } else { s1 += p; }
+  for (var k = 0u; k < 8u; k++) {
+    let lo = word_at(ql + 4u * k) >> shift;
+    let hi = word_at(qh + 4u * k) >> (2u * g);
+    var p = 0.0;
+    for (var b = 0u; b < 4u; b++) {
+      let q = i32(((lo >> (8u * b)) & 0xfu) | (((hi >> (8u * b)) & 3u) << 4u)) - 32;
+      p += f32(q) * x[x0 + 4u * k + b];
+    }
+    if (k < 4u) { s0 += p; } else { s1 += p; }
   }
   let sc = o + 192u + half * 8u + 2u * g;
   return f16_at(o + 208u) * (f32(i8_at(sc)) * s0 + f32(i8_at(sc + 1u)) * s1);
