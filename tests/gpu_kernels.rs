@@ -95,12 +95,13 @@ fn matmul_matches_the_dequantized_product_for_every_format() {
 #[test]
 fn matvec_covers_more_rows_than_one_dispatch_dimension_holds() {
     let gpu = gpu();
-    let (rows, cols) = (70_000, 32); // > 65535 workgroups: rows continue in the second dimension
+    // > 65535 workgroups of 8 rows: rows continue in the second dispatch dimension.
+    let (rows, cols) = (530_000, 32);
     let q = quantized(rows, cols, GgmlDType::Q8_0, 9);
     let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
     let x = values(cols, 3);
     let got = pollster::block_on(GpuMatrix::upload(&gpu, "tall", &q).unwrap().product(&gpu, &x, 1)).unwrap();
-    for r in [0, 1, 65534, 65535, 65536, rows - 1] {
+    for r in [0, 1, 7, 8, 524_279, 524_280, 524_281, rows - 1] {
         let want: f32 = w[r].iter().zip(&x).map(|(a, b)| a * b).sum();
         assert!((got[r] - want).abs() <= 1e-4 * want.abs().max(1.0), "row {r}: GPU {}, CPU {want}", got[r]);
     }

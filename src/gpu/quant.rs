@@ -10,6 +10,15 @@ const SOURCE: &str = include_str!("quant.wgsl");
 const MAX_GROUPS: u32 = 65535;
 /// Matrix rows and tokens of one matmul workgroup (`TILE` in quant.wgsl).
 const TILE: u32 = 32;
+/// Matrix rows of one matvec workgroup (`MATVEC_ROWS` in quant.wgsl).
+const MATVEC_ROWS: u32 = 8;
+
+/// `groups` workgroups laid out across dispatch dimensions x and y (each holds at most
+/// 65535), with the `groups_per_y` of `Dims` that kernels use to number them.
+fn spread(groups: u32) -> (Groups, u32) {
+    let per_y = groups.min(MAX_GROUPS);
+    (Groups::fixed(per_y, groups.div_ceil(MAX_GROUPS)), per_y)
+}
 
 /// The formats the kernels read: those of smollm2-135m and the qwen2.5-coder models.
 pub const FORMATS: [GgmlDType; 6] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K];
@@ -111,10 +120,10 @@ impl GpuMatrix {
         gpu.pipeline(&format!("quant-{id}"), || format!("const FORMAT: u32 = {id}u;\n{SOURCE}"), entry)
     }
 
-    /// The `Dims` uniform of a part (quant.wgsl).
-    fn dims(&self, gpu: &Gpu, part: &Part, flags: u32) -> wgpu::Buffer {
-        let rows = part.rows as u32;
-        let dims = [rows, self.cols as u32, self.row_bytes as u32, rows.min(MAX_GROUPS), part.first_row as u32, 0, flags, self.rows as u32];
+    /// The `Dims` uniform of a part (quant.wgsl), for kernels that number their workgroups
+    /// with `groups_per_y`.
+    fn dims(&self, gpu: &Gpu, part: &Part, flags: u32, groups_per_y: u32) -> wgpu::Buffer {
+        let dims = [part.rows as u32, self.cols as u32, self.row_bytes as u32, groups_per_y, part.first_row as u32, 0, flags, self.rows as u32];
         gpu.uniform("dims", bytes_of(&dims))
     }
 
@@ -136,10 +145,11 @@ impl GpuMatrix {
             .iter()
             .map(|part| {
                 let rows = part.rows as u32;
-                let dims = self.dims(gpu, part, flags);
+                let (vector_groups, per_y) = spread(rows.div_ceil(MATVEC_ROWS));
+                let dims = self.dims(gpu, part, flags, per_y);
                 let buffers = [(0, &part.blocks), (1, x), (2, y), (3, &dims), (4, bias), (5, &batch.buffer)];
                 MatOp {
-                    vector: gpu.op(self.pipeline(gpu, "matvec"), &buffers, Groups::fixed(rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS))),
+                    vector: gpu.op(self.pipeline(gpu, "matvec"), &buffers, vector_groups),
                     matrix: gpu.op(self.pipeline(gpu, "matmul"), &buffers, Groups { x: rows.div_ceil(TILE), y: Span::TokenTiles(TILE) }),
                 }
             })
@@ -152,7 +162,7 @@ impl GpuMatrix {
         self.parts
             .iter()
             .map(|part| {
-                let dims = self.dims(gpu, part, 0);
+                let dims = self.dims(gpu, part, 0, 0);
                 let buffers = [(0, &part.blocks), (2, y), (3, &dims), (5, &batch.buffer), (6, ids)];
                 gpu.op(self.pipeline(gpu, "gather"), &buffers, Groups::per_token(1))
             })
@@ -166,9 +176,9 @@ impl GpuMatrix {
             .parts
             .iter()
             .map(|part| {
-                let dims = self.dims(gpu, part, 0);
-                let rows = part.rows as u32;
-                gpu.op(self.pipeline(gpu, "dequantize"), &[(0, &part.blocks), (2, &out), (3, &dims)], Groups::fixed(rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS)))
+                let (groups, per_y) = spread(part.rows as u32);
+                let dims = self.dims(gpu, part, 0, per_y);
+                gpu.op(self.pipeline(gpu, "dequantize"), &[(0, &part.blocks), (2, &out), (3, &dims)], groups)
             })
             .collect();
         gpu.run(&ops.iter().collect::<Vec<_>>(), 1);

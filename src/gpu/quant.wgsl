@@ -15,8 +15,9 @@ struct Dims {
   rows: u32,
   cols: u32,
   row_bytes: u32,
-  // Rows per dispatch column of matvec: a dispatch dimension holds at most 65535 workgroups.
-  rows_per_y: u32,
+  // Workgroups per dispatch column (matvec, dequantize): a dispatch dimension holds at most
+  // 65535 workgroups.
+  groups_per_y: u32,
   // The part's first row in the whole matrix: where its outputs and bias start, and the
   // token ids a gather of this part serves.
   first_row: u32,
@@ -126,14 +127,14 @@ fn dequant(base: u32, e: u32) -> f32 {
   return f16_at(o + 208u) * f32(scale) * f32(q);
 }
 
-fn row_of(wid: vec3<u32>) -> u32 {
-  return wid.x + wid.y * dims.rows_per_y;
+fn group_of(wid: vec3<u32>) -> u32 {
+  return wid.x + wid.y * dims.groups_per_y;
 }
 
 // The whole matrix as f32, row-major (checks every format against the CPU's dequantization).
 @compute @workgroup_size(64)
 fn dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let row = row_of(wid);
+  let row = group_of(wid);
   if (row >= dims.rows) {
     return;
   }
@@ -280,30 +281,32 @@ fn chunk_dot(base: u32, c: u32) -> f32 {
   return f16_at(o + 208u) * (f32(i8_at(sc)) * s0 + f32(i8_at(sc + 1u)) * s1);
 }
 
+// Rows of one matvec workgroup (`MATVEC_ROWS` in quant.rs), 8 threads each.
+const MATVEC_ROWS: u32 = 8u;
 var<workgroup> partial: array<f32, 64>;
 
-// y = W x (+ bias) (+ y) for one token (a decode step): one workgroup per row, its 64
-// threads taking 32-element chunks in turn, then a tree sum.
+// y = W x (+ bias) (+ y) for one token (a decode step): a workgroup takes 8 rows, the 8
+// threads of a row taking its 32-element chunks in turn (neighbouring blocks), then one
+// thread per row adds the 8 sums.
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let row = row_of(wid);
+  let lane = lid.x % 8u;
+  let row = group_of(wid) * MATVEC_ROWS + lid.x / 8u;
   var sum = 0.0;
   if (row < dims.rows) {
     let base = row * dims.row_bytes;
-    for (var c = lid.x; c < dims.cols / 32u; c += 64u) {
+    for (var c = lane; c < dims.cols / 32u; c += 8u) {
       sum += chunk_dot(base, c);
     }
   }
   partial[lid.x] = sum;
   workgroupBarrier();
-  for (var stride = 32u; stride > 0u; stride >>= 1u) {
-    if (lid.x < stride) {
-      partial[lid.x] += partial[lid.x + stride];
+  if (lane == 0u && row < dims.rows) {
+    var total = 0.0;
+    for (var k = 0u; k < 8u; k++) {
+      total += partial[lid.x + k];
     }
-    workgroupBarrier();
-  }
-  if (lid.x == 0u && row < dims.rows) {
-    store(0u, row, partial[0]);
+    store(0u, row, total);
   }
 }
 
