@@ -60,8 +60,20 @@ fn f16_at(o: u32) -> f32 {
   return unpack2x16float(byte_at(o) | (byte_at(o + 1u) << 8u)).x;
 }
 
-fn u32_at(o: u32) -> u32 {
-  return byte_at(o) | (byte_at(o + 1u) << 8u) | (byte_at(o + 2u) << 16u) | (byte_at(o + 3u) << 24u);
+// The 4 bytes at byte offset `o`, little-endian, at any alignment (blocks of 18, 20, 22, 34
+// and 210 bytes start anywhere in a word): one or two loads instead of four.
+fn word_at(o: u32) -> u32 {
+  let i = o >> 2u;
+  let shift = (o & 3u) * 8u;
+  if (shift == 0u) {
+    return w[i];
+  }
+  return (w[i] >> shift) | (w[i + 1u] << (32u - shift));
+}
+
+// Byte b (0..3) of a word, as a signed 8-bit value.
+fn i8_of(word: u32, b: u32) -> i32 {
+  return bitcast<i32>(word << (24u - 8u * b)) >> 24u;
 }
 
 // Q4_K's 6-bit scale (x) and min (y) of sub-block `j` from the 12 packed bytes at `o`.
@@ -74,57 +86,83 @@ fn scale_min_k4(o: u32, j: u32) -> vec2<f32> {
   return vec2<f32>(f32(sc), f32(m));
 }
 
-// Element `e` of the row whose bytes start at `base`, as ggml dequantizes it.
-fn dequant(base: u32, e: u32) -> f32 {
+// Values 16·run .. 16·run + 15 of the row whose bytes start at `base`, as ggml dequantizes
+// them. A 16-value run lies within one block (or sub-block) of every format, so its scales
+// are read once.
+fn dequant16(base: u32, run: u32) -> array<f32, 16> {
+  var v: array<f32, 16>;
+  let c = run / 2u;
+  let half = (run % 2u) * 16u;
   if (FORMAT == Q8_0) {
-    let o = base + (e / 32u) * 34u;
-    return f16_at(o) * f32(i8_at(o + 2u + e % 32u));
-  }
-  if (FORMAT == Q4_0 || FORMAT == Q4_1) {
-    let size = select(18u, 20u, FORMAT == Q4_1);
-    let o = base + (e / 32u) * size;
-    let j = e % 32u;
-    let qs = o + size - 16u;
-    let q = select(byte_at(qs + j - 16u) >> 4u, byte_at(qs + j) & 0xfu, j < 16u);
-    if (FORMAT == Q4_0) {
-      return f16_at(o) * (f32(q) - 8.0);
+    let o = base + c * 34u;
+    let d = f16_at(o);
+    for (var k = 0u; k < 4u; k++) {
+      let q = word_at(o + 2u + half + 4u * k);
+      for (var b = 0u; b < 4u; b++) {
+        v[4u * k + b] = d * f32(i8_of(q, b));
+      }
     }
-    return f16_at(o) * f32(q) + f16_at(o + 2u);
+    return v;
   }
-  if (FORMAT == Q5_0) {
-    let o = base + (e / 32u) * 22u;
-    let j = e % 32u;
-    let qh = u32_at(o + 2u);
-    var q: u32;
-    if (j < 16u) {
-      q = (byte_at(o + 6u + j) & 0xfu) | (((qh >> j) << 4u) & 0x10u);
-    } else {
-      q = (byte_at(o + 6u + j - 16u) >> 4u) | ((qh >> (j - 16u + 12u)) & 0x10u);
+  if (FORMAT == Q4_0 || FORMAT == Q4_1 || FORMAT == Q5_0) {
+    var size = 18u;
+    if (FORMAT == Q4_1) { size = 20u; }
+    if (FORMAT == Q5_0) { size = 22u; }
+    let o = base + c * size;
+    let scales = unpack2x16float(word_at(o));
+    var qh = 0u;
+    if (FORMAT == Q5_0) { qh = word_at(o + 2u) >> half; }
+    let shift = select(0u, 4u, half == 16u);
+    for (var k = 0u; k < 4u; k++) {
+      let q = word_at(o + size - 16u + 4u * k) >> shift;
+      for (var b = 0u; b < 4u; b++) {
+        let j = 4u * k + b;
+        var level = (q >> (8u * b)) & 0xfu;
+        if (FORMAT == Q5_0) {
+          level |= ((qh >> j) & 1u) << 4u;
+        }
+        if (FORMAT == Q4_0) { v[j] = scales.x * (f32(level) - 8.0); }
+        if (FORMAT == Q4_1) { v[j] = scales.x * f32(level) + scales.y; }
+        if (FORMAT == Q5_0) { v[j] = scales.x * (f32(level) - 16.0); }
+      }
     }
-    return f16_at(o) * (f32(q) - 16.0);
+    return v;
   }
   if (FORMAT == Q4_K) {
-    let o = base + (e / 256u) * 144u;
-    let j = e % 256u;
-    let chunk = j / 64u;
-    let high = (j % 64u) / 32u;
-    let sm = scale_min_k4(o + 4u, 2u * chunk + high);
-    let b = byte_at(o + 16u + chunk * 32u + j % 32u);
-    let q = select(b & 0xfu, b >> 4u, high == 1u);
-    return f16_at(o) * sm.x * f32(q) - f16_at(o + 2u) * sm.y;
+    let o = base + (c / 8u) * 144u;
+    let sub = c % 8u;
+    let sm = scale_min_k4(o + 4u, sub);
+    let dm = unpack2x16float(word_at(o));
+    let scale = dm.x * sm.x;
+    let offset = dm.y * sm.y;
+    let qs = o + 16u + (sub / 2u) * 32u + half;
+    let shift = (sub % 2u) * 4u;
+    for (var k = 0u; k < 4u; k++) {
+      let q = word_at(qs + 4u * k) >> shift;
+      for (var b = 0u; b < 4u; b++) {
+        v[4u * k + b] = scale * f32((q >> (8u * b)) & 0xfu) - offset;
+      }
+    }
+    return v;
   }
-  // Q6_K
-  let o = base + (e / 256u) * 210u;
-  let j = e % 256u;
-  let half = j / 128u;
-  let g = (j % 128u) / 32u;
-  let l = j % 32u;
-  let lo = byte_at(o + half * 64u + l + (g & 1u) * 32u);
-  let nibble = select(lo & 0xfu, lo >> 4u, g >= 2u);
-  let hi = (byte_at(o + 128u + half * 32u + l) >> (2u * g)) & 3u;
-  let q = i32(nibble | (hi << 4u)) - 32;
-  let scale = i8_at(o + 192u + half * 8u + l / 16u + 2u * g);
-  return f16_at(o + 208u) * f32(scale) * f32(q);
+  // Q6_K: chunk c is group g of one half of a 256-value block; each 16-value run has a scale.
+  let o = base + (c / 8u) * 210u;
+  let within = c % 8u;
+  let h = within / 4u;
+  let g = within % 4u;
+  let ql = o + h * 64u + (g & 1u) * 32u + half;
+  let qh = o + 128u + h * 32u + half;
+  let shift = select(0u, 4u, g >= 2u);
+  let scale = f16_at(o + 208u) * f32(i8_at(o + 192u + h * 8u + 2u * g + half / 16u));
+  for (var k = 0u; k < 4u; k++) {
+    let lo = word_at(ql + 4u * k) >> shift;
+    let hi = word_at(qh + 4u * k) >> (2u * g);
+    for (var b = 0u; b < 4u; b++) {
+      let q = i32(((lo >> (8u * b)) & 0xfu) | (((hi >> (8u * b)) & 3u) << 4u)) - 32;
+      v[4u * k + b] = scale * f32(q);
+    }
+  }
+  return v;
 }
 
 fn group_of(wid: vec3<u32>) -> u32 {
@@ -139,8 +177,12 @@ fn dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     return;
   }
   let base = row * dims.row_bytes;
-  for (var e = lid.x; e < dims.cols; e += 64u) {
-    y[dims.y_offset + (dims.first_row + row) * dims.cols + e] = dequant(base, e);
+  let out = dims.y_offset + (dims.first_row + row) * dims.cols;
+  for (var run = lid.x; run < dims.cols / 16u; run += 64u) {
+    let v = dequant16(base, run);
+    for (var j = 0u; j < 16u; j++) {
+      y[out + run * 16u + j] = v[j];
+    }
   }
 }
 
@@ -154,8 +196,12 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     return;
   }
   let base = (id - dims.first_row) * dims.row_bytes;
-  for (var e = lid.x; e < dims.cols; e += 64u) {
-    y[dims.y_offset + t * dims.cols + e] = dequant(base, e);
+  let out = dims.y_offset + t * dims.cols;
+  for (var run = lid.x; run < dims.cols / 16u; run += 64u) {
+    let v = dequant16(base, run);
+    for (var j = 0u; j < 16u; j++) {
+      y[out + run * 16u + j] = v[j];
+    }
   }
 }
 
@@ -174,22 +220,6 @@ fn store(t: u32, row: u32, value: f32) {
     r += y[at];
   }
   y[at] = r;
-}
-
-// The 4 bytes at byte offset `o`, little-endian, at any alignment (blocks of 18, 20, 22, 34
-// and 210 bytes start anywhere in a word): one or two loads instead of four.
-fn word_at(o: u32) -> u32 {
-  let i = o >> 2u;
-  let shift = (o & 3u) * 8u;
-  if (shift == 0u) {
-    return w[i];
-  }
-  return (w[i] >> shift) | (w[i + 1u] << (32u - shift));
-}
-
-// Byte b (0..3) of a word, as a signed 8-bit value.
-fn i8_of(word: u32, b: u32) -> i32 {
-  return bitcast<i32>(word << (24u - 8u * b)) >> 24u;
 }
 
 // Σ_j W[row, 32c + j] · x[32c + j] over one 32-element chunk of the row at `base`: the
@@ -332,13 +362,13 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
   let t4 = (lid.x / 8u) * 4u;
   var acc: array<vec4<f32>, 4>; // [row][token]
   for (var c0 = 0u; c0 < dims.cols; c0 += 32u) {
+    var wv: array<f32, 16>;
+    if (load_row < dims.rows) {
+      wv = dequant16(load_row * dims.row_bytes, (c0 + half) / 16u);
+    }
     for (var j = 0u; j < 16u; j++) {
       let c = half + j;
-      var wv = 0.0;
-      if (load_row < dims.rows) {
-        wv = dequant(load_row * dims.row_bytes, c0 + c);
-      }
-      w_tile[c * TILE + load] = wv;
+      w_tile[c * TILE + load] = wv[j];
       var xv = 0.0;
       if (load_token < batch.tokens) {
         xv = x[load_token * dims.cols + c0 + c];
