@@ -190,7 +190,7 @@ impl Decoder {
         for (seq, &start) in batch.iter().zip(&starts) {
             self.check_input(seq.tokens, start)?;
         }
-        let result = self.forward_rows(batch, &starts, outputs);
+        let result = on_worker(|| self.forward_rows(batch, &starts, outputs));
         for (seq, &start) in batch.iter_mut().zip(&starts) {
             match &result {
                 Ok(_) => seq.cache.len = start + seq.tokens.len(),
@@ -299,6 +299,16 @@ impl Decoder {
         let (logits, hidden) = (logits.to_vec2::<f32>()?, hidden.to_vec2::<f32>()?);
         Ok(logits.into_iter().zip(hidden).map(|(logits, hidden)| Step { logits, hidden }).collect())
     }
+}
+
+/// Runs a forward pass on one of rayon's workers, so that each of the kernels' parallel loops
+/// (hundreds per decode step) starts right there instead of handing its work from this thread
+/// to the pool and waiting to be woken.
+fn on_worker<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
+    #[cfg(not(target_arch = "wasm32"))]
+    return rayon::scope(|_| pass());
+    #[cfg(target_arch = "wasm32")]
+    pass()
 }
 
 /// Which rows of a forward pass get logits.

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod gemm;
+pub mod gemv;
 pub mod gguf;
 pub mod speed;
 pub mod tokenizer;

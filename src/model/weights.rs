@@ -1,13 +1,14 @@
 //! Quantized projection weights as the decoder uses them. Several activation rows at once
 //! (prefill, batched decode) go through our batched kernels (`gemm`); a single row through
-//! candle's matrix-vector kernels. Formats without a SIMD kernel in candle (Q5_0, Q4_1) are
+//! our matrix-vector kernels on weights repacked at load (`gemv`, k-quants on AVX512-VNNI)
+//! or else candle's. Formats without a SIMD kernel in candle (Q5_0, Q4_1) are
 //! rewritten once at load time into formats that have one, without changing the values they
 //! encode:
 //! - Q5_0 `d * (q - 16)` with 5-bit `q` is exactly Q8_0 with the same scale.
 //! - Q4_1 `d * q + m` is Q4_0 `d * (q - 8)` plus a per-block offset `c = m + 8d`, whose
 //!   contribution to `x · w` is `c` times the sum of `x` over the block (`add_block_offsets`).
 use super::decoder::Kernels;
-use super::gemm;
+use super::{gemm, gemv};
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -26,20 +27,22 @@ pub struct QWeight {
     batched: bool,
     /// For rewritten Q4_1: the per-block offsets, `in / 32` rows of `out`.
     block_offsets: Option<Vec<f32>>,
+    /// The same weights repacked for single rows (`Kernels::Fastest` only).
+    single_row: Option<gemv::Packed>,
 }
 
 impl QWeight {
     pub fn new(tensor: QTensor, kernels: Kernels) -> Result<Self> {
         let batched = kernels == Kernels::Fastest;
         if kernels == Kernels::CandleReference {
-            return Ok(Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None });
+            return Ok(Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, single_row: None });
         }
         let device = tensor.device();
         let (out, inp) = tensor.shape().dims2()?;
         Ok(match tensor.dtype() {
             GgmlDType::Q5_0 => {
                 let q8 = q5_0_to_q8_0(&tensor.data()?)?;
-                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, batched, block_offsets: None }
+                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, batched, block_offsets: None, single_row: None }
             }
             GgmlDType::Q4_1 => {
                 let (q4_0, offsets) = q4_1_to_q4_0(&tensor.data()?)?;
@@ -48,15 +51,22 @@ impl QWeight {
                     matmul: qmatmul(q4_0, GgmlDType::Q4_0, (out, inp), &device)?,
                     batched,
                     block_offsets: Some(offsets),
+                    single_row: None,
                 }
             }
-            _ => Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None },
+            dtype => {
+                let single_row = match (kernels, gemv::Kernel::detect()) {
+                    (Kernels::Fastest, Some(kernel)) => gemv::Packed::new(dtype, &tensor.data()?, out, inp, kernel),
+                    _ => None,
+                };
+                Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, single_row }
+            }
         })
     }
 
     /// A weight shared with the embedding table (tied output projection), used as it is.
     pub fn from_arc(tensor: std::sync::Arc<QTensor>, kernels: Kernels) -> Result<Self> {
-        Ok(Self { matmul: QMatMul::from_arc(tensor)?, batched: kernels == Kernels::Fastest, block_offsets: None })
+        Ok(Self { matmul: QMatMul::from_arc(tensor)?, batched: kernels == Kernels::Fastest, block_offsets: None, single_row: None })
     }
 
     fn batched_here(w: &QTensor) -> bool {
@@ -67,6 +77,11 @@ impl QWeight {
     /// `x`: `(rows, in)` → `(rows, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
+        if let Some(packed) = self.single_row.as_ref().filter(|_| rows < BATCHED_FROM_ROWS) {
+            let (values, cols) = (x.flatten_all()?.to_vec1::<f32>()?, x.dim(1)?);
+            let y = packed.matvec(&gemv::Activations::quantize(&values, rows, cols));
+            return Ok(Tensor::from_vec(y, (rows, packed.rows()), x.device())?);
+        }
         let batched = match &self.matmul {
             QMatMul::QTensor(w) if self.batched && rows >= BATCHED_FROM_ROWS && Self::batched_here(w) => Some(w),
             _ => None,

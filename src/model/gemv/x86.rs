@@ -1,0 +1,106 @@
+//! AVX512-VNNI: one `vpdpbusd` multiplies 4 levels of each of 16 weight rows (64 bytes) by
+//! 4 broadcast activation bytes into 16 row sums.
+use super::{q4k, q6k, Format, Row, QK, ROWS};
+use std::arch::x86_64::*;
+
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
+}
+
+/// # Safety
+/// The CPU has AVX512F/BW/VNNI; `tiles` holds whole tiles and `act` as many super-blocks.
+pub unsafe fn tile_row(format: Format, tiles: &[u8], act: &Row<'_>, out: &mut [f32; ROWS]) {
+    let blocks = tiles.len() / format.tile_bytes();
+    assert!(act.q.len() >= blocks * QK && act.d.len() >= blocks && act.sums.len() >= blocks * 16);
+    let acc = match format {
+        Format::Q4K => q4k_row(tiles.as_ptr(), blocks, act),
+        Format::Q6K => q6k_row(tiles.as_ptr(), blocks, act),
+    };
+    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+}
+
+#[inline(always)]
+unsafe fn broadcast4(x: *const i8, at: usize) -> __m512i {
+    _mm512_set1_epi32(std::ptr::read_unaligned(x.add(at) as *const i32))
+}
+
+/// Asks for `lines` cache lines of the next tile from `at` on: the tile layout interleaves
+/// several short streams, which the hardware prefetchers follow poorly.
+#[inline(always)]
+unsafe fn prefetch(next_tile: *const u8, at: usize, lines: usize) {
+    for i in 0..lines {
+        _mm_prefetch::<_MM_HINT_T0>(next_tile.add(at + 64 * i) as *const i8);
+    }
+}
+
+#[inline(always)]
+unsafe fn load(p: *const u8, at: usize) -> __m512i {
+    _mm512_loadu_si512(p.add(at) as *const _)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn q4k_row(tiles: *const u8, blocks: usize, act: &Row<'_>) -> __m512 {
+    let low4 = _mm512_set1_epi8(0x0F);
+    let mut acc = _mm512_setzero_ps();
+    for b in 0..blocks {
+        let tile = tiles.add(b * q4k::BYTES);
+        let x = act.q.as_ptr().add(b * QK);
+        let sums = act.sums.as_ptr().add(b * 16);
+        let (mut total, mut mins) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for s in 0..8 {
+            prefetch(tile.add(q4k::BYTES), s * 5 * 64, 5);
+            // Two chains (low and high nibbles) so consecutive dot products do not wait on each other.
+            let (mut a, mut c) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for g in 4 * s..4 * s + 4 {
+                let w = load(tile, q4k::QS + g * 64);
+                a = _mm512_dpbusd_epi32(a, _mm512_and_si512(w, low4), broadcast4(x, 8 * g));
+                c = _mm512_dpbusd_epi32(c, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4), broadcast4(x, 8 * g + 4));
+            }
+            let scales = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(q4k::SCALES + s * ROWS) as *const _));
+            let m = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(q4k::MINS + s * ROWS) as *const _));
+            total = _mm512_add_epi32(total, _mm512_mullo_epi32(_mm512_add_epi32(a, c), scales));
+            mins = _mm512_add_epi32(mins, _mm512_mullo_epi32(m, _mm512_set1_epi32(*sums.add(2 * s) + *sums.add(2 * s + 1))));
+        }
+        let xd = _mm512_set1_ps(*act.d.get_unchecked(b));
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(q4k::D) as *const _));
+        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(q4k::DMIN) as *const _));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, xd), acc);
+        acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, xd), acc);
+    }
+    acc
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn q6k_row(tiles: *const u8, blocks: usize, act: &Row<'_>) -> __m512 {
+    let (low4, high2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+    let mut acc = _mm512_setzero_ps();
+    for b in 0..blocks {
+        let tile = tiles.add(b * q6k::BYTES);
+        let x = act.q.as_ptr().add(b * QK);
+        let sums = act.sums.as_ptr().add(b * 16);
+        let mut total = _mm512_setzero_si512();
+        for t in 0..16 {
+            prefetch(tile.add(q6k::BYTES), t * 4 * 64, 4);
+            let (w0, w1, h) = (load(tile, q6k::low(2 * t)), load(tile, q6k::low(2 * t + 1)), load(tile, q6k::high(t)));
+            // Each level is its low nibble with its 2 high bits moved to bits 4-5 (0..63).
+            let levels = [
+                _mm512_or_si512(_mm512_and_si512(w0, low4), _mm512_and_si512(_mm512_slli_epi16(h, 4), high2)),
+                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(w0, 4), low4), _mm512_and_si512(_mm512_slli_epi16(h, 2), high2)),
+                _mm512_or_si512(_mm512_and_si512(w1, low4), _mm512_and_si512(h, high2)),
+                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(w1, 4), low4), _mm512_and_si512(_mm512_srli_epi16(h, 2), high2)),
+            ];
+            let a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), levels[0], broadcast4(x, 16 * t));
+            let a = _mm512_dpbusd_epi32(a, levels[1], broadcast4(x, 16 * t + 4));
+            let c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), levels[2], broadcast4(x, 16 * t + 8));
+            let c = _mm512_dpbusd_epi32(c, levels[3], broadcast4(x, 16 * t + 12));
+            // Levels are stored +32: take 32 × the sum of the 16 activations back off.
+            let dot = _mm512_sub_epi32(_mm512_add_epi32(a, c), _mm512_set1_epi32(32 * *sums.add(t)));
+            let scales = _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(q6k::SCALES + t * ROWS) as *const _));
+            total = _mm512_add_epi32(total, _mm512_mullo_epi32(dot, scales));
+        }
+        let xd = _mm512_set1_ps(*act.d.get_unchecked(b));
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(q6k::D) as *const _));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, xd), acc);
+    }
+    acc
+}
