@@ -39,10 +39,12 @@ impl QWeight {
         }
         let device = tensor.device();
         let (out, inp) = tensor.shape().dims2()?;
+        // Packed from the GGUF's own blocks, before any rewrite below.
+        let single_row = single_row(&tensor, kernels)?;
         Ok(match tensor.dtype() {
             GgmlDType::Q5_0 => {
                 let q8 = q5_0_to_q8_0(&tensor.data()?)?;
-                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, batched, block_offsets: None, single_row: None }
+                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, batched, block_offsets: None, single_row }
             }
             GgmlDType::Q4_1 => {
                 let (q4_0, offsets) = q4_1_to_q4_0(&tensor.data()?)?;
@@ -51,22 +53,17 @@ impl QWeight {
                     matmul: qmatmul(q4_0, GgmlDType::Q4_0, (out, inp), &device)?,
                     batched,
                     block_offsets: Some(offsets),
-                    single_row: None,
+                    single_row,
                 }
             }
-            dtype => {
-                let single_row = match (kernels, gemv::Kernel::detect()) {
-                    (Kernels::Fastest, Some(kernel)) => gemv::Packed::new(dtype, &tensor.data()?, out, inp, kernel),
-                    _ => None,
-                };
-                Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, single_row }
-            }
+            _ => Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, single_row },
         })
     }
 
     /// A weight shared with the embedding table (tied output projection), used as it is.
     pub fn from_arc(tensor: std::sync::Arc<QTensor>, kernels: Kernels) -> Result<Self> {
-        Ok(Self { matmul: QMatMul::from_arc(tensor)?, batched: kernels == Kernels::Fastest, block_offsets: None, single_row: None })
+        let single_row = single_row(&tensor, kernels)?;
+        Ok(Self { matmul: QMatMul::from_arc(tensor)?, batched: kernels == Kernels::Fastest, block_offsets: None, single_row })
     }
 
     fn batched_here(w: &QTensor) -> bool {
@@ -78,8 +75,7 @@ impl QWeight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
         if let Some(packed) = self.single_row.as_ref().filter(|_| rows < BATCHED_FROM_ROWS) {
-            let (values, cols) = (x.flatten_all()?.to_vec1::<f32>()?, x.dim(1)?);
-            let y = packed.matvec(&gemv::Activations::quantize(&values, rows, cols));
+            let y = packed.matvec(&x.flatten_all()?.to_vec1::<f32>()?, rows);
             return Ok(Tensor::from_vec(y, (rows, packed.rows()), x.device())?);
         }
         let batched = match &self.matmul {
@@ -104,6 +100,16 @@ impl QWeight {
         }
         Ok(Tensor::from_vec(y, (rows, out), x.device())?)
     }
+}
+
+/// The weight repacked for single rows, where this CPU has a kernel for its format and the
+/// kernels may differ between one row and several (`Kernels::Fastest`).
+fn single_row(tensor: &QTensor, kernels: Kernels) -> Result<Option<gemv::Packed>> {
+    let (out, inp) = tensor.shape().dims2()?;
+    Ok(match (kernels, gemv::Kernel::detect()) {
+        (Kernels::Fastest, Some(kernel)) => gemv::Packed::new(tensor.dtype(), &tensor.data()?, out, inp, kernel),
+        _ => None,
+    })
 }
 
 /// `y[row] += Σ_b sums[row][b] · offsets[b]`, each row on its own in a fixed order (so a row's

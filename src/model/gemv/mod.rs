@@ -1,27 +1,33 @@
-//! Matrix-vector products for decode steps on k-quant weights (Q4_K, Q6_K), repacked once
-//! at load.
+//! Matrix-vector products for decode steps, on weights repacked once at load.
 //!
 //! A decode step reads every weight once per token, so its speed is the memory bandwidth it
-//! spends on weights. candle 0.11 multiplies one activation row by Q4_K through tiles that
-//! hold every sub-block scale and min as an f32 (0.75 bytes per weight against the GGUF's
-//! 0.5625), and by Q6_K with a 256-bit kernel. Here 16 weight rows of one 256-value
-//! super-block are interleaved so that one 512-bit `vpdpbusd` multiplies 4 activation bytes
-//! into 16 row sums, and a tile is exactly as large as the 16 GGUF blocks it came from: 4-bit
-//! (Q4_K) or 4 + 2-bit (Q6_K) levels, the sub-block scales as bytes, the super-block scales
-//! as f16. Sub-block scales are applied to the integer sums, so there is one float
-//! conversion per super-block and row.
+//! spends on weights, plus what each of its hundreds of small products costs to start.
+//! candle 0.11 multiplies one activation row by Q4_K through tiles that hold every sub-block
+//! scale and min as an f32 (0.75 bytes per weight against the GGUF's 0.5625), by Q6_K with a
+//! 256-bit kernel, and by the 32-value block formats with one dot product per row on its own
+//! thread pool. Here 16 weight rows are interleaved so that one 512-bit `vpdpbusd` multiplies
+//! 4 activation bytes into 16 row sums, and a tile is as large as the 16 GGUF blocks it came
+//! from (Q4_K: 3% more):
+//! - k-quants (Q4_K, Q6_K): 16 rows × one 256-value super-block; 4-bit or 4 + 2-bit levels,
+//!   the sub-block scales as bytes applied to the integer sums, the super-block scales as
+//!   f16, so there is one float conversion per super-block and row.
+//! - 32-value blocks (Q4_0, Q4_1, Q5_0, Q8_0): 16 rows × one block, levels made unsigned
+//!   (Q8_0 + 128) with the offset taken back through the activation sums, the scale as f16.
 //!
-//! Activations are quantized to 8 bits per 256 values with integer sums per 16 (ggml's Q8_K).
-//! Each output row is computed on its own, in the same order whatever the others, so a
-//! weight's result for a row does not depend on which rows are multiplied with it.
+//! Activations are quantized to 8 bits per 256 values (k-quants, ggml's Q8_K) or per 32
+//! (ggml's Q8_0), with integer sums per 16. Each output row is computed on its own, in the
+//! same order whatever the others, so a weight's result for a row does not depend on which
+//! rows are multiplied with it.
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
-/// Values per super-block.
+/// Values per k-quant super-block.
 const QK: usize = 256;
+/// Values per block of the other formats.
+const QB: usize = 32;
 /// Weight rows per tile: the 16 lanes of a 512-bit register of 32-bit sums.
 pub const ROWS: usize = 16;
 
@@ -62,10 +68,28 @@ mod q6k {
     pub const BLOCK_BYTES: usize = 210;
 }
 
+/// Byte offsets inside one tile of a 32-value block format (16 rows × 32 values).
+mod b32 {
+    /// Q4_0, Q4_1, Q5_0 low 4 bits: `[G: 4][row: 16][4]`, byte `j` = `q[8G + j] | q[8G + 4 + j] << 4`;
+    /// Q8_0: `[G: 8][row: 16][4]` levels + 128 of values `4G ..`.
+    pub const QS: usize = 0;
+    /// `[row: 16]` f16 scales after the 4-bit levels, then (Q4_1) the f16 mins.
+    pub const D4: usize = 256;
+    pub const M4: usize = 288;
+    /// Q5_0 high bits: `[row: 16][4]`, bit `2G` of byte `j` for value `8G + j`, bit `2G + 1` for `8G + 4 + j`.
+    pub const QH5: usize = 256;
+    pub const D5: usize = 320;
+    pub const D8: usize = 512;
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Q4K,
     Q6K,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q8_0,
 }
 
 impl Format {
@@ -73,21 +97,50 @@ impl Format {
         match dtype {
             GgmlDType::Q4K => Some(Self::Q4K),
             GgmlDType::Q6K => Some(Self::Q6K),
+            GgmlDType::Q4_0 => Some(Self::Q4_0),
+            GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q5_0 => Some(Self::Q5_0),
+            GgmlDType::Q8_0 => Some(Self::Q8_0),
             _ => None,
         }
     }
 
-    fn tile_bytes(self) -> usize {
+    /// Values of a row per tile, and per activation scale.
+    pub fn values(self) -> usize {
         match self {
-            Self::Q4K => q4k::BYTES,
-            Self::Q6K => q6k::BYTES,
+            Self::Q4K | Self::Q6K => QK,
+            _ => QB,
         }
     }
 
+    /// Bytes of one GGUF block of `values()` values.
     fn block_bytes(self) -> usize {
         match self {
             Self::Q4K => q4k::BLOCK_BYTES,
             Self::Q6K => q6k::BLOCK_BYTES,
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q8_0 => 34,
+        }
+    }
+
+    /// A tile holds what the 16 GGUF blocks it came from hold, in as many bytes except for
+    /// Q4_K, whose 6-bit sub-block scales and mins take a byte each (3% more).
+    fn tile_bytes(self) -> usize {
+        match self {
+            Self::Q4K => q4k::BYTES,
+            _ => ROWS * self.block_bytes(),
+        }
+    }
+
+    /// What the stored levels are above the signed ones (`w = d · (level - offset)`).
+    fn offset(self) -> i32 {
+        match self {
+            Self::Q4_0 => 8,
+            Self::Q5_0 => 16,
+            Self::Q8_0 => 128,
+            _ => 0,
         }
     }
 }
@@ -126,10 +179,11 @@ impl Packed {
     /// does not cover (rows not a multiple of 16).
     pub fn new(dtype: GgmlDType, data: &[u8], rows: usize, cols: usize, kernel: Kernel) -> Option<Self> {
         let format = Format::of(dtype)?;
-        if rows % ROWS != 0 || cols % QK != 0 || data.len() != rows * cols / QK * format.block_bytes() {
+        let values = format.values();
+        if rows % ROWS != 0 || cols % values != 0 || data.len() != rows * cols / values * format.block_bytes() {
             return None;
         }
-        let blocks = cols / QK;
+        let blocks = cols / values;
         let tile_bytes = format.tile_bytes();
         let mut tiles = vec![0u8; rows / ROWS * blocks * tile_bytes];
         let row_bytes = blocks * format.block_bytes();
@@ -140,6 +194,7 @@ impl Packed {
                     match format {
                         Format::Q4K => pack_q4k(block, r, tile),
                         Format::Q6K => pack_q6k(block, r, tile),
+                        _ => pack_block32(format, block, r, tile),
                     }
                 }
             }
@@ -158,17 +213,17 @@ impl Packed {
         self.rows
     }
 
-    /// `y = W · x` for each of the `x.rows` activation rows, as `x.rows × rows`.
-    pub fn matvec(&self, x: &Activations) -> Vec<f32> {
-        assert_eq!(x.cols, self.cols, "activation rows of {} values for a matrix of {} columns", x.cols, self.cols);
-        let blocks = self.cols / QK;
+    /// `y = x · Wᵀ` for `x` of `rows` rows, as `rows × self.rows()`.
+    pub fn matvec(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let x = Activations::quantize(x, rows, self.cols, self.format.values());
+        let blocks = self.cols / self.format.values();
         let tile_row_bytes = blocks * self.format.tile_bytes();
         let mut y = vec![0f32; x.rows * self.rows];
         for (j, y) in y.chunks_exact_mut(self.rows).enumerate() {
             let act = Row {
                 q: &x.q[j * self.cols..][..self.cols],
                 d: &x.d[j * blocks..][..blocks],
-                sums: &x.sums[j * blocks * 16..][..blocks * 16],
+                sums: &x.sums[j * self.cols / 16..][..self.cols / 16],
             };
             let work = |(t, out): (usize, &mut [f32])| {
                 let tiles = &self.tiles[t * tile_row_bytes..][..tile_row_bytes];
@@ -196,30 +251,30 @@ impl Packed {
     }
 }
 
-/// One activation row: 8-bit values, a scale per 256 and the sum of each 16 values.
-pub struct Row<'a> {
-    pub q: &'a [i8],
-    pub d: &'a [f32],
-    pub sums: &'a [i32],
+/// One activation row: 8-bit values, a scale per tile's worth of values (256 or 32) and the
+/// sum of each 16 values.
+struct Row<'a> {
+    q: &'a [i8],
+    d: &'a [f32],
+    sums: &'a [i32],
 }
 
-/// Activation rows quantized per 256 values (ggml's Q8_K).
-pub struct Activations {
+/// Activation rows quantized per `group` values (ggml's Q8_K for 256, Q8_0 for 32).
+struct Activations {
     rows: usize,
-    cols: usize,
     q: Vec<i8>,
     d: Vec<f32>,
     sums: Vec<i32>,
 }
 
 impl Activations {
-    pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(x.len(), rows * cols);
-        assert_eq!(cols % QK, 0, "rows must be whole 256-value super-blocks");
+    fn quantize(x: &[f32], rows: usize, cols: usize, group: usize) -> Self {
+        assert_eq!(x.len(), rows * cols, "{rows} activation rows of {cols} values");
         let mut q = vec![0i8; x.len()];
-        let mut d = vec![0f32; x.len() / QK];
+        let mut d = vec![0f32; x.len() / group];
         let mut sums = vec![0i32; x.len() / 16];
-        for ((block, q), (d, sums)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d.iter_mut().zip(sums.chunks_exact_mut(16))) {
+        let groups = x.chunks_exact(group).zip(q.chunks_exact_mut(group));
+        for ((block, q), (d, sums)) in groups.zip(d.iter_mut().zip(sums.chunks_exact_mut(group / 16))) {
             let amax = f32::from_bits(block.iter().map(|v| v.to_bits() & 0x7FFF_FFFF).max().unwrap_or(0));
             let scale = amax / 127.0;
             let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -231,7 +286,7 @@ impl Activations {
                 *sum = sixteen.iter().map(|&v| v as i32).sum();
             }
         }
-        Self { rows, cols, q, d, sums }
+        Self { rows, q, d, sums }
     }
 }
 
@@ -294,26 +349,67 @@ fn pack_q6k(block: &[u8], r: usize, tile: &mut [u8]) {
     tile[q6k::D + 2 * r..][..2].copy_from_slice(&block[208..210]);
 }
 
-/// The level of value `v` of tile row `r`, and the tests' way back to the weights.
+/// Row `r` of a 32-value block format's tile from one GGUF block.
+fn pack_block32(format: Format, block: &[u8], r: usize, tile: &mut [u8]) {
+    // Q4_0, Q4_1 and Q5_0 keep value v's low 4 bits in nibble v / 16 of byte v % 16.
+    let (qs, qh) = match format {
+        Format::Q4_0 => (&block[2..18], 0),
+        Format::Q4_1 => (&block[4..20], 0),
+        Format::Q5_0 => (&block[6..22], u32::from_le_bytes([block[2], block[3], block[4], block[5]])),
+        _ => (&block[2..34], 0),
+    };
+    let low = |v: usize| qs[v % 16] >> (4 * (v / 16)) & 0xF;
+    match format {
+        Format::Q8_0 => {
+            for v in 0..QB {
+                tile[b32::QS + (v / 4 * ROWS + r) * 4 + v % 4] = (qs[v] as i8 as i32 + 128) as u8;
+            }
+            tile[b32::D8 + 2 * r..][..2].copy_from_slice(&block[0..2]);
+        }
+        _ => {
+            for g in 0..QB / 8 {
+                for j in 0..4 {
+                    tile[b32::QS + (g * ROWS + r) * 4 + j] = low(8 * g + j) | low(8 * g + 4 + j) << 4;
+                }
+            }
+            if format == Format::Q5_0 {
+                for j in 0..4 {
+                    let high = |v: usize| (qh >> v & 1) as u8;
+                    tile[b32::QH5 + r * 4 + j] = (0..QB / 8).fold(0, |byte, g| byte | high(8 * g + j) << (2 * g) | high(8 * g + 4 + j) << (2 * g + 1));
+                }
+            }
+            let d = if format == Format::Q5_0 { b32::D5 } else { b32::D4 };
+            tile[d + 2 * r..][..2].copy_from_slice(&block[0..2]);
+            if format == Format::Q4_1 {
+                tile[b32::M4 + 2 * r..][..2].copy_from_slice(&block[2..4]);
+            }
+        }
+    }
+}
+
+/// The level of value `v` of tile row `r`, as the kernels read it.
 fn tile_level(format: Format, tile: &[u8], r: usize, v: usize) -> u8 {
     let nibble = |at: usize, v: usize| {
         let byte = tile[at + r * 4 + v % 4];
         if v % 8 < 4 { byte & 0xF } else { byte >> 4 }
     };
     match format {
-        Format::Q4K => nibble(q4k::QS + v / 8 * 64, v),
+        Format::Q4K | Format::Q4_0 | Format::Q4_1 => nibble(q4k::QS + v / 8 * 64, v),
         Format::Q6K => nibble(q6k::low(v / 8), v) | (tile[q6k::high(v / 16) + r * 4 + v % 4] >> (2 * (v % 16 / 4)) & 3) << 4,
+        Format::Q5_0 => nibble(b32::QS + v / 8 * 64, v) | (tile[b32::QH5 + r * 4 + v % 4] >> (2 * (v / 8) + v % 8 / 4) & 1) << 4,
+        Format::Q8_0 => tile[b32::QS + v / 4 * 64 + r * 4 + v % 4],
     }
 }
 
 /// The reference: the SIMD kernel's integer sums and float steps, one lane at a time.
 fn scalar_tile_row(format: Format, tiles: &[u8], act: &Row<'_>, out: &mut [f32; ROWS]) {
-    let tile_bytes = format.tile_bytes();
+    let (tile_bytes, values) = (format.tile_bytes(), format.values());
+    let f16_at = |tile: &[u8], at: usize| read_f16(&tile[at..]).to_f32();
     for (r, out) in out.iter_mut().enumerate() {
         let mut acc = 0f32;
         for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
-            let x = &act.q[b * QK..][..QK];
-            let sums = &act.sums[b * 16..][..16];
+            let x = &act.q[b * values..][..values];
+            let sums = &act.sums[b * values / 16..][..values / 16];
             let dot = |from: usize, n: usize| -> i32 {
                 (from..from + n).map(|v| tile_level(format, tile, r, v) as i32 * x[v] as i32).sum()
             };
@@ -325,18 +421,28 @@ fn scalar_tile_row(format: Format, tiles: &[u8], act: &Row<'_>, out: &mut [f32; 
                         total += dot(32 * s, 32) * tile[q4k::SCALES + s * ROWS + r] as i32;
                         mins += tile[q4k::MINS + s * ROWS + r] as i32 * (sums[2 * s] + sums[2 * s + 1]);
                     }
-                    let d = read_f16(&tile[q4k::D + 2 * r..]).to_f32();
-                    let dmin = read_f16(&tile[q4k::DMIN + 2 * r..]).to_f32();
-                    acc = (total as f32).mul_add(d * xd, acc);
-                    acc = (-(mins as f32)).mul_add(dmin * xd, acc);
+                    acc = (total as f32).mul_add(f16_at(tile, q4k::D + 2 * r) * xd, acc);
+                    acc = (-(mins as f32)).mul_add(f16_at(tile, q4k::DMIN + 2 * r) * xd, acc);
                 }
                 Format::Q6K => {
                     let mut total = 0i32;
                     for t in 0..16 {
                         total += (dot(16 * t, 16) - 32 * sums[t]) * tile[q6k::SCALES + t * ROWS + r] as i8 as i32;
                     }
-                    let d = read_f16(&tile[q6k::D + 2 * r..]).to_f32();
-                    acc = (total as f32).mul_add(d * xd, acc);
+                    acc = (total as f32).mul_add(f16_at(tile, q6k::D + 2 * r) * xd, acc);
+                }
+                _ => {
+                    let sum = sums[0] + sums[1];
+                    let d = match format {
+                        Format::Q5_0 => b32::D5,
+                        Format::Q8_0 => b32::D8,
+                        _ => b32::D4,
+                    };
+                    let total = dot(0, QB) - format.offset() * sum;
+                    acc = (total as f32).mul_add(f16_at(tile, d + 2 * r) * xd, acc);
+                    if format == Format::Q4_1 {
+                        acc = f16_at(tile, b32::M4 + 2 * r).mul_add(xd * sum as f32, acc);
+                    }
                 }
             }
         }
@@ -364,31 +470,38 @@ mod tests {
         all
     }
 
+    const FORMATS: [GgmlDType; 6] = [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0];
+
+    /// The weight that value `v` of row `r` of a tile stands for.
+    fn tile_value(format: Format, tile: &[u8], r: usize, v: usize) -> f32 {
+        let level = tile_level(format, tile, r, v) as f32;
+        let f16_at = |at: usize| read_f16(&tile[at + 2 * r..]).to_f32();
+        match format {
+            Format::Q4K => {
+                let s = v / 32;
+                f16_at(q4k::D) * tile[q4k::SCALES + s * ROWS + r] as f32 * level - f16_at(q4k::DMIN) * tile[q4k::MINS + s * ROWS + r] as f32
+            }
+            Format::Q6K => f16_at(q6k::D) * tile[q6k::SCALES + v / 16 * ROWS + r] as i8 as f32 * (level - 32.0),
+            Format::Q4_1 => f16_at(b32::D4) * level + f16_at(b32::M4),
+            Format::Q4_0 => f16_at(b32::D4) * (level - 8.0),
+            Format::Q5_0 => f16_at(b32::D5) * (level - 16.0),
+            Format::Q8_0 => f16_at(b32::D8) * (level - 128.0),
+        }
+    }
+
     /// The tile's levels and scales give back exactly the values candle dequantizes.
     #[test]
     fn packing_reproduces_the_gguf_values() {
         let (n, k) = (32, 512);
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for dtype in FORMATS {
             let (data, expected) = quantized(dtype, n, k, 1);
             let packed = Packed::new(dtype, &data, n, k, Kernel::Scalar).unwrap();
-            let format = packed.format;
+            let (format, values) = (packed.format, packed.format.values());
             for (i, &want) in expected.iter().enumerate() {
                 let (row, c) = (i / k, i % k);
-                let (t, r, b, v) = (row / ROWS, row % ROWS, c / QK, c % QK);
-                let tile = &packed.tiles[(t * k / QK + b) * format.tile_bytes()..][..format.tile_bytes()];
-                let level = tile_level(format, tile, r, v) as f32;
-                let got = match format {
-                    Format::Q4K => {
-                        let s = v / 32;
-                        let d = read_f16(&tile[q4k::D + 2 * r..]).to_f32() * tile[q4k::SCALES + s * ROWS + r] as f32;
-                        let m = read_f16(&tile[q4k::DMIN + 2 * r..]).to_f32() * tile[q4k::MINS + s * ROWS + r] as f32;
-                        d * level - m
-                    }
-                    Format::Q6K => {
-                        let sc = tile[q6k::SCALES + v / 16 * ROWS + r] as i8 as f32;
-                        read_f16(&tile[q6k::D + 2 * r..]).to_f32() * sc * (level - 32.0)
-                    }
-                };
+                let (t, r, b, v) = (row / ROWS, row % ROWS, c / values, c % values);
+                let tile = &packed.tiles[(t * k / values + b) * format.tile_bytes()..][..format.tile_bytes()];
+                let got = tile_value(format, tile, r, v);
                 assert!((got - want).abs() <= 1e-6 * want.abs().max(1e-3), "{dtype:?} value {i}: {got} != {want}");
             }
         }
@@ -400,14 +513,13 @@ mod tests {
     fn products_match_the_dequantized_weights_for_every_kernel() {
         let (n, k, m) = (48, 768, 3);
         let x = random(m * k, 9);
-        let acts = Activations::quantize(&x, m, k);
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for dtype in FORMATS {
             let (data, w) = quantized(dtype, n, k, 2);
             let exact: Vec<f32> = (0..m * n).map(|i| (0..k).map(|c| x[(i / n) * k + c] * w[(i % n) * k + c]).sum()).collect();
             let scale = exact.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let reference = Packed::new(dtype, &data, n, k, Kernel::Scalar).unwrap().matvec(&acts);
+            let reference = Packed::new(dtype, &data, n, k, Kernel::Scalar).unwrap().matvec(&x, m);
             for kernel in kernels() {
-                let y = Packed::new(dtype, &data, n, k, kernel).unwrap().matvec(&acts);
+                let y = Packed::new(dtype, &data, n, k, kernel).unwrap().matvec(&x, m);
                 for i in 0..m * n {
                     assert!((y[i] - exact[i]).abs() < 1e-2 * scale, "{kernel:?} {dtype:?} [{i}]: {} vs {}", y[i], exact[i]);
                     assert_eq!(y[i], reference[i], "{kernel:?} {dtype:?} [{i}] against the scalar kernel");
@@ -416,18 +528,17 @@ mod tests {
         }
     }
 
-    /// Extreme levels and activations (all 15s or 63s against ±127) do not overflow the
-    /// integer sums.
+    /// Extreme levels and activations (every level at its largest against 127s) do not
+    /// overflow the integer sums.
     #[test]
     fn extreme_values_do_not_overflow() {
         let (n, k) = (16, 256);
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for dtype in FORMATS {
             let w: Vec<f32> = (0..n * k).map(|i| if (i / k) % 2 == 0 { 1.0 } else { -1.0 }).collect();
             let q = QTensor::quantize(&Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap(), dtype).unwrap();
             let values = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let acts = Activations::quantize(&vec![1.0f32; k], 1, k);
             for kernel in kernels() {
-                let y = Packed::new(dtype, &q.data().unwrap(), n, k, kernel).unwrap().matvec(&acts);
+                let y = Packed::new(dtype, &q.data().unwrap(), n, k, kernel).unwrap().matvec(&vec![1.0f32; k], 1);
                 for (r, v) in y.iter().enumerate() {
                     let want: f32 = values[r * k..][..k].iter().sum();
                     assert!((v - want).abs() < 1e-2 * k as f32, "{kernel:?} {dtype:?} row {r}: {v} vs {want}");
@@ -445,7 +556,7 @@ mod tests {
         use candle_core::Module;
         let Some(kernel) = Kernel::detect() else { return eprintln!("no SIMD kernel on this CPU") };
         // Large enough (about 190 MB) to stream from memory, as a decode step does.
-        for (dtype, n, k) in [(GgmlDType::Q4K, 151936, 1536), (GgmlDType::Q6K, 151936, 1536)] {
+        for (dtype, n, k) in [(GgmlDType::Q4K, 151936, 1536), (GgmlDType::Q6K, 151936, 1536), (GgmlDType::Q8_0, 151936, 896), (GgmlDType::Q5_0, 151936, 1536)] {
             let w = QTensor::quantize(&Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap(), dtype).unwrap();
             let data = w.data().unwrap().into_owned();
             let bytes = data.len() as f64;
@@ -465,7 +576,7 @@ mod tests {
             let (mut theirs, mut ours) = (0f64, 0f64);
             for _ in 0..5 {
                 theirs = theirs.max(round(&|| drop(candle.forward(&xt).unwrap())));
-                ours = ours.max(round(&|| drop(packed.matvec(&Activations::quantize(&x, 1, k)))));
+                ours = ours.max(round(&|| drop(packed.matvec(&x, 1))));
             }
             eprintln!("{dtype:?} {n}×{k}: candle {theirs:.1} GB/s of GGUF weights, ours {ours:.1} GB/s");
         }

@@ -1,6 +1,6 @@
 //! AVX512-VNNI: one `vpdpbusd` multiplies 4 levels of each of 16 weight rows (64 bytes) by
 //! 4 broadcast activation bytes into 16 row sums.
-use super::{q4k, q6k, Format, Row, QK, ROWS};
+use super::{b32, q4k, q6k, Format, Row, QB, QK, ROWS};
 use std::arch::x86_64::*;
 
 pub fn available() -> bool {
@@ -9,12 +9,17 @@ pub fn available() -> bool {
 
 /// # Safety
 /// The CPU has AVX512F/BW/VNNI; `tiles` holds whole tiles and `act` as many super-blocks.
-pub unsafe fn tile_row(format: Format, tiles: &[u8], act: &Row<'_>, out: &mut [f32; ROWS]) {
+pub(super) unsafe fn tile_row(format: Format, tiles: &[u8], act: &Row<'_>, out: &mut [f32; ROWS]) {
     let blocks = tiles.len() / format.tile_bytes();
-    assert!(act.q.len() >= blocks * QK && act.d.len() >= blocks && act.sums.len() >= blocks * 16);
+    let values = blocks * format.values();
+    assert!(act.q.len() >= values && act.d.len() >= blocks && act.sums.len() >= values / 16);
     let acc = match format {
         Format::Q4K => q4k_row(tiles.as_ptr(), blocks, act),
         Format::Q6K => q6k_row(tiles.as_ptr(), blocks, act),
+        Format::Q4_0 => block32_row::<0>(tiles.as_ptr(), blocks, act),
+        Format::Q4_1 => block32_row::<1>(tiles.as_ptr(), blocks, act),
+        Format::Q5_0 => block32_row::<2>(tiles.as_ptr(), blocks, act),
+        Format::Q8_0 => block32_row::<3>(tiles.as_ptr(), blocks, act),
     };
     _mm512_storeu_ps(out.as_mut_ptr(), acc);
 }
@@ -101,6 +106,65 @@ unsafe fn q6k_row(tiles: *const u8, blocks: usize, act: &Row<'_>) -> __m512 {
         let xd = _mm512_set1_ps(*act.d.get_unchecked(b));
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(q6k::D) as *const _));
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, xd), acc);
+    }
+    acc
+}
+
+/// The 32-value block formats, `F` = 0: Q4_0, 1: Q4_1, 2: Q5_0, 3: Q8_0 (a constant, so each
+/// gets its own loop).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn block32_row<const F: usize>(tiles: *const u8, blocks: usize, act: &Row<'_>) -> __m512 {
+    let format = [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q8_0][F];
+    let (bytes, offset) = (format.tile_bytes(), format.offset());
+    let d_at = [b32::D4, b32::D4, b32::D5, b32::D8][F];
+    let (low4, bit4) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x10));
+    let mut acc = _mm512_setzero_ps();
+    for b in 0..blocks {
+        let tile = tiles.add(b * bytes);
+        prefetch(tile.add(8 * bytes), 0, bytes.div_ceil(64));
+        let x = act.q.as_ptr().add(b * QB);
+        let (mut a, mut c) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        if F == 3 {
+            for g in 0..8 {
+                let w = load(tile, b32::QS + g * 64);
+                match g % 2 {
+                    0 => a = _mm512_dpbusd_epi32(a, w, broadcast4(x, 4 * g)),
+                    _ => c = _mm512_dpbusd_epi32(c, w, broadcast4(x, 4 * g)),
+                }
+            }
+        } else {
+            let h = if F == 2 { load(tile, b32::QH5) } else { _mm512_setzero_si512() };
+            for g in 0..4 {
+                let w = load(tile, b32::QS + g * 64);
+                let (mut lo, mut hi) = (_mm512_and_si512(w, low4), _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
+                if F == 2 {
+                    // Bits 2g and 2g + 1 of each byte of `h` to bit 4 (constant shifts once unrolled).
+                    let to_bit4 = |bit: u32| match bit {
+                        0 => _mm512_slli_epi16(h, 4),
+                        1 => _mm512_slli_epi16(h, 3),
+                        2 => _mm512_slli_epi16(h, 2),
+                        3 => _mm512_slli_epi16(h, 1),
+                        4 => h,
+                        5 => _mm512_srli_epi16(h, 1),
+                        6 => _mm512_srli_epi16(h, 2),
+                        _ => _mm512_srli_epi16(h, 3),
+                    };
+                    lo = _mm512_or_si512(lo, _mm512_and_si512(to_bit4(2 * g as u32), bit4));
+                    hi = _mm512_or_si512(hi, _mm512_and_si512(to_bit4(2 * g as u32 + 1), bit4));
+                }
+                a = _mm512_dpbusd_epi32(a, lo, broadcast4(x, 8 * g));
+                c = _mm512_dpbusd_epi32(c, hi, broadcast4(x, 8 * g + 4));
+            }
+        }
+        let sum = *act.sums.get_unchecked(2 * b) + *act.sums.get_unchecked(2 * b + 1);
+        let total = _mm512_sub_epi32(_mm512_add_epi32(a, c), _mm512_set1_epi32(offset * sum));
+        let xd = *act.d.get_unchecked(b);
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(d_at) as *const _));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, _mm512_set1_ps(xd)), acc);
+        if F == 1 {
+            let m = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(b32::M4) as *const _));
+            acc = _mm512_fmadd_ps(m, _mm512_set1_ps(xd * sum as f32), acc);
+        }
     }
     acc
 }
