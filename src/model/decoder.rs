@@ -27,14 +27,15 @@ pub struct Step {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Kernels {
     /// Several rows at once (prefill) through our batched kernels (`gemm`), a single row (a
-    /// decode step) through candle's matrix-vector kernels. Fastest; but the two meet the
-    /// same row with different arithmetic, so a prompt run whole and run in pieces differ in
-    /// the last bits.
+    /// decode step) through our matrix-vector kernels (`gemv`) or candle's. Fastest; but the
+    /// two meet the same row with different arithmetic, so a prompt run whole and run in
+    /// pieces differ in the last bits.
     #[default]
     Fastest,
-    /// Every row through candle's kernels, whose result for a row never depends on the other
-    /// rows of the pass. The server runs this: a cached prefix, a batch of sessions and one
-    /// request alone then give exactly the same tokens.
+    /// Every row through one kernel whose result for a row never depends on the other rows of
+    /// the pass: `gemv` where the CPU has it for the format, else candle's. The server runs
+    /// this: a cached prefix, a batch of sessions and one request alone then give exactly the
+    /// same tokens.
     RowInvariant,
     /// candle's kernels on the weights as stored (no rewritten formats): the reference the
     /// parity tests compare the decoder with.
@@ -280,8 +281,7 @@ impl Decoder {
             let a = self.attention(layer, l, &h, &positions, batch)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-            let f = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            let f = layer.down.forward(&silu_mul(&layer.gate.forward(&h)?, &layer.up.forward(&h)?)?)?;
             x = (x + f)?;
         }
         // Usually only each sequence's last position needs logits: skip the vocabulary projection for the rest.
@@ -299,6 +299,15 @@ impl Decoder {
         let (logits, hidden) = (logits.to_vec2::<f32>()?, hidden.to_vec2::<f32>()?);
         Ok(logits.into_iter().zip(hidden).map(|(logits, hidden)| Step { logits, hidden }).collect())
     }
+}
+
+/// `silu(gate) · up`, element by element, on this thread. candle's element-wise ops hand
+/// tensors of 64K values or more (a prompt's feed-forward activations) to its own thread pool,
+/// whose threads then spin for more work while rayon's run the next product.
+fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let (mut g, u) = (gate.flatten_all()?.to_vec1::<f32>()?, up.flatten_all()?.to_vec1::<f32>()?);
+    g.iter_mut().zip(&u).for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u);
+    Ok(Tensor::from_vec(g, gate.shape(), gate.device())?)
 }
 
 /// Runs a forward pass on one of rayon's workers, so that each of the kernels' parallel loops

@@ -1,7 +1,8 @@
-//! Quantized projection weights as the decoder uses them. Several activation rows at once
-//! (prefill, batched decode) go through our batched kernels (`gemm`); a single row through
-//! our matrix-vector kernels on weights repacked at load (`gemv`, k-quants on AVX512-VNNI)
-//! or else candle's. Formats without a SIMD kernel in candle (Q5_0, Q4_1) are
+//! Quantized projection weights as the decoder uses them. With `Kernels::Fastest`, several
+//! activation rows at once (prefill, batched decode) go through our batched kernels (`gemm`)
+//! and a single row through our matrix-vector kernels on weights repacked at load (`gemv`,
+//! AVX512-VNNI); with `Kernels::RowInvariant` every row goes through `gemv`. Where `gemv` has
+//! no kernel, candle's run. Formats without a SIMD kernel in candle (Q5_0, Q4_1) are
 //! rewritten once at load time into formats that have one, without changing the values they
 //! encode:
 //! - Q5_0 `d * (q - 16)` with 5-bit `q` is exactly Q8_0 with the same scale.
@@ -27,24 +28,25 @@ pub struct QWeight {
     batched: bool,
     /// For rewritten Q4_1: the per-block offsets, `in / 32` rows of `out`.
     block_offsets: Option<Vec<f32>>,
-    /// The same weights repacked for single rows (`Kernels::Fastest` only).
-    single_row: Option<gemv::Packed>,
+    /// The same weights repacked for `gemv`, which takes single rows (`Kernels::Fastest`) or
+    /// every row (`Kernels::RowInvariant`: its result for a row never depends on the others).
+    repacked: Option<gemv::Packed>,
 }
 
 impl QWeight {
     pub fn new(tensor: QTensor, kernels: Kernels) -> Result<Self> {
         let batched = kernels == Kernels::Fastest;
         if kernels == Kernels::CandleReference {
-            return Ok(Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, single_row: None });
+            return Ok(Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, repacked: None });
         }
         let device = tensor.device();
         let (out, inp) = tensor.shape().dims2()?;
         // Packed from the GGUF's own blocks, before any rewrite below.
-        let single_row = single_row(&tensor, kernels)?;
+        let repacked = repacked(&tensor, kernels)?;
         Ok(match tensor.dtype() {
             GgmlDType::Q5_0 => {
                 let q8 = q5_0_to_q8_0(&tensor.data()?)?;
-                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, batched, block_offsets: None, single_row }
+                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, batched, block_offsets: None, repacked }
             }
             GgmlDType::Q4_1 => {
                 let (q4_0, offsets) = q4_1_to_q4_0(&tensor.data()?)?;
@@ -53,17 +55,17 @@ impl QWeight {
                     matmul: qmatmul(q4_0, GgmlDType::Q4_0, (out, inp), &device)?,
                     batched,
                     block_offsets: Some(offsets),
-                    single_row,
+                    repacked,
                 }
             }
-            _ => Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, single_row },
+            _ => Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, repacked },
         })
     }
 
     /// A weight shared with the embedding table (tied output projection), used as it is.
     pub fn from_arc(tensor: std::sync::Arc<QTensor>, kernels: Kernels) -> Result<Self> {
-        let single_row = single_row(&tensor, kernels)?;
-        Ok(Self { matmul: QMatMul::from_arc(tensor)?, batched: kernels == Kernels::Fastest, block_offsets: None, single_row })
+        let repacked = repacked(&tensor, kernels)?;
+        Ok(Self { matmul: QMatMul::from_arc(tensor)?, batched: kernels == Kernels::Fastest, block_offsets: None, repacked })
     }
 
     fn batched_here(w: &QTensor) -> bool {
@@ -74,7 +76,7 @@ impl QWeight {
     /// `x`: `(rows, in)` → `(rows, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
-        if let Some(packed) = self.single_row.as_ref().filter(|_| rows < BATCHED_FROM_ROWS) {
+        if let Some(packed) = self.repacked.as_ref().filter(|_| rows < BATCHED_FROM_ROWS || !self.batched) {
             let y = packed.matvec(&x.flatten_all()?.to_vec1::<f32>()?, rows);
             return Ok(Tensor::from_vec(y, (rows, packed.rows()), x.device())?);
         }
@@ -102,12 +104,12 @@ impl QWeight {
     }
 }
 
-/// The weight repacked for single rows, where this CPU has a kernel for its format and the
-/// kernels may differ between one row and several (`Kernels::Fastest`).
-fn single_row(tensor: &QTensor, kernels: Kernels) -> Result<Option<gemv::Packed>> {
+/// The weight repacked for `gemv`, where this CPU has a kernel for its format (not for the
+/// parity tests' `Kernels::CandleReference`).
+fn repacked(tensor: &QTensor, kernels: Kernels) -> Result<Option<gemv::Packed>> {
     let (out, inp) = tensor.shape().dims2()?;
     Ok(match (kernels, gemv::Kernel::detect()) {
-        (Kernels::Fastest, Some(kernel)) => gemv::Packed::new(tensor.dtype(), &tensor.data()?, out, inp, kernel),
+        (Kernels::Fastest | Kernels::RowInvariant, Some(kernel)) => gemv::Packed::new(tensor.dtype(), &tensor.data()?, out, inp, kernel),
         _ => None,
     })
 }

@@ -7,21 +7,42 @@ pub fn available() -> bool {
     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
 }
 
+/// Activation rows per pass over a tile row: the tile's levels are unpacked once for all of
+/// them, and each row still gets exactly the operations it would get alone.
+pub const ROWS_PER_PASS: usize = 4;
+
+/// `out[j]` = the 16 weight rows of `tiles` · activation row `acts[j]`, for 1 to 4 rows.
+///
 /// # Safety
-/// The CPU has AVX512F/BW/VNNI; `tiles` holds whole tiles and `act` as many super-blocks.
-pub(super) unsafe fn tile_row(format: Format, tiles: &[u8], act: &Row<'_>, out: &mut [f32; ROWS]) {
+/// The CPU has AVX512F/BW/VNNI; `tiles` holds whole tiles and every row as many values.
+pub(super) unsafe fn tile_rows(format: Format, tiles: &[u8], acts: &[Row<'_>], out: &mut [[f32; ROWS]]) {
+    match acts.len() {
+        1 => tile_rows_n::<1>(format, tiles, acts, out),
+        2 => tile_rows_n::<2>(format, tiles, acts, out),
+        3 => tile_rows_n::<3>(format, tiles, acts, out),
+        _ => tile_rows_n::<4>(format, tiles, acts, out),
+    }
+}
+
+unsafe fn tile_rows_n<const C: usize>(format: Format, tiles: &[u8], acts: &[Row<'_>], out: &mut [[f32; ROWS]]) {
     let blocks = tiles.len() / format.tile_bytes();
     let values = blocks * format.values();
-    assert!(act.q.len() >= values && act.d.len() >= blocks && act.sums.len() >= values / 16);
+    let acts: &[Row<'_>; C] = acts.try_into().expect("C activation rows");
+    for act in acts {
+        assert!(act.q.len() >= values && act.d.len() >= blocks && act.sums.len() >= values / 16);
+    }
+    let t = tiles.as_ptr();
     let acc = match format {
-        Format::Q4K => q4k_row(tiles.as_ptr(), blocks, act),
-        Format::Q6K => q6k_row(tiles.as_ptr(), blocks, act),
-        Format::Q4_0 => block32_row::<0>(tiles.as_ptr(), blocks, act),
-        Format::Q4_1 => block32_row::<1>(tiles.as_ptr(), blocks, act),
-        Format::Q5_0 => block32_row::<2>(tiles.as_ptr(), blocks, act),
-        Format::Q8_0 => block32_row::<3>(tiles.as_ptr(), blocks, act),
+        Format::Q4K => q4k_rows(t, blocks, acts),
+        Format::Q6K => q6k_rows(t, blocks, acts),
+        Format::Q4_0 => block32_rows::<0, C>(t, blocks, acts),
+        Format::Q4_1 => block32_rows::<1, C>(t, blocks, acts),
+        Format::Q5_0 => block32_rows::<2, C>(t, blocks, acts),
+        Format::Q8_0 => block32_rows::<3, C>(t, blocks, acts),
     };
-    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    for (out, acc) in out.iter_mut().zip(acc) {
+        _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    }
 }
 
 #[inline(always)]
@@ -44,46 +65,55 @@ unsafe fn load(p: *const u8, at: usize) -> __m512i {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn q4k_row(tiles: *const u8, blocks: usize, act: &Row<'_>) -> __m512 {
+unsafe fn q4k_rows<const C: usize>(tiles: *const u8, blocks: usize, acts: &[Row<'_>; C]) -> [__m512; C] {
     let low4 = _mm512_set1_epi8(0x0F);
-    let mut acc = _mm512_setzero_ps();
+    let mut acc = [_mm512_setzero_ps(); C];
     for b in 0..blocks {
         let tile = tiles.add(b * q4k::BYTES);
-        let x = act.q.as_ptr().add(b * QK);
-        let sums = act.sums.as_ptr().add(b * 16);
-        let (mut total, mut mins) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let x: [*const i8; C] = std::array::from_fn(|j| acts[j].q[b * QK..].as_ptr());
+        let mut total = [_mm512_setzero_si512(); C];
+        let mut mins = [_mm512_setzero_si512(); C];
         for s in 0..8 {
             prefetch(tile.add(q4k::BYTES), s * 5 * 64, 5);
-            // Two chains (low and high nibbles) so consecutive dot products do not wait on each other.
-            let (mut a, mut c) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            // Two chains per row (low and high nibbles) so consecutive dot products do not
+            // wait on each other.
+            let (mut a, mut c) = ([_mm512_setzero_si512(); C], [_mm512_setzero_si512(); C]);
             for g in 4 * s..4 * s + 4 {
                 let w = load(tile, q4k::QS + g * 64);
-                a = _mm512_dpbusd_epi32(a, _mm512_and_si512(w, low4), broadcast4(x, 8 * g));
-                c = _mm512_dpbusd_epi32(c, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4), broadcast4(x, 8 * g + 4));
+                let (lo, hi) = (_mm512_and_si512(w, low4), _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
+                for j in 0..C {
+                    a[j] = _mm512_dpbusd_epi32(a[j], lo, broadcast4(x[j], 8 * g));
+                    c[j] = _mm512_dpbusd_epi32(c[j], hi, broadcast4(x[j], 8 * g + 4));
+                }
             }
             let scales = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(q4k::SCALES + s * ROWS) as *const _));
             let m = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(q4k::MINS + s * ROWS) as *const _));
-            total = _mm512_add_epi32(total, _mm512_mullo_epi32(_mm512_add_epi32(a, c), scales));
-            mins = _mm512_add_epi32(mins, _mm512_mullo_epi32(m, _mm512_set1_epi32(*sums.add(2 * s) + *sums.add(2 * s + 1))));
+            for j in 0..C {
+                let sums = acts[j].sums.as_ptr().add(b * 16);
+                total[j] = _mm512_add_epi32(total[j], _mm512_mullo_epi32(_mm512_add_epi32(a[j], c[j]), scales));
+                let sum = *sums.add(2 * s) + *sums.add(2 * s + 1);
+                mins[j] = _mm512_add_epi32(mins[j], _mm512_mullo_epi32(m, _mm512_set1_epi32(sum)));
+            }
         }
-        let xd = _mm512_set1_ps(*act.d.get_unchecked(b));
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(q4k::D) as *const _));
         let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(q4k::DMIN) as *const _));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, xd), acc);
-        acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, xd), acc);
+        for j in 0..C {
+            let xd = _mm512_set1_ps(*acts[j].d.get_unchecked(b));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[j]), _mm512_mul_ps(d, xd), acc[j]);
+            acc[j] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins[j]), _mm512_mul_ps(dmin, xd), acc[j]);
+        }
     }
     acc
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn q6k_row(tiles: *const u8, blocks: usize, act: &Row<'_>) -> __m512 {
+unsafe fn q6k_rows<const C: usize>(tiles: *const u8, blocks: usize, acts: &[Row<'_>; C]) -> [__m512; C] {
     let (low4, high2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
-    let mut acc = _mm512_setzero_ps();
+    let mut acc = [_mm512_setzero_ps(); C];
     for b in 0..blocks {
         let tile = tiles.add(b * q6k::BYTES);
-        let x = act.q.as_ptr().add(b * QK);
-        let sums = act.sums.as_ptr().add(b * 16);
-        let mut total = _mm512_setzero_si512();
+        let x: [*const i8; C] = std::array::from_fn(|j| acts[j].q[b * QK..].as_ptr());
+        let mut total = [_mm512_setzero_si512(); C];
         for t in 0..16 {
             prefetch(tile.add(q6k::BYTES), t * 4 * 64, 4);
             let (w0, w1, h) = (load(tile, q6k::low(2 * t)), load(tile, q6k::low(2 * t + 1)), load(tile, q6k::high(t)));
@@ -94,18 +124,23 @@ unsafe fn q6k_row(tiles: *const u8, blocks: usize, act: &Row<'_>) -> __m512 {
                 _mm512_or_si512(_mm512_and_si512(w1, low4), _mm512_and_si512(h, high2)),
                 _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(w1, 4), low4), _mm512_and_si512(_mm512_srli_epi16(h, 2), high2)),
             ];
-            let a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), levels[0], broadcast4(x, 16 * t));
-            let a = _mm512_dpbusd_epi32(a, levels[1], broadcast4(x, 16 * t + 4));
-            let c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), levels[2], broadcast4(x, 16 * t + 8));
-            let c = _mm512_dpbusd_epi32(c, levels[3], broadcast4(x, 16 * t + 12));
-            // Levels are stored +32: take 32 × the sum of the 16 activations back off.
-            let dot = _mm512_sub_epi32(_mm512_add_epi32(a, c), _mm512_set1_epi32(32 * *sums.add(t)));
             let scales = _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(q6k::SCALES + t * ROWS) as *const _));
-            total = _mm512_add_epi32(total, _mm512_mullo_epi32(dot, scales));
+            for j in 0..C {
+                let a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), levels[0], broadcast4(x[j], 16 * t));
+                let a = _mm512_dpbusd_epi32(a, levels[1], broadcast4(x[j], 16 * t + 4));
+                let c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), levels[2], broadcast4(x[j], 16 * t + 8));
+                let c = _mm512_dpbusd_epi32(c, levels[3], broadcast4(x[j], 16 * t + 12));
+                // Levels are stored +32: take 32 × the sum of the 16 activations back off.
+                let sum = *acts[j].sums.get_unchecked(b * 16 + t);
+                let dot = _mm512_sub_epi32(_mm512_add_epi32(a, c), _mm512_set1_epi32(32 * sum));
+                total[j] = _mm512_add_epi32(total[j], _mm512_mullo_epi32(dot, scales));
+            }
         }
-        let xd = _mm512_set1_ps(*act.d.get_unchecked(b));
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(q6k::D) as *const _));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, xd), acc);
+        for j in 0..C {
+            let xd = _mm512_set1_ps(*acts[j].d.get_unchecked(b));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[j]), _mm512_mul_ps(d, xd), acc[j]);
+        }
     }
     acc
 }
@@ -113,23 +148,25 @@ unsafe fn q6k_row(tiles: *const u8, blocks: usize, act: &Row<'_>) -> __m512 {
 /// The 32-value block formats, `F` = 0: Q4_0, 1: Q4_1, 2: Q5_0, 3: Q8_0 (a constant, so each
 /// gets its own loop).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn block32_row<const F: usize>(tiles: *const u8, blocks: usize, act: &Row<'_>) -> __m512 {
+unsafe fn block32_rows<const F: usize, const C: usize>(tiles: *const u8, blocks: usize, acts: &[Row<'_>; C]) -> [__m512; C] {
     let format = [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q8_0][F];
     let (bytes, offset) = (format.tile_bytes(), format.offset());
     let d_at = [b32::D4, b32::D4, b32::D5, b32::D8][F];
     let (low4, bit4) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x10));
-    let mut acc = _mm512_setzero_ps();
+    let mut acc = [_mm512_setzero_ps(); C];
     for b in 0..blocks {
         let tile = tiles.add(b * bytes);
         prefetch(tile.add(8 * bytes), 0, bytes.div_ceil(64));
-        let x = act.q.as_ptr().add(b * QB);
-        let (mut a, mut c) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let x: [*const i8; C] = std::array::from_fn(|j| acts[j].q[b * QB..].as_ptr());
+        let (mut a, mut c) = ([_mm512_setzero_si512(); C], [_mm512_setzero_si512(); C]);
         if F == 3 {
             for g in 0..8 {
                 let w = load(tile, b32::QS + g * 64);
-                match g % 2 {
-                    0 => a = _mm512_dpbusd_epi32(a, w, broadcast4(x, 4 * g)),
-                    _ => c = _mm512_dpbusd_epi32(c, w, broadcast4(x, 4 * g)),
+                for j in 0..C {
+                    match g % 2 {
+                        0 => a[j] = _mm512_dpbusd_epi32(a[j], w, broadcast4(x[j], 4 * g)),
+                        _ => c[j] = _mm512_dpbusd_epi32(c[j], w, broadcast4(x[j], 4 * g)),
+                    }
                 }
             }
         } else {
@@ -152,18 +189,22 @@ unsafe fn block32_row<const F: usize>(tiles: *const u8, blocks: usize, act: &Row
                     lo = _mm512_or_si512(lo, _mm512_and_si512(to_bit4(2 * g as u32), bit4));
                     hi = _mm512_or_si512(hi, _mm512_and_si512(to_bit4(2 * g as u32 + 1), bit4));
                 }
-                a = _mm512_dpbusd_epi32(a, lo, broadcast4(x, 8 * g));
-                c = _mm512_dpbusd_epi32(c, hi, broadcast4(x, 8 * g + 4));
+                for j in 0..C {
+                    a[j] = _mm512_dpbusd_epi32(a[j], lo, broadcast4(x[j], 8 * g));
+                    c[j] = _mm512_dpbusd_epi32(c[j], hi, broadcast4(x[j], 8 * g + 4));
+                }
             }
         }
-        let sum = *act.sums.get_unchecked(2 * b) + *act.sums.get_unchecked(2 * b + 1);
-        let total = _mm512_sub_epi32(_mm512_add_epi32(a, c), _mm512_set1_epi32(offset * sum));
-        let xd = *act.d.get_unchecked(b);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(d_at) as *const _));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, _mm512_set1_ps(xd)), acc);
-        if F == 1 {
-            let m = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(b32::M4) as *const _));
-            acc = _mm512_fmadd_ps(m, _mm512_set1_ps(xd * sum as f32), acc);
+        let m = if F == 1 { _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(b32::M4) as *const _)) } else { _mm512_setzero_ps() };
+        for j in 0..C {
+            let sum = *acts[j].sums.get_unchecked(2 * b) + *acts[j].sums.get_unchecked(2 * b + 1);
+            let total = _mm512_sub_epi32(_mm512_add_epi32(a[j], c[j]), _mm512_set1_epi32(offset * sum));
+            let xd = *acts[j].d.get_unchecked(b);
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, _mm512_set1_ps(xd)), acc[j]);
+            if F == 1 {
+                acc[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(xd * sum as f32), acc[j]);
+            }
         }
     }
     acc
