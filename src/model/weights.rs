@@ -77,7 +77,7 @@ impl QWeight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
         if let Some(packed) = self.repacked.as_ref().filter(|_| rows < BATCHED_FROM_ROWS || !self.batched) {
-            let y = packed.matvec(&x.flatten_all()?.to_vec1::<f32>()?, rows);
+            let y = packed.multiply(&x.flatten_all()?.to_vec1::<f32>()?, rows);
             return Ok(Tensor::from_vec(y, (rows, packed.rows()), x.device())?);
         }
         let batched = match &self.matmul {

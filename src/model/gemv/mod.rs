@@ -174,7 +174,8 @@ impl Kernel {
     }
 }
 
-/// A weight matrix `(rows, cols)` as tiles of 16 rows × 256 values, tile row by tile row.
+/// A weight matrix `(rows, cols)` as tiles of 16 rows × one block (256 values for the
+/// k-quants, 32 for the others), tile row by tile row.
 pub struct Packed {
     format: Format,
     rows: usize,
@@ -225,7 +226,7 @@ impl Packed {
     /// `y = x · Wᵀ` for `x` of `rows` rows, as `rows × self.rows()`. Each task takes one
     /// tile row (16 weight rows) through every activation row, so the weights are read from
     /// memory once however many rows there are.
-    pub fn matvec(&self, x: &[f32], rows: usize) -> Vec<f32> {
+    pub fn multiply(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let x = Activations::quantize(x, rows, self.cols, self.format.values());
         let blocks = self.cols / self.format.values();
         let tile_row_bytes = blocks * self.format.tile_bytes();
@@ -536,15 +537,15 @@ mod tests {
     /// rounding of the activations), and every kernel exactly equal to the scalar one.
     #[test]
     fn products_match_the_dequantized_weights_for_every_kernel() {
-        let (n, k, m) = (48, 768, 7);
+        let (n, k, m) = (48, 768, 11);
         let x = random(m * k, 9);
         for dtype in FORMATS {
             let (data, w) = quantized(dtype, n, k, 2);
             let exact: Vec<f32> = (0..m * n).map(|i| (0..k).map(|c| x[(i / n) * k + c] * w[(i % n) * k + c]).sum()).collect();
             let scale = exact.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let reference = Packed::new(dtype, &data, n, k, Kernel::Scalar).unwrap().matvec(&x, m);
+            let reference = Packed::new(dtype, &data, n, k, Kernel::Scalar).unwrap().multiply(&x, m);
             for kernel in kernels() {
-                let y = Packed::new(dtype, &data, n, k, kernel).unwrap().matvec(&x, m);
+                let y = Packed::new(dtype, &data, n, k, kernel).unwrap().multiply(&x, m);
                 for i in 0..m * n {
                     assert!((y[i] - exact[i]).abs() < 1e-2 * scale, "{kernel:?} {dtype:?} [{i}]: {} vs {}", y[i], exact[i]);
                     assert_eq!(y[i], reference[i], "{kernel:?} {dtype:?} [{i}] against the scalar kernel");
@@ -563,7 +564,7 @@ mod tests {
             let q = QTensor::quantize(&Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap(), dtype).unwrap();
             let values = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for kernel in kernels() {
-                let y = Packed::new(dtype, &q.data().unwrap(), n, k, kernel).unwrap().matvec(&vec![1.0f32; k], 1);
+                let y = Packed::new(dtype, &q.data().unwrap(), n, k, kernel).unwrap().multiply(&vec![1.0f32; k], 1);
                 for (r, v) in y.iter().enumerate() {
                     let want: f32 = values[r * k..][..k].iter().sum();
                     assert!((v - want).abs() < 1e-2 * k as f32, "{kernel:?} {dtype:?} row {r}: {v} vs {want}");
@@ -601,7 +602,7 @@ mod tests {
             let (mut theirs, mut ours) = (0f64, 0f64);
             for _ in 0..5 {
                 theirs = theirs.max(round(&|| drop(candle.forward(&xt).unwrap())));
-                ours = ours.max(round(&|| drop(packed.matvec(&x, 1))));
+                ours = ours.max(round(&|| drop(packed.multiply(&x, 1))));
             }
             eprintln!("{dtype:?} {n}×{k}: candle {theirs:.1} GB/s of GGUF weights, ours {ours:.1} GB/s");
             // A consult's worth of rows (12): multiply-adds per second, ours against candle's.
@@ -611,7 +612,7 @@ mod tests {
             let (mut theirs, mut ours) = (0f64, 0f64);
             for _ in 0..3 {
                 theirs = theirs.max(round(&|| drop(candle.forward(&x12t).unwrap())) * macs);
-                ours = ours.max(round(&|| drop(packed.matvec(&x12, 12))) * macs);
+                ours = ours.max(round(&|| drop(packed.multiply(&x12, 12))) * macs);
             }
             eprintln!("  12 rows: candle {theirs:.1} GMAC/s, ours {ours:.1} GMAC/s");
         }

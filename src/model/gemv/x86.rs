@@ -9,9 +9,9 @@ pub fn available() -> bool {
 
 /// Activation rows per pass over a tile row: the tile's levels are unpacked once for all of
 /// them, and each row still gets exactly the operations it would get alone.
-pub const ROWS_PER_PASS: usize = 4;
+pub const ROWS_PER_PASS: usize = 8;
 
-/// `out[j]` = the 16 weight rows of `tiles` · activation row `acts[j]`, for 1 to 4 rows.
+/// `out[j]` = the 16 weight rows of `tiles` · activation row `acts[j]`, for 1 to 8 rows.
 ///
 /// # Safety
 /// The CPU has AVX512F/BW/VNNI; `tiles` holds whole tiles and every row as many values.
@@ -20,7 +20,11 @@ pub(super) unsafe fn tile_rows(format: Format, tiles: &[u8], acts: &[Row<'_>], o
         1 => tile_rows_n::<1>(format, tiles, acts, out),
         2 => tile_rows_n::<2>(format, tiles, acts, out),
         3 => tile_rows_n::<3>(format, tiles, acts, out),
-        _ => tile_rows_n::<4>(format, tiles, acts, out),
+        4 => tile_rows_n::<4>(format, tiles, acts, out),
+        5 => tile_rows_n::<5>(format, tiles, acts, out),
+        6 => tile_rows_n::<6>(format, tiles, acts, out),
+        7 => tile_rows_n::<7>(format, tiles, acts, out),
+        _ => tile_rows_n::<8>(format, tiles, acts, out),
     }
 }
 
