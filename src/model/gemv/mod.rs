@@ -64,6 +64,7 @@ mod q6k {
     /// `[row: 16]` f16 super-block scale.
     pub const D: usize = 3328;
     pub const BYTES: usize = 3360;
+    const _: () = assert!(BYTES == super::ROWS * BLOCK_BYTES);
     /// GGUF block: 128 bytes of low nibbles, 64 of high bits, 16 scales, d (f16).
     pub const BLOCK_BYTES: usize = 210;
 }
@@ -130,6 +131,7 @@ impl Format {
     fn tile_bytes(self) -> usize {
         match self {
             Self::Q4K => q4k::BYTES,
+            Self::Q6K => q6k::BYTES,
             _ => ROWS * self.block_bytes(),
         }
     }
