@@ -129,48 +129,31 @@ impl KvCache {
 /// Causal attention of `q` (`rows × n_head × head_dim`, the rows at `positions`) over the
 /// cached keys and values (which already include these rows). Grouped-query: query head `h`
 /// reads kv head `h / (n_head / n_kv)`. Returns `rows × n_head × head_dim`.
-///
-/// One task per row and kv head takes all the query heads that share it through the keys and
-/// values once (they are read from cache, not memory: `n_head / n_kv` times fewer reads than
-/// a pass per query head), with each head's arithmetic exactly what it would be alone.
 pub fn attend(cfg: &ModelConfig, q: &[f32], positions: &[usize], kv: &LayerKv) -> Vec<f32> {
     let (hd, n_head, n_kv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
     let group = n_head / n_kv;
     let row = n_kv * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; q.len()];
-    out.par_chunks_mut(group * hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, out)| {
-        let (r, g) = (i / n_kv, i % n_kv);
-        let queries = &q[(r * n_head + g * group) * hd..][..group * hd];
-        let kv_off = g * hd;
+    out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, out)| {
+        let (r, h) = (i / n_head, i % n_head);
+        let query = &q[i * hd..][..hd];
+        let kv_off = (h / group) * hd;
         let seen = positions[r] + 1;
-        // scores[j][h]: position j, query head h of the group.
         scores.clear();
-        for j in 0..seen {
-            let key = &kv.k[j * row + kv_off..][..hd];
-            scores.extend(queries.chunks_exact(hd).map(|query| dot(query, key) * scale));
+        scores.extend((0..seen).map(|j| dot(query, &kv.k[j * row + kv_off..][..hd]) * scale));
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
         }
-        let sums: Vec<f32> = (0..group)
-            .map(|h| {
-                let max = scores[h..].iter().step_by(group).copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for s in scores[h..].iter_mut().step_by(group) {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                sum
-            })
-            .collect();
-        for (j, p) in scores.chunks_exact(group).enumerate() {
+        for (j, &p) in scores.iter().enumerate() {
             let v = &kv.v[j * row + kv_off..][..hd];
-            for (out, &p) in out.chunks_exact_mut(hd).zip(p) {
-                out.iter_mut().zip(v).for_each(|(o, &x)| *o += p * x);
-            }
+            out.iter_mut().zip(v).for_each(|(o, &x)| *o += p * x);
         }
-        for (out, sum) in out.chunks_exact_mut(hd).zip(sums) {
-            let inv = 1.0 / sum;
-            out.iter_mut().for_each(|o| *o *= inv);
-        }
+        let inv = 1.0 / sum;
+        out.iter_mut().for_each(|o| *o *= inv);
     });
     out
 }
