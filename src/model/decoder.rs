@@ -294,7 +294,7 @@ impl Decoder {
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let (gate, up) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
             let f = layer.down.forward(&match self.kernels {
-                // Every product runs on rayon's threads: so does this.
+                // Every product runs on rayon's threads (`gemv`, on AVX512-VNNI): so does this.
                 Kernels::RowInvariant => silu_mul(&gate, &up)?,
                 // Prompts' products run on candle's pool (its tiled kernels): so does this.
                 _ => (candle_nn::ops::silu(&gate)? * up)?,
