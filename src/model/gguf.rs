@@ -64,3 +64,8 @@ pub fn read_content<R: Read + Seek>(reader: &mut R) -> Result<Content> {
         ))
     })
 }
+
+/// The little-endian f16 at byte `at` of a GGUF block, as f32 (block scales and mins).
+pub fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}

@@ -13,6 +13,7 @@ use super::{gemm, gemv};
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
+use super::gguf::f16_at;
 use half::f16;
 use std::borrow::Cow;
 
@@ -166,10 +167,6 @@ fn blocks<'a>(bytes: &'a [u8], size: usize, format: &str) -> Result<std::slice::
     }
 }
 
-fn read_f16(b: &[u8]) -> f16 {
-    f16::from_le_bytes([b[0], b[1]])
-}
-
 /// Q5_0 blocks (d: f16, qh: u32 high bits, qs: 16 bytes of low nibbles) to Q8_0 (d: f16, 32 × i8).
 pub fn q5_0_to_q8_0(bytes: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len() / 22 * 34);
@@ -192,10 +189,10 @@ pub fn q4_1_to_q4_0(bytes: &[u8]) -> Result<(Vec<u8>, Vec<f32>)> {
     let n = bytes.len() / 20;
     let (mut out, mut offsets) = (Vec::with_capacity(n * 18), Vec::with_capacity(n));
     for b in blocks(bytes, 20, "Q4_1")? {
-        let (d, m) = (read_f16(&b[0..2]), read_f16(&b[2..4]));
+        let (d, m) = (f16_at(b, 0), f16_at(b, 2));
         out.extend_from_slice(&b[0..2]);
         out.extend_from_slice(&b[4..20]);
-        offsets.push(m.to_f32() + 8.0 * d.to_f32());
+        offsets.push(m + 8.0 * d);
     }
     Ok((out, offsets))
 }

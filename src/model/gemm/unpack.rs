@@ -3,7 +3,7 @@
 //! exactly as ggml dequantizes it. Formats whose values are `d · (q - offset)` get
 //! `min = -offset · d`; formats with their own min (Q4_1, Q5_1, the K-quants) keep it.
 use candle_core::quantized::GgmlDType;
-use half::f16;
+use crate::model::gguf::f16_at;
 
 /// Values per scale/min entry. Q6_K scales every 16 values; the other formats every 32, which
 /// is written as two equal entries.
@@ -44,10 +44,6 @@ pub fn wide_levels(dtype: GgmlDType) -> bool {
 /// Whether the two 16-value halves of a 32-value block have their own scales (Q6_K).
 pub fn scales_per_half(dtype: GgmlDType) -> bool {
     dtype == GgmlDType::Q6K
-}
-
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
 /// Decodes one row: `levels` has `cols` entries, `scales` and `mins` `cols / GROUP`.

@@ -22,7 +22,7 @@
 mod x86;
 
 use candle_core::quantized::GgmlDType;
-use half::f16;
+use super::gguf::f16_at;
 
 /// Values per k-quant super-block.
 const QK: usize = 256;
@@ -42,8 +42,6 @@ mod q4k {
     pub const D: usize = 2304;
     pub const DMIN: usize = 2336;
     pub const BYTES: usize = 2368;
-    /// GGUF block: d, dmin (f16), 12 bytes of packed 6-bit scales and mins, 128 bytes of nibbles.
-    pub const BLOCK_BYTES: usize = 144;
 }
 
 /// Byte offsets inside one Q6_K tile (16 rows × 256 values).
@@ -64,9 +62,6 @@ mod q6k {
     /// `[row: 16]` f16 super-block scale.
     pub const D: usize = 3328;
     pub const BYTES: usize = 3360;
-    const _: () = assert!(BYTES == super::ROWS * BLOCK_BYTES);
-    /// GGUF block: 128 bytes of low nibbles, 64 of high bits, 16 scales, d (f16).
-    pub const BLOCK_BYTES: usize = 210;
 }
 
 /// Byte offsets inside one tile of a 32-value block format (16 rows × 32 values).
@@ -106,24 +101,25 @@ impl Format {
         }
     }
 
-    /// Values of a row per tile, and per activation scale.
-    pub fn values(self) -> usize {
+    fn dtype(self) -> GgmlDType {
         match self {
-            Self::Q4K | Self::Q6K => QK,
-            _ => QB,
+            Self::Q4K => GgmlDType::Q4K,
+            Self::Q6K => GgmlDType::Q6K,
+            Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q4_1 => GgmlDType::Q4_1,
+            Self::Q5_0 => GgmlDType::Q5_0,
+            Self::Q8_0 => GgmlDType::Q8_0,
         }
     }
 
-    /// Bytes of one GGUF block of `values()` values.
+    /// Values of a row per tile (one GGUF block), and per activation scale.
+    pub fn values(self) -> usize {
+        self.dtype().block_size()
+    }
+
+    /// Bytes of one GGUF block.
     fn block_bytes(self) -> usize {
-        match self {
-            Self::Q4K => q4k::BLOCK_BYTES,
-            Self::Q6K => q6k::BLOCK_BYTES,
-            Self::Q4_0 => 18,
-            Self::Q4_1 => 20,
-            Self::Q5_0 => 22,
-            Self::Q8_0 => 34,
-        }
+        self.dtype().type_size()
     }
 
     /// A tile holds what the 16 GGUF blocks it came from hold, in as many bytes except for
@@ -318,10 +314,6 @@ impl Activations {
     }
 }
 
-fn read_f16(b: &[u8]) -> f16 {
-    f16::from_le_bytes([b[0], b[1]])
-}
-
 /// Row `r` of a Q4_K tile from one GGUF block.
 fn pack_q4k(block: &[u8], r: usize, tile: &mut [u8]) {
     let scales = &block[4..16];
@@ -432,7 +424,6 @@ fn tile_level(format: Format, tile: &[u8], r: usize, v: usize) -> u8 {
 /// The reference: the SIMD kernel's integer sums and float steps, one lane at a time.
 fn scalar_tile_row(format: Format, tiles: &[u8], act: &Row<'_>, out: &mut [f32; ROWS]) {
     let (tile_bytes, values) = (format.tile_bytes(), format.values());
-    let f16_at = |tile: &[u8], at: usize| read_f16(&tile[at..]).to_f32();
     for (r, out) in out.iter_mut().enumerate() {
         let mut acc = 0f32;
         for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
@@ -503,7 +494,7 @@ mod tests {
     /// The weight that value `v` of row `r` of a tile stands for.
     fn tile_value(format: Format, tile: &[u8], r: usize, v: usize) -> f32 {
         let level = tile_level(format, tile, r, v) as f32;
-        let f16_at = |at: usize| read_f16(&tile[at + 2 * r..]).to_f32();
+        let f16_at = |at: usize| f16_at(tile, at + 2 * r);
         match format {
             Format::Q4K => {
                 let s = v / 32;
@@ -514,6 +505,19 @@ mod tests {
             Format::Q4_0 => f16_at(b32::D4) * (level - 8.0),
             Format::Q5_0 => f16_at(b32::D5) * (level - 16.0),
             Format::Q8_0 => f16_at(b32::D8) * (level - 128.0),
+        }
+    }
+
+    /// A tile is exactly the 16 GGUF blocks it came from, Q4_K's 3% more (its byte-wide scales).
+    #[test]
+    fn tiles_are_the_size_of_their_blocks() {
+        for dtype in FORMATS {
+            let format = Format::of(dtype).unwrap();
+            let blocks = ROWS * dtype.type_size();
+            match format {
+                Format::Q4K => assert_eq!(format.tile_bytes(), blocks + ROWS * 4),
+                _ => assert_eq!(format.tile_bytes(), blocks, "{dtype:?}"),
+            }
         }
     }
 
