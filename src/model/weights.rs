@@ -9,11 +9,11 @@
 //! - Q4_1 `d * q + m` is Q4_0 `d * (q - 8)` plus a per-block offset `c = m + 8d`, whose
 //!   contribution to `x · w` is `c` times the sum of `x` over the block (`add_block_offsets`).
 use super::decoder::Kernels;
+use super::gguf::f16_at;
 use super::{gemm, gemv};
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
-use super::gguf::f16_at;
 use half::f16;
 use std::borrow::Cow;
 

@@ -21,8 +21,9 @@
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use candle_core::quantized::GgmlDType;
 use super::gguf::f16_at;
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
 
 /// Values per k-quant super-block.
 const QK: usize = 256;
@@ -207,13 +208,7 @@ impl Packed {
                 }
             }
         };
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            use rayon::prelude::*;
-            tiles.par_chunks_exact_mut(blocks * tile_bytes).enumerate().for_each(pack);
-        }
-        #[cfg(target_arch = "wasm32")]
-        tiles.chunks_exact_mut(blocks * tile_bytes).enumerate().for_each(pack);
+        tiles.par_chunks_exact_mut(blocks * tile_bytes).enumerate().for_each(pack);
         Some(Self { format, rows, cols, kernel, tiles })
     }
 
@@ -249,13 +244,7 @@ impl Packed {
         };
         // Products by tile row (`rows × 16` each), then into `y` row by row.
         let mut by_tile = vec![0f32; self.rows * rows];
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            use rayon::prelude::*;
-            by_tile.par_chunks_exact_mut(ROWS * rows).enumerate().with_min_len(4).for_each(work);
-        }
-        #[cfg(target_arch = "wasm32")]
-        by_tile.chunks_exact_mut(ROWS * rows).enumerate().for_each(work);
+        by_tile.par_chunks_exact_mut(ROWS * rows).enumerate().with_min_len(4).for_each(work);
         if rows == 1 {
             return by_tile;
         }
