@@ -40,14 +40,24 @@ impl QWeight {
         if kernels == Kernels::CandleReference {
             return Ok(Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, repacked: None });
         }
+        // Packed from the GGUF's own blocks, before any rewrite.
+        let repacked = repacked(&tensor, kernels)?;
+        if repacked.is_some() && !batched {
+            // Every row goes to `gemv` (`Kernels::RowInvariant`): candle's kernels never run,
+            // so the weight needs no rewrite for them.
+            return Ok(Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, repacked });
+        }
+        Ok(Self { repacked, ..Self::rewritten(tensor, batched)? })
+    }
+
+    /// The weight in formats candle has SIMD kernels for (module docs), without `gemv`.
+    fn rewritten(tensor: QTensor, batched: bool) -> Result<Self> {
         let device = tensor.device();
         let (out, inp) = tensor.shape().dims2()?;
-        // Packed from the GGUF's own blocks, before any rewrite below.
-        let repacked = repacked(&tensor, kernels)?;
         Ok(match tensor.dtype() {
             GgmlDType::Q5_0 => {
                 let q8 = q5_0_to_q8_0(&tensor.data()?)?;
-                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, batched, block_offsets: None, repacked }
+                Self { matmul: qmatmul(q8, GgmlDType::Q8_0, (out, inp), &device)?, batched, block_offsets: None, repacked: None }
             }
             GgmlDType::Q4_1 => {
                 let (q4_0, offsets) = q4_1_to_q4_0(&tensor.data()?)?;
@@ -56,10 +66,10 @@ impl QWeight {
                     matmul: qmatmul(q4_0, GgmlDType::Q4_0, (out, inp), &device)?,
                     batched,
                     block_offsets: Some(offsets),
-                    repacked,
+                    repacked: None,
                 }
             }
-            _ => Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, repacked },
+            _ => Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, repacked: None },
         })
     }
 
@@ -247,7 +257,7 @@ mod tests {
             let w = Tensor::from_vec(random(out * inp, 2), (out, inp), &Device::Cpu).unwrap();
             let x = Tensor::from_vec(random(rows * inp, 3), (rows, inp), &Device::Cpu).unwrap();
             let original = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
-            let rewritten = QWeight::new(QTensor::quantize(&w, dtype).unwrap(), Kernels::RowInvariant).unwrap();
+            let rewritten = QWeight::rewritten(QTensor::quantize(&w, dtype).unwrap(), false).unwrap();
             let (a, b) = (original.forward(&x).unwrap(), rewritten.forward(&x).unwrap());
             let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
