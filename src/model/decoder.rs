@@ -77,7 +77,9 @@ struct Layer {
 
 pub struct Decoder {
     config: ModelConfig,
-    kernels: Kernels,
+    /// Whether every product runs on rayon's threads (`gemv` for every row), so that the
+    /// element-wise ops should too, rather than on candle's pool.
+    elementwise_on_rayon: bool,
     device: Device,
     embedding: Arc<QTensor>,
     layers: Vec<Layer>,
@@ -148,7 +150,7 @@ impl Decoder {
         let rope = Rope::new(&config);
         Ok(Self {
             config,
-            kernels: options.kernels,
+            elementwise_on_rayon: options.kernels == Kernels::RowInvariant && super::gemv::Kernel::detect().is_some(),
             device: device.clone(),
             embedding,
             layers,
@@ -293,11 +295,10 @@ impl Decoder {
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let (gate, up) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
-            let f = layer.down.forward(&match self.kernels {
-                // Every product runs on rayon's threads (`gemv`, on AVX512-VNNI): so does this.
-                Kernels::RowInvariant => silu_mul(&gate, &up)?,
+            let f = layer.down.forward(&match self.elementwise_on_rayon {
+                true => silu_mul(&gate, &up)?,
                 // Prompts' products run on candle's pool (its tiled kernels): so does this.
-                _ => (candle_nn::ops::silu(&gate)? * up)?,
+                false => (candle_nn::ops::silu(&gate)? * up)?,
             })?;
             x = (x + f)?;
         }
