@@ -6,6 +6,9 @@
 //! prefix cache, a prompt prefilled whole, and a decode step batched with other requests give
 //! bit-identical attention outputs. Appending to the cache is amortised O(1), and truncating
 //! it is free.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+mod x86;
+
 use super::config::{ModelConfig, RopeLayout};
 use rayon::prelude::*;
 
@@ -129,33 +132,117 @@ impl KvCache {
 /// Causal attention of `q` (`rows × n_head × head_dim`, the rows at `positions`) over the
 /// cached keys and values (which already include these rows). Grouped-query: query head `h`
 /// reads kv head `h / (n_head / n_kv)`. Returns `rows × n_head × head_dim`.
+///
+/// One task takes one query head through up to `ROWS_PER_TASK` rows, so each cached key it
+/// reads from memory serves all of them. Each query still gets exactly the operations it
+/// would get alone, in the same order.
 pub fn attend(cfg: &ModelConfig, q: &[f32], positions: &[usize], kv: &LayerKv) -> Vec<f32> {
+    const ROWS_PER_TASK: usize = 16;
     let (hd, n_head, n_kv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
     let group = n_head / n_kv;
     let row = n_kv * hd;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; q.len()];
-    out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, out)| {
-        let (r, h) = (i / n_head, i % n_head);
-        let query = &q[i * hd..][..hd];
+    let rows = positions.len();
+    let chunks = rows.div_ceil(ROWS_PER_TASK);
+    // Task t: head t / chunks, rows from (t % chunks) · ROWS_PER_TASK on. Its outputs are
+    // `[row][head_dim]` in `by_task`, moved into place at the end.
+    let task_rows = |t: usize| {
+        let first = (t % chunks) * ROWS_PER_TASK;
+        first..(first + ROWS_PER_TASK).min(rows)
+    };
+    let mut by_task = vec![0f32; q.len()];
+    let mut outputs = Vec::with_capacity(n_head * chunks);
+    let mut rest = by_task.as_mut_slice();
+    for t in 0..n_head * chunks {
+        let (this, tail) = std::mem::take(&mut rest).split_at_mut(task_rows(t).len() * hd);
+        outputs.push((t, this));
+        rest = tail;
+    }
+    outputs.into_par_iter().for_each(|(t, out)| {
+        let h = t / chunks;
         let kv_off = (h / group) * hd;
-        let seen = positions[r] + 1;
-        scores.clear();
-        scores.extend((0..seen).map(|j| dot(query, &kv.k[j * row + kv_off..][..hd]) * scale));
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        let queries: Vec<&[f32]> = task_rows(t).map(|r| &q[(r * n_head + h) * hd..][..hd]).collect();
+        let seen: Vec<usize> = task_rows(t).map(|r| positions[r] + 1).collect();
+        let longest = seen.iter().copied().max().unwrap_or(0);
+        // Keys a block at a time, so each block is read from memory once for every query of
+        // the task.
+        const KEYS_PER_BLOCK: usize = 32;
+        let keys = &kv.k[kv_off..];
+        let mut scores: Vec<Vec<f32>> = seen.iter().map(|&n| vec![0f32; n]).collect();
+        for block in (0..longest).step_by(KEYS_PER_BLOCK) {
+            for (query, scores) in queries.iter().zip(&mut scores) {
+                let end = scores.len().min(block + KEYS_PER_BLOCK);
+                if block < end {
+                    score_keys(query, &keys[block * row..], row, scale, &mut scores[block..end]);
+                }
+            }
         }
-        for (j, &p) in scores.iter().enumerate() {
-            let v = &kv.v[j * row + kv_off..][..hd];
-            out.iter_mut().zip(v).for_each(|(o, &x)| *o += p * x);
+        let mut sums = Vec::with_capacity(scores.len());
+        for scores in &mut scores {
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            sums.push(sum);
         }
-        let inv = 1.0 / sum;
-        out.iter_mut().for_each(|o| *o *= inv);
+        let values = &kv.v[kv_off..];
+        for block in (0..longest).step_by(KEYS_PER_BLOCK) {
+            for (out, p) in out.chunks_exact_mut(hd).zip(&scores) {
+                let end = p.len().min(block + KEYS_PER_BLOCK);
+                if block < end {
+                    add_weighted(&p[block..end], &values[block * row..], row, out);
+                }
+            }
+        }
+        for (out, sum) in out.chunks_exact_mut(hd).zip(sums) {
+            let inv = 1.0 / sum;
+            out.iter_mut().for_each(|o| *o *= inv);
+        }
     });
+    let mut out = vec![0f32; q.len()];
+    let mut from = by_task.chunks_exact(hd);
+    for t in 0..n_head * chunks {
+        for (r, head_out) in task_rows(t).zip(&mut from) {
+            out[(r * n_head + t / chunks) * hd..][..hd].copy_from_slice(head_out);
+        }
+    }
     out
+}
+
+/// `out += Σ_j p[j] · value j`, value `j` being the `out.len()` floats at `values[j · stride..]`,
+/// added in order of `j` (so adding a range of positions at a time gives the same sums).
+fn add_weighted(p: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+    let hd = out.len();
+    assert!(p.is_empty() || values.len() >= (p.len() - 1) * stride + hd, "a value for every weight");
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    // SAFETY: AVX512F is enabled at compile time; the values were checked above.
+    match hd {
+        64 => return unsafe { x86::add_weighted::<4>(p, values, stride, out) },
+        128 => return unsafe { x86::add_weighted::<8>(p, values, stride, out) },
+        _ => {}
+    }
+    for (j, &p) in p.iter().enumerate() {
+        out.iter_mut().zip(&values[j * stride..][..hd]).for_each(|(o, &x)| *o += p * x);
+    }
+}
+
+/// `scores[j] = scale · (query · key j)`, key `j` being the `query.len()` floats at
+/// `keys[j · stride..]`.
+fn score_keys(query: &[f32], keys: &[f32], stride: usize, scale: f32, scores: &mut [f32]) {
+    let hd = query.len();
+    assert!(scores.is_empty() || keys.len() >= (scores.len() - 1) * stride + hd, "keys for every score");
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    // SAFETY: AVX512F is enabled at compile time; the keys were checked above.
+    match hd {
+        64 => return unsafe { x86::score_keys::<4>(query, keys, stride, scale, scores) },
+        128 => return unsafe { x86::score_keys::<8>(query, keys, stride, scale, scores) },
+        _ => {}
+    }
+    for (j, score) in scores.iter_mut().enumerate() {
+        *score = dot(query, &keys[j * stride..][..hd]) * scale;
+    }
 }
 
 /// Dot product with eight independent accumulators (vectorises; the order is fixed).
@@ -233,19 +320,27 @@ mod tests {
 
     #[test]
     fn attention_matches_the_textbook_and_is_batch_invariant() {
-        let c = cfg(4, 2, 16, RopeLayout::Halves);
-        let len = 10;
-        let kv = LayerKv { k: pseudo_random(len * 2 * 16, 1), v: pseudo_random(len * 2 * 16, 2) };
-        let q = pseudo_random(len * 4 * 16, 3);
-        let positions: Vec<usize> = (0..len).collect();
-        let all = attend(&c, &q, &positions, &kv);
-        let expected = reference(&c, &q, &positions, &kv);
-        for (a, b) in all.iter().zip(&expected) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        // Head sizes of the portable and the SIMD paths; more rows than one task takes and
+        // more positions than one block of keys.
+        for (n_head, n_kv, hd, len) in [(4, 2, 16, 10), (4, 2, 64, 40), (2, 1, 128, 45), (3, 3, 48, 7)] {
+            let c = cfg(n_head, n_kv, hd, RopeLayout::Halves);
+            let (q_row, kv_row) = (n_head * hd, n_kv * hd);
+            let kv = LayerKv { k: pseudo_random(len * kv_row, 1), v: pseudo_random(len * kv_row, 2) };
+            let q = pseudo_random(len * q_row, 3);
+            let positions: Vec<usize> = (0..len).collect();
+            let all = attend(&c, &q, &positions, &kv);
+            let expected = reference(&c, &q, &positions, &kv);
+            for (a, b) in all.iter().zip(&expected) {
+                assert!((a - b).abs() < 1e-5, "head size {hd}: {a} vs {b}");
+            }
+            // The last row alone (a decode step after a cached prefix) and the prompt in two
+            // pieces (a cached prefix, then the rest) give the same bits.
+            let last = attend(&c, &q[(len - 1) * q_row..], &[len - 1], &kv);
+            assert_eq!(last, all[(len - 1) * q_row..], "head size {hd}: the last row alone");
+            let cut = len / 3;
+            let rest = attend(&c, &q[cut * q_row..], &positions[cut..], &kv);
+            assert_eq!(rest, all[cut * q_row..], "head size {hd}: rows after a cached prefix");
         }
-        // The last row alone (as a decode step after a cached prefix) gives the same bits.
-        let last = attend(&c, &q[(len - 1) * 64..], &[len - 1], &kv);
-        assert_eq!(last, all[(len - 1) * 64..]);
     }
 
     #[test]
