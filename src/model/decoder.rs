@@ -199,6 +199,7 @@ impl Decoder {
         let row = self.config.n_head_kv * self.config.head_dim;
         for seq in batch.iter_mut() {
             seq.cache.prepare(self.config.n_layer, row);
+            seq.cache.reserve(seq.tokens.len());
         }
         let starts: Vec<usize> = batch.iter().map(|s| s.cache.len).collect();
         for (seq, &start) in batch.iter().zip(&starts) {

@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
+/// Most positions reserved ahead in a copied prefix cache.
+const PREFIX_ROOM_CAP: usize = 512;
+
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     /// Requests decoded together in one forward pass.
@@ -223,12 +226,23 @@ impl Engine {
             return;
         }
         // At least the last prompt token is computed: its logits give the first new token.
-        let (reused, cache) = match self.prefix_cache.lookup(&job.prompt) {
-            Some((common, kv)) => {
+        // Room for the rest of the prompt and the answer (a long answer past that grows the
+        // cache as usual).
+        let room = |reused: usize| (job.prompt.len() - reused + job.max_tokens).min(PREFIX_ROOM_CAP);
+        let (reused, cache) = match self.prefix_cache.take_extended(&job.prompt) {
+            Some((common, mut kv)) => {
                 let reused = common.min(job.prompt.len() - 1);
-                (reused, kv.prefix(reused))
+                kv.truncate(reused);
+                kv.reserve(room(reused));
+                (reused, kv)
             }
-            None => (0, KvCache::default()),
+            None => match self.prefix_cache.lookup(&job.prompt) {
+                Some((common, kv)) => {
+                    let reused = common.min(job.prompt.len() - 1);
+                    (reused, kv.prefix(reused, room(reused)))
+                }
+                None => (0, KvCache::default()),
+            },
         };
         self.counters.requests += 1;
         self.counters.prompt_tokens += job.prompt.len() as u64;

@@ -44,19 +44,26 @@ impl<T: Weigh> PrefixCache<T> {
     /// The entry sharing the longest common prefix with `prompt`, and that prefix's length
     /// (0 when nothing matches). The entry counts as used.
     pub fn lookup(&mut self, prompt: &[u32]) -> Option<(usize, &T)> {
-        let (index, common) = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (i, common_prefix(&e.tokens, prompt)))
-            .max_by_key(|&(_, common)| common)?;
-        if common == 0 {
-            return None;
-        }
+        let (index, common) = self.best_match(prompt)?;
         self.clock += 1;
         let entry = &mut self.entries[index];
         entry.last_used = self.clock;
         Some((common, &entry.value))
+    }
+
+    /// Removes the entry whose tokens are the longest prefix of `prompt`, when no other entry
+    /// shares more of it, and returns the entry's value to be extended in place: the request
+    /// that extends it stores a longer one, which would replace this one anyway. A session's
+    /// next consult is served this way without copying its cache. `None` when the best match
+    /// is only partial (see `lookup`).
+    pub fn take_extended(&mut self, prompt: &[u32]) -> Option<(usize, T)> {
+        let (index, common) = self.best_match(prompt)?;
+        if common != self.entries[index].tokens.len() {
+            return None;
+        }
+        let entry = self.entries.swap_remove(index);
+        self.used_bytes -= entry.bytes;
+        Some((common, entry.value))
     }
 
     /// Stores `value` as the KV cache of `tokens`. Entries whose tokens are a prefix of
@@ -86,6 +93,14 @@ impl<T: Weigh> PrefixCache<T> {
         self.clock += 1;
         self.used_bytes += bytes;
         self.entries.push(Entry { tokens, value, bytes, last_used: self.clock });
+    }
+
+    /// The entry sharing the longest common prefix with `prompt` (at least one token), and
+    /// that prefix's length.
+    fn best_match(&self, prompt: &[u32]) -> Option<(usize, usize)> {
+        let (index, common) =
+            self.entries.iter().enumerate().map(|(i, e)| (i, common_prefix(&e.tokens, prompt))).max_by_key(|&(_, c)| c)?;
+        (common > 0).then_some((index, common))
     }
 
     pub fn stats(&self) -> PrefixCacheStats {
@@ -124,6 +139,20 @@ mod tests {
         assert_eq!(c.lookup(&[1, 5]).map(|(n, _)| n), Some(1));
         assert_eq!(c.lookup(&[7]), None);
         assert_eq!(c.lookup(&[]), None);
+    }
+
+    #[test]
+    fn a_whole_entry_is_taken_a_partial_match_is_not() {
+        let mut c = PrefixCache::new(100);
+        insert(&mut c, &[1, 2, 3]);
+        insert(&mut c, &[1, 2, 9, 9, 9]);
+        // [1, 2, 9, 9] shares 4 tokens with the second entry, but not all of it: not taken.
+        assert_eq!(c.take_extended(&[1, 2, 9, 9]), None);
+        assert_eq!(c.take_extended(&[1, 2, 3, 4]), Some((3, Kv(3))));
+        assert_eq!(c.stats().entries, 1);
+        assert_eq!(c.stats().bytes, 5);
+        assert_eq!(c.lookup(&[1, 2, 3]).map(|(n, _)| n), Some(2), "taken: only the other entry is left");
+        assert_eq!(c.take_extended(&[7]), None);
     }
 
     #[test]

@@ -96,10 +96,17 @@ impl KvCache {
         self.truncate(0);
     }
 
-    /// A copy of the first `len` positions only (what a request reuses from a cached prefix).
-    pub fn prefix(&self, len: usize) -> KvCache {
+    /// A copy of the first `len` positions only (what a request reuses from a cached prefix),
+    /// with capacity for `room` more: the request's new positions then append without the
+    /// whole cache being moved to a larger allocation.
+    pub fn prefix(&self, len: usize, room: usize) -> KvCache {
         let len = len.min(self.len);
-        let cut = |v: &Vec<f32>| v[..(len * self.row).min(v.len())].to_vec();
+        let cut = |v: &Vec<f32>| {
+            let kept = &v[..(len * self.row).min(v.len())];
+            let mut copy = Vec::with_capacity(kept.len() + room * self.row);
+            copy.extend_from_slice(kept);
+            copy
+        };
         KvCache {
             layers: self.layers.iter().map(|l| LayerKv { k: cut(&l.k), v: cut(&l.v) }).collect(),
             len,
@@ -112,11 +119,24 @@ impl KvCache {
         self.layers.iter().map(|l| (l.k.capacity() + l.v.capacity()) * std::mem::size_of::<f32>()).sum()
     }
 
-    /// Gives back capacity beyond the stored positions (before the cache is kept for reuse).
+    /// Makes room for `positions` more without moving the cache again for a while: when it
+    /// has to grow, it grows by a quarter beyond what is asked.
+    pub fn reserve(&mut self, positions: usize) {
+        let extra = positions * self.row;
+        for v in self.layers.iter_mut().flat_map(|l| [&mut l.k, &mut l.v]) {
+            if v.capacity() - v.len() < extra {
+                v.reserve_exact(extra + (v.len() + extra) / 4);
+            }
+        }
+    }
+
+    /// Gives back capacity beyond the stored positions (before the cache is kept for reuse)
+    /// where it is more than half of them; less is the growth room `reserve` leaves.
     pub fn shrink_to_fit(&mut self) {
-        for layer in &mut self.layers {
-            layer.k.shrink_to_fit();
-            layer.v.shrink_to_fit();
+        for v in self.layers.iter_mut().flat_map(|l| [&mut l.k, &mut l.v]) {
+            if v.capacity() - v.len() > v.len() / 2 {
+                v.shrink_to_fit();
+            }
         }
     }
 
@@ -370,8 +390,9 @@ mod tests {
             l.v.extend([0.0; 12]);
         }
         kv.len = 4;
-        let head = kv.prefix(3);
+        let head = kv.prefix(3, 2);
         assert_eq!((head.len(), head.layers[0].k.len(), head.layers[1].v.len()), (3, 9, 9));
+        assert!(head.layers[0].k.capacity() >= 15, "room for 2 more positions");
         kv.truncate(2);
         assert_eq!((kv.len(), kv.layers[0].k.len(), kv.layers[1].v.len()), (2, 6, 6));
         kv.clear();
