@@ -226,20 +226,20 @@ impl Engine {
             return;
         }
         // At least the last prompt token is computed: its logits give the first new token.
-        // Room for the rest of the prompt and the answer (a long answer past that grows the
-        // cache as usual).
-        let room = |reused: usize| (job.prompt.len() - reused + job.max_tokens).min(PREFIX_ROOM_CAP);
         let (reused, cache) = match self.prefix_cache.take_extended(&job.prompt) {
+            // Extended in place; each forward pass reserves what it appends.
             Some((common, mut kv)) => {
                 let reused = common.min(job.prompt.len() - 1);
                 kv.truncate(reused);
-                kv.reserve(room(reused));
                 (reused, kv)
             }
             None => match self.prefix_cache.lookup(&job.prompt) {
                 Some((common, kv)) => {
                     let reused = common.min(job.prompt.len() - 1);
-                    (reused, kv.prefix(reused, room(reused)))
+                    // The copy gets room for the rest of the prompt and the answer, so the
+                    // first passes do not move it again (a longer answer grows it as usual).
+                    let room = (job.prompt.len() - reused + job.max_tokens).min(PREFIX_ROOM_CAP);
+                    (reused, kv.prefix(reused, room))
                 }
                 None => (0, KvCache::default()),
             },
@@ -373,7 +373,7 @@ impl Engine {
 
     /// A finished request's KV cache goes to the prefix cache for the next consult.
     fn keep(&mut self, mut r: Running) {
-        r.cache.shrink_to_fit();
+        r.cache.trim_excess();
         self.prefix_cache.insert(r.fed, r.cache);
     }
 

@@ -132,7 +132,7 @@ impl KvCache {
 
     /// Gives back capacity beyond the stored positions (before the cache is kept for reuse)
     /// where it is more than half of them; less is the growth room `reserve` leaves.
-    pub fn shrink_to_fit(&mut self) {
+    pub fn trim_excess(&mut self) {
         for v in self.layers.iter_mut().flat_map(|l| [&mut l.k, &mut l.v]) {
             if v.capacity() - v.len() > v.len() / 2 {
                 v.shrink_to_fit();
