@@ -327,7 +327,8 @@ impl Decoder {
 fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
     let (mut g, u) = (gate.flatten_all()?.to_vec1::<f32>()?, up.flatten_all()?.to_vec1::<f32>()?);
-    g.par_iter_mut().zip(&u).with_min_len(16 * 1024).for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u);
+    const CHUNK: usize = 8 * 1024;
+    g.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(|(g, u)| super::exp::silu_mul(g, u));
     Ok(Tensor::from_vec(g, gate.shape(), gate.device())?)
 }
 

@@ -10,6 +10,7 @@
 mod x86;
 
 use super::config::{ModelConfig, RopeLayout};
+use super::exp::exp;
 use rayon::prelude::*;
 
 /// Rotary tables, `[position][head_dim / 2]`.
@@ -200,12 +201,8 @@ pub fn attend(cfg: &ModelConfig, q: &[f32], positions: &[usize], kv: &LayerKv) -
         let mut sums = Vec::with_capacity(scores.len());
         for scores in &mut scores {
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            sums.push(sum);
+            scores.iter_mut().for_each(|s| *s = exp(*s - max));
+            sums.push(sum(scores));
         }
         let values = &kv.v[kv_off..];
         for block in (0..longest).step_by(KEYS_PER_BLOCK) {
@@ -263,6 +260,17 @@ fn score_keys(query: &[f32], keys: &[f32], stride: usize, scale: f32, scores: &m
     for (j, score) in scores.iter_mut().enumerate() {
         *score = dot(query, &keys[j * stride..][..hd]) * scale;
     }
+}
+
+/// The sum of `values` in sixteen interleaved partial sums (vectorises; the order is fixed).
+fn sum(values: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = values.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        acc.iter_mut().zip(chunk).for_each(|(a, &v)| *a += v);
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Dot product with eight independent accumulators (vectorises; the order is fixed).

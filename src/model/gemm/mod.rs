@@ -230,14 +230,7 @@ impl Activations {
         let blocks = x.len() / BLOCK;
         let (mut q, mut d, mut sums) = (vec![0i8; x.len()], vec![0f32; blocks], vec![0f32; blocks * 2]);
         let quantize_block = |((block, q), (d, sums)): ((&[f32], &mut [i8]), (&mut f32, &mut [f32]))| {
-            // The largest |v| by its bit pattern, which orders like the value and vectorizes.
-            let amax = f32::from_bits(block.iter().map(|v| v.to_bits() & 0x7FFF_FFFF).max().unwrap_or(0));
-            let scale = amax / 127.0;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            for (q, &v) in q.iter_mut().zip(block) {
-                // |v · inverse| <= 127; through i32, the conversion vectorizes.
-                *q = (v * inverse).round_ties_even() as i32 as i8;
-            }
+            let scale = super::int8::quantize_block(block, q);
             *d = scale;
             for (sum, half) in sums.iter_mut().zip(q.chunks_exact(GROUP)) {
                 *sum = scale * half.iter().map(|&v| v as i32).sum::<i32>() as f32;

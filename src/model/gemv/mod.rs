@@ -288,12 +288,7 @@ impl Activations {
         let mut sums = vec![0i32; x.len() / 16];
         let groups = x.chunks_exact(group).zip(q.chunks_exact_mut(group));
         for ((block, q), (d, sums)) in groups.zip(d.iter_mut().zip(sums.chunks_exact_mut(group / 16))) {
-            let amax = f32::from_bits(block.iter().map(|v| v.to_bits() & 0x7FFF_FFFF).max().unwrap_or(0));
-            let scale = amax / 127.0;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            for (q, &v) in q.iter_mut().zip(block) {
-                *q = (v * inverse).round_ties_even() as i32 as i8;
-            }
+            let scale = super::int8::quantize_block(block, q);
             *d = scale;
             for (sum, sixteen) in sums.iter_mut().zip(q.chunks_exact(16)) {
                 *sum = sixteen.iter().map(|&v| v as i32).sum();
