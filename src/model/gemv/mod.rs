@@ -228,6 +228,14 @@ impl Packed {
                 q: &x.q[j * self.cols..][..self.cols],
                 d: &x.d[j * blocks..][..blocks],
                 sums: &x.sums[j * self.cols / 16..][..self.cols / 16],
+                pair_sums: match x.pair_sums.is_empty() {
+                    true => &[],
+                    false => &x.pair_sums[j * self.cols / 64..][..self.cols / 64],
+                },
+                pair_sums16: match x.pair_sums16.is_empty() {
+                    true => &[],
+                    false => &x.pair_sums16[j * self.cols / 32..][..self.cols / 32],
+                },
             })
             .collect();
         let work = |(t, out): (usize, &mut [f32])| {
@@ -271,6 +279,11 @@ struct Row<'a> {
     q: &'a [i8],
     d: &'a [f32],
     sums: &'a [i32],
+    /// k-quants: the sums of values `64p..` and `64p + 32..`, as the low and high 16 bits
+    /// (Q4_K's sub-blocks, two at a time).
+    pair_sums: &'a [i32],
+    /// k-quants: the sums of values `32p..` and `32p + 16..`, likewise (Q6_K's).
+    pair_sums16: &'a [i32],
 }
 
 /// Activation rows quantized per `group` values (ggml's Q8_K for 256, Q8_0 for 32).
@@ -278,6 +291,8 @@ struct Activations {
     q: Vec<i8>,
     d: Vec<f32>,
     sums: Vec<i32>,
+    pair_sums: Vec<i32>,
+    pair_sums16: Vec<i32>,
 }
 
 impl Activations {
@@ -294,7 +309,16 @@ impl Activations {
                 *sum = sixteen.iter().map(|&v| v as i32).sum();
             }
         }
-        Self { q, d, sums }
+        // Each sum of 32 levels is within ±32 · 127: it fits 16 bits.
+        let pair = |a: i32, b: i32| (a as u16 as u32 | (b as u16 as u32) << 16) as i32;
+        let (pair_sums, pair_sums16) = match group {
+            QK => (
+                sums.chunks_exact(4).map(|s| pair(s[0] + s[1], s[2] + s[3])).collect(),
+                sums.chunks_exact(2).map(|s| pair(s[0], s[1])).collect(),
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
+        Self { q, d, sums, pair_sums, pair_sums16 }
     }
 }
 

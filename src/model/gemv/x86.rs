@@ -34,6 +34,8 @@ unsafe fn tile_rows_n<const C: usize>(format: Format, tiles: &[u8], acts: &[Row<
     let acts: &[Row<'_>; C] = acts.try_into().expect("C activation rows");
     for act in acts {
         assert!(act.q.len() >= values && act.d.len() >= blocks && act.sums.len() >= values / 16);
+        assert!(format != Format::Q4K || act.pair_sums.len() >= values / 64);
+        assert!(format != Format::Q6K || act.pair_sums16.len() >= values / 32);
     }
     let t = tiles.as_ptr();
     let acc = match format {
@@ -76,7 +78,6 @@ unsafe fn q4k_rows<const C: usize>(tiles: *const u8, blocks: usize, acts: &[Row<
         let tile = tiles.add(b * q4k::BYTES);
         let x: [*const i8; C] = std::array::from_fn(|j| acts[j].q[b * QK..].as_ptr());
         let mut total = [_mm512_setzero_si512(); C];
-        let mut mins = [_mm512_setzero_si512(); C];
         for s in 0..8 {
             prefetch(tile.add(q4k::BYTES), s * 5 * 64, 5);
             // Two chains per row (low and high nibbles) so consecutive dot products do not
@@ -90,13 +91,22 @@ unsafe fn q4k_rows<const C: usize>(tiles: *const u8, blocks: usize, acts: &[Row<
                     c[j] = _mm512_dpbusd_epi32(c[j], hi, broadcast4(x[j], 8 * g + 4));
                 }
             }
+            // Each chain sums 16 levels (≤ 15) times activations (≤ 127): it fits 16 bits, so
+            // both chains take the sub-block's scale in one 16-bit multiply-add.
             let scales = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(q4k::SCALES + s * ROWS) as *const _));
-            let m = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(q4k::MINS + s * ROWS) as *const _));
+            let scales = _mm512_or_si512(scales, _mm512_slli_epi32(scales, 16));
             for j in 0..C {
-                let sums = acts[j].sums.as_ptr().add(b * 16);
-                total[j] = _mm512_add_epi32(total[j], _mm512_mullo_epi32(_mm512_add_epi32(a[j], c[j]), scales));
-                let sum = *sums.add(2 * s) + *sums.add(2 * s + 1);
-                mins[j] = _mm512_add_epi32(mins[j], _mm512_mullo_epi32(m, _mm512_set1_epi32(sum)));
+                let pair = _mm512_mask_blend_epi16(0xAAAA_AAAA, a[j], _mm512_slli_epi32(c[j], 16));
+                total[j] = _mm512_dpwssd_epi32(total[j], pair, scales);
+            }
+        }
+        // Σ_s min_s · (sum of sub-block s): sub-blocks two at a time as 16-bit pairs.
+        let mut mins = [_mm512_setzero_si512(); C];
+        for p in 0..4 {
+            let min = |s: usize| _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(q4k::MINS + s * ROWS) as *const _));
+            let pair = _mm512_or_si512(min(2 * p), _mm512_slli_epi32(min(2 * p + 1), 16));
+            for j in 0..C {
+                mins[j] = _mm512_dpwssd_epi32(mins[j], pair, _mm512_set1_epi32(*acts[j].pair_sums.get_unchecked(4 * b + p)));
             }
         }
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(q4k::D) as *const _));
@@ -117,7 +127,7 @@ unsafe fn q6k_rows<const C: usize>(tiles: *const u8, blocks: usize, acts: &[Row<
     for b in 0..blocks {
         let tile = tiles.add(b * q6k::BYTES);
         let x: [*const i8; C] = std::array::from_fn(|j| acts[j].q[b * QK..].as_ptr());
-        let mut total = [_mm512_setzero_si512(); C];
+        let (mut total, mut offset) = ([_mm512_setzero_si512(); C], [_mm512_setzero_si512(); C]);
         for t in 0..16 {
             prefetch(tile.add(q6k::BYTES), t * 4 * 64, 4);
             let (w0, w1, h) = (load(tile, q6k::low(2 * t)), load(tile, q6k::low(2 * t + 1)), load(tile, q6k::high(t)));
@@ -132,13 +142,23 @@ unsafe fn q6k_rows<const C: usize>(tiles: *const u8, blocks: usize, acts: &[Row<
             for j in 0..C {
                 let a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), levels[0], broadcast4(x[j], 16 * t));
                 let a = _mm512_dpbusd_epi32(a, levels[1], broadcast4(x[j], 16 * t + 4));
-                let c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), levels[2], broadcast4(x[j], 16 * t + 8));
-                let c = _mm512_dpbusd_epi32(c, levels[3], broadcast4(x[j], 16 * t + 12));
-                // Levels are stored +32: take 32 × the sum of the 16 activations back off.
-                let sum = *acts[j].sums.get_unchecked(b * 16 + t);
-                let dot = _mm512_sub_epi32(_mm512_add_epi32(a, c), _mm512_set1_epi32(32 * sum));
-                total[j] = _mm512_add_epi32(total[j], _mm512_mullo_epi32(dot, scales));
+                let a = _mm512_dpbusd_epi32(a, levels[2], broadcast4(x[j], 16 * t + 8));
+                let a = _mm512_dpbusd_epi32(a, levels[3], broadcast4(x[j], 16 * t + 12));
+                total[j] = _mm512_add_epi32(total[j], _mm512_mullo_epi32(a, scales));
             }
+        }
+        // Levels are stored +32: take 32 · Σ_t scale_t · (sum of sub-block t) back off, the
+        // sub-blocks two at a time as 16-bit pairs.
+        for p in 0..8 {
+            let scale = |t: usize| _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(q6k::SCALES + t * ROWS) as *const _));
+            let pair = _mm512_or_si512(_mm512_and_si512(scale(2 * p), _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(scale(2 * p + 1), 16));
+            for j in 0..C {
+                let sums = _mm512_set1_epi32(*acts[j].pair_sums16.get_unchecked(8 * b + p));
+                offset[j] = _mm512_dpwssd_epi32(offset[j], pair, sums);
+            }
+        }
+        for j in 0..C {
+            total[j] = _mm512_sub_epi32(total[j], _mm512_slli_epi32(offset[j], 5));
         }
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(q6k::D) as *const _));
         for j in 0..C {
