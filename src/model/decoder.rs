@@ -55,7 +55,17 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        self.add_bias(self.weight.forward(x)?)
+    }
+
+    /// `forward` of each on the same `x`, as one product where the kernels allow.
+    fn forward_each<const N: usize>(linears: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let ys = QWeight::forward_each(&linears.map(|l| &l.weight), x)?;
+        let ys: Vec<Tensor> = ys.into_iter().zip(linears).map(|(y, l)| l.add_bias(y)).collect::<Result<_>>()?;
+        Ok(ys.try_into().unwrap_or_else(|_| unreachable!("one product per weight")))
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -222,9 +232,8 @@ impl Decoder {
         let cfg = &self.config;
         let (rows, hd) = (x.dim(0)?, cfg.head_dim);
         let flat = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-        let mut q = flat(layer.q.forward(x)?)?;
-        let mut k = flat(layer.k.forward(x)?)?;
-        let v = flat(layer.v.forward(x)?)?;
+        let [q, k, v] = Linear::forward_each([&layer.q, &layer.k, &layer.v], x)?;
+        let (mut q, mut k, v) = (flat(q)?, flat(k)?, flat(v)?);
         let (q_row, kv_row) = (cfg.n_head * hd, cfg.n_head_kv * hd);
         for (r, &pos) in positions.iter().enumerate() {
             self.rope.apply(&mut q[r * q_row..][..q_row], pos);
@@ -295,7 +304,9 @@ impl Decoder {
             let a = self.attention(layer, l, &h, &positions, batch)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let (gate, up) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
+            let [gate, up]: [Tensor; 2] = QWeight::forward_each(&[&layer.gate, &layer.up], &h)?
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("one product per weight"));
             let f = layer.down.forward(&match self.elementwise_on_rayon {
                 true => silu_mul(&gate, &up)?,
                 // Prompts' products run on candle's pool (its tiled kernels): so does this.

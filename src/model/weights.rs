@@ -84,10 +84,30 @@ impl QWeight {
         gemm::preferred(w.dtype(), out, inp)
     }
 
+    /// The weight repacked for `gemv`, where `rows` activation rows go there.
+    fn gemv_for(&self, rows: usize) -> Option<&gemv::Packed> {
+        self.repacked.as_ref().filter(|_| rows < BATCHED_FROM_ROWS || !self.batched)
+    }
+
+    /// `forward` of each weight on the same `x` (a layer's q, k and v; its gate and up). Where
+    /// all of them go to `gemv` with the same activation format, they run as one product
+    /// ([`gemv::Packed::multiply_each`]), with the same results.
+    pub fn forward_each(weights: &[&QWeight], x: &Tensor) -> Result<Vec<Tensor>> {
+        let rows = x.dim(0)?;
+        let packed: Option<Vec<&gemv::Packed>> = weights.iter().map(|w| w.gemv_for(rows)).collect();
+        match packed {
+            Some(packed) if gemv::Packed::can_multiply_together(&packed) => {
+                let ys = gemv::Packed::multiply_each(&packed, &x.flatten_all()?.to_vec1::<f32>()?, rows);
+                ys.into_iter().zip(packed).map(|(y, p)| Ok(Tensor::from_vec(y, (rows, p.rows()), x.device())?)).collect()
+            }
+            _ => weights.iter().map(|w| w.forward(x)).collect(),
+        }
+    }
+
     /// `x`: `(rows, in)` → `(rows, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
-        if let Some(packed) = self.repacked.as_ref().filter(|_| rows < BATCHED_FROM_ROWS || !self.batched) {
+        if let Some(packed) = self.gemv_for(rows) {
             let y = packed.multiply(&x.flatten_all()?.to_vec1::<f32>()?, rows);
             return Ok(Tensor::from_vec(y, (rows, packed.rows()), x.device())?);
         }

@@ -220,49 +220,72 @@ impl Packed {
     /// tile row (16 weight rows) through every activation row, so the weights are read from
     /// memory once however many rows there are.
     pub fn multiply(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let x = Activations::quantize(x, rows, self.cols, self.format.values());
-        let blocks = self.cols / self.format.values();
-        let tile_row_bytes = blocks * self.format.tile_bytes();
-        let acts: Vec<Row<'_>> = (0..rows)
-            .map(|j| Row {
-                q: &x.q[j * self.cols..][..self.cols],
-                d: &x.d[j * blocks..][..blocks],
-                sums: &x.sums[j * self.cols / 16..][..self.cols / 16],
-                pair_sums: match x.pair_sums.is_empty() {
-                    true => &[],
-                    false => &x.pair_sums[j * self.cols / 64..][..self.cols / 64],
-                },
-                pair_sums16: match x.pair_sums16.is_empty() {
-                    true => &[],
-                    false => &x.pair_sums16[j * self.cols / 32..][..self.cols / 32],
-                },
-            })
-            .collect();
-        let work = |(t, out): (usize, &mut [f32])| {
-            let tiles = &self.tiles[t * tile_row_bytes..][..tile_row_bytes];
-            let out: &mut [[f32; ROWS]] = as_rows(out);
-            for (acts, out) in acts.chunks(self.kernel.rows_per_pass()).zip(out.chunks_mut(self.kernel.rows_per_pass())) {
-                match self.kernel {
-                    Kernel::Scalar => acts.iter().zip(out).for_each(|(act, out)| scalar_tile_row(self.format, tiles, act, out)),
-                    // SAFETY: `Avx512Vnni` comes from `Kernel::detect`; `tiles` and `acts` hold whole tiles.
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx512Vnni => unsafe { x86::tile_rows(self.format, tiles, acts, out) },
-                }
+        Self::multiply_each(&[self], x, rows).pop().expect("one product per weight")
+    }
+
+    /// [`multiply`](Self::multiply) for several weights that read the same activations (a
+    /// layer's q, k and v; its gate and up): the activations are quantized once and one
+    /// parallel loop takes the tile rows of all of them, so the threads meet once, not once
+    /// per weight. Each product is exactly what `multiply` gives.
+    pub fn multiply_each(weights: &[&Packed], x: &[f32], rows: usize) -> Vec<Vec<f32>> {
+        assert!(Self::can_multiply_together(weights), "weights multiplied together share their input size, activation format and kernel");
+        let first = weights[0];
+        let cols = first.cols;
+        let x = Activations::quantize(x, rows, cols, first.format.values());
+        let acts: Vec<Row<'_>> = (0..rows).map(|j| x.row(j, cols)).collect();
+        // Products by tile row (`rows × 16` each), then into each `y` row by row.
+        let mut by_tile: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows * rows]).collect();
+        let work = |(w, t, out): (&Packed, usize, &mut [f32])| w.tile_row(t, &acts, out);
+        match weights {
+            [w] => by_tile[0].par_chunks_exact_mut(ROWS * rows).enumerate().with_min_len(4).for_each(|(t, out)| work((w, t, out))),
+            _ => {
+                let tasks: Vec<(&Packed, usize, &mut [f32])> = weights
+                    .iter()
+                    .zip(&mut by_tile)
+                    .flat_map(|(&w, y)| y.chunks_exact_mut(ROWS * rows).enumerate().map(move |(t, out)| (w, t, out)))
+                    .collect();
+                tasks.into_par_iter().with_min_len(4).for_each(work);
             }
-        };
-        // Products by tile row (`rows × 16` each), then into `y` row by row.
-        let mut by_tile = vec![0f32; self.rows * rows];
-        by_tile.par_chunks_exact_mut(ROWS * rows).enumerate().with_min_len(4).for_each(work);
+        }
         if rows == 1 {
             return by_tile;
         }
-        let mut y = vec![0f32; rows * self.rows];
-        for (t, products) in by_tile.chunks_exact(ROWS * rows).enumerate() {
-            for (y, products) in y.chunks_exact_mut(self.rows).zip(products.chunks_exact(ROWS)) {
-                y[t * ROWS..][..ROWS].copy_from_slice(products);
+        by_tile
+            .iter()
+            .zip(weights)
+            .map(|(by_tile, w)| {
+                let mut y = vec![0f32; rows * w.rows];
+                for (t, products) in by_tile.chunks_exact(ROWS * rows).enumerate() {
+                    for (y, products) in y.chunks_exact_mut(w.rows).zip(products.chunks_exact(ROWS)) {
+                        y[t * ROWS..][..ROWS].copy_from_slice(products);
+                    }
+                }
+                y
+            })
+            .collect()
+    }
+
+    /// Whether `multiply_each` takes these weights: one or more, with the same input size,
+    /// activation format and kernel.
+    pub fn can_multiply_together(weights: &[&Packed]) -> bool {
+        weights.first().is_some_and(|first| {
+            weights.iter().all(|w| w.cols == first.cols && w.format.values() == first.format.values() && w.kernel == first.kernel)
+        })
+    }
+
+    /// Tile row `t` (16 weight rows) times every activation row, into `out` (`rows × 16`).
+    fn tile_row(&self, t: usize, acts: &[Row<'_>], out: &mut [f32]) {
+        let tile_row_bytes = self.cols / self.format.values() * self.format.tile_bytes();
+        let tiles = &self.tiles[t * tile_row_bytes..][..tile_row_bytes];
+        let out: &mut [[f32; ROWS]] = as_rows(out);
+        for (acts, out) in acts.chunks(self.kernel.rows_per_pass()).zip(out.chunks_mut(self.kernel.rows_per_pass())) {
+            match self.kernel {
+                Kernel::Scalar => acts.iter().zip(out).for_each(|(act, out)| scalar_tile_row(self.format, tiles, act, out)),
+                // SAFETY: `Avx512Vnni` comes from `Kernel::detect`; `tiles` and `acts` hold whole tiles.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni => unsafe { x86::tile_rows(self.format, tiles, acts, out) },
             }
         }
-        y
     }
 }
 
@@ -296,6 +319,24 @@ struct Activations {
 }
 
 impl Activations {
+    /// Row `j` of rows of `cols` values.
+    fn row(&self, j: usize, cols: usize) -> Row<'_> {
+        let blocks = self.d.len() / (self.q.len() / cols);
+        fn part(v: &[i32], j: usize, per_row: usize) -> &[i32] {
+            match v.is_empty() {
+                true => &[],
+                false => &v[j * per_row..][..per_row],
+            }
+        }
+        Row {
+            q: &self.q[j * cols..][..cols],
+            d: &self.d[j * blocks..][..blocks],
+            sums: &self.sums[j * cols / 16..][..cols / 16],
+            pair_sums: part(&self.pair_sums, j, cols / 64),
+            pair_sums16: part(&self.pair_sums16, j, cols / 32),
+        }
+    }
+
     fn quantize(x: &[f32], rows: usize, cols: usize, group: usize) -> Self {
         assert_eq!(x.len(), rows * cols, "{rows} activation rows of {cols} values");
         let mut q = vec![0i8; x.len()];
@@ -565,6 +606,32 @@ mod tests {
                     assert_eq!(y[i], reference[i], "{kernel:?} {dtype:?} [{i}] against the scalar kernel");
                 }
             }
+        }
+    }
+
+    /// Weights multiplied together (q, k, v of different formats and sizes) give exactly
+    /// their products alone, for one row and for a consult's twelve.
+    #[test]
+    fn multiplying_together_gives_each_product() {
+        let k = 512;
+        let shapes = [(GgmlDType::Q4K, 64), (GgmlDType::Q6K, 32), (GgmlDType::Q4K, 16)];
+        for kernel in kernels() {
+            let weights: Vec<Packed> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(dtype, n))| Packed::new(dtype, &quantized(dtype, n, k, 20 + i as u64).0, n, k, kernel).unwrap())
+                .collect();
+            let together: Vec<&Packed> = weights.iter().collect();
+            assert!(Packed::can_multiply_together(&together));
+            for m in [1, 12] {
+                let x = random(m * k, 30 + m as u64);
+                let ys = Packed::multiply_each(&together, &x, m);
+                for (w, y) in weights.iter().zip(ys) {
+                    assert_eq!(y, w.multiply(&x, m), "{kernel:?} {:?}, {m} rows", w.format);
+                }
+            }
+            let q8 = Packed::new(GgmlDType::Q8_0, &quantized(GgmlDType::Q8_0, 16, k, 5).0, 16, k, kernel).unwrap();
+            assert!(!Packed::can_multiply_together(&[&weights[0], &q8]), "activations quantized per 256 and per 32 values");
         }
     }
 
