@@ -206,10 +206,19 @@ pub fn attend(cfg: &ModelConfig, q: &[f32], positions: &[usize], kv: &LayerKv) -
         }
         let values = &kv.v[kv_off..];
         for block in (0..longest).step_by(KEYS_PER_BLOCK) {
-            for (out, p) in out.chunks_exact_mut(hd).zip(&scores) {
-                let end = p.len().min(block + KEYS_PER_BLOCK);
-                if block < end {
-                    add_weighted(&p[block..end], &values[block * row..], row, out);
+            // The weights of this block's positions, for a query that sees `p.len()`.
+            let part = |p: &[f32]| -> (usize, usize) { (block.min(p.len()), p.len().min(block + KEYS_PER_BLOCK)) };
+            let values = &values[block * row..];
+            // Two queries at a time: each value read serves both.
+            let mut rows = out.chunks_exact_mut(hd).zip(&scores);
+            while let Some((out0, p0)) = rows.next() {
+                let (a0, b0) = part(p0);
+                match rows.next() {
+                    Some((out1, p1)) => {
+                        let (a1, b1) = part(p1);
+                        add_weighted_pair([&p0[a0..b0], &p1[a1..b1]], values, row, [out0, out1]);
+                    }
+                    None => add_weighted(&p0[a0..b0], values, row, out0),
                 }
             }
         }
@@ -243,6 +252,30 @@ fn add_weighted(p: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
     for (j, &p) in p.iter().enumerate() {
         out.iter_mut().zip(&values[j * stride..][..hd]).for_each(|(o, &x)| *o += p * x);
     }
+}
+
+/// [`add_weighted`] for two queries over the same values, with the same sums: the positions
+/// both weigh together, then each one's rest.
+fn add_weighted_pair(p: [&[f32]; 2], values: &[f32], stride: usize, out: [&mut [f32]; 2]) {
+    let common = p[0].len().min(p[1].len());
+    let [out0, out1] = out;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    if common > 0 && out0.len() == out1.len() && matches!(out0.len(), 64 | 128) {
+        let hd = out0.len();
+        assert!(values.len() >= (common - 1) * stride + hd, "a value for every weight");
+        // SAFETY: AVX512F is enabled at compile time; the values were checked above.
+        unsafe {
+            match hd {
+                64 => x86::add_weighted_pair::<4>([&p[0][..common], &p[1][..common]], values, stride, [&mut *out0, &mut *out1]),
+                _ => x86::add_weighted_pair::<8>([&p[0][..common], &p[1][..common]], values, stride, [&mut *out0, &mut *out1]),
+            }
+        }
+        add_weighted(&p[0][common..], &values[common * stride..], stride, out0);
+        add_weighted(&p[1][common..], &values[common * stride..], stride, out1);
+        return;
+    }
+    add_weighted(p[0], values, stride, out0);
+    add_weighted(p[1], values, stride, out1);
 }
 
 /// `scores[j] = scale · (query · key j)`, key `j` being the `query.len()` floats at

@@ -72,3 +72,29 @@ pub(super) unsafe fn add_weighted<const V: usize>(p: &[f32], values: &[f32], str
         _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), acc);
     }
 }
+
+/// [`add_weighted`] for two queries with weights for the same values: each value is loaded
+/// once for both, and each output gets the same multiply-adds in the same order as alone.
+///
+/// # Safety
+/// AVX512F is available; both outputs hold `16 · V` values, both weight lists are as long,
+/// and `values` has one value for every weight.
+pub(super) unsafe fn add_weighted_pair<const V: usize>(p: [&[f32]; 2], values: &[f32], stride: usize, out: [&mut [f32]; 2]) {
+    debug_assert!(out[0].len() == 16 * V && out[1].len() == 16 * V && p[0].len() == p[1].len());
+    let load = |out: &[f32]| -> [__m512; V] { std::array::from_fn(|c| _mm512_loadu_ps(out.as_ptr().add(16 * c))) };
+    let (mut acc0, mut acc1) = (load(out[0]), load(out[1]));
+    let values = values.as_ptr();
+    for (j, (&p0, &p1)) in p[0].iter().zip(p[1]).enumerate() {
+        let (p0, p1) = (_mm512_set1_ps(p0), _mm512_set1_ps(p1));
+        for c in 0..V {
+            let v = _mm512_loadu_ps(values.add(j * stride + 16 * c));
+            acc0[c] = _mm512_fmadd_ps(p0, v, acc0[c]);
+            acc1[c] = _mm512_fmadd_ps(p1, v, acc1[c]);
+        }
+    }
+    for (out, acc) in out.into_iter().zip([acc0, acc1]) {
+        for (c, acc) in acc.into_iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), acc);
+        }
+    }
+}
