@@ -101,7 +101,9 @@ pub fn bench_serve(args: &ServeBenchArgs) -> anyhow::Result<()> {
     eprintln!("consult cost on a cached 500-token prefix…");
     let c = client(600);
     let (mut consult_ms, mut step_ms) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
+    // Nine of each, taking turns, and their medians: this kind of machine's neighbours move
+    // single requests by 20% or more.
+    for _ in 0..9 {
         // Each measured request extends a prefix that a session's last consult left cached:
         // one token more (a decode step), or twelve (local tokens since that consult).
         for (new_tokens, times) in [(1, &mut step_ms), (12, &mut consult_ms)] {
