@@ -290,11 +290,19 @@ fn stop_strings_end_the_text_before_them() {
     let server = Server::smollm2(&[]);
     let free = completion(&server, greedy(json!(PROMPTS[0]), 24)).json();
     let text = free["choices"][0]["text"].as_str().unwrap().to_string();
-    // A stop string taken from the middle of the free-running answer (whatever the model writes).
-    let middle = text.char_indices().map(|(i, _)| i).find(|&i| i >= text.len() / 2).expect("a non-empty answer");
-    let stop: String = text[middle..].chars().take(4).collect();
-    let at = text.find(&stop).expect("the stop string is in the answer");
-    assert!(at > 0, "{text:?} starts with {stop:?}: nothing would be left before it");
+    // A stop string taken from the second half of the free-running answer (whatever the model
+    // writes), one that does not already occur at its very start: text must be left before it.
+    let (stop, at) = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .filter(|&i| i >= text.len() / 2)
+        .map(|i| text[i..].chars().take(4).collect::<String>())
+        .map(|stop| {
+            let at = text.find(&stop).expect("the stop string is in the answer");
+            (stop, at)
+        })
+        .find(|&(_, at)| at > 0)
+        .unwrap_or_else(|| panic!("{text:?}: no 4 characters of its second half first occur after its start"));
     let mut body = greedy(json!(PROMPTS[0]), 24);
     body["stop"] = json!([stop.as_str(), "never-appears"]);
     let v = completion(&server, body).json();
