@@ -60,9 +60,11 @@ impl Linear {
 
     /// `forward` of each on the same `x`, as one product where the kernels allow.
     fn forward_each<const N: usize>(linears: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
-        let ys = QWeight::forward_each(&linears.map(|l| &l.weight), x)?;
-        let ys: Vec<Tensor> = ys.into_iter().zip(linears).map(|(y, l)| l.add_bias(y)).collect::<Result<_>>()?;
-        Ok(ys.try_into().unwrap_or_else(|_| unreachable!("one product per weight")))
+        let mut ys = QWeight::forward_each(linears.map(|l| &l.weight), x)?;
+        for (y, linear) in ys.iter_mut().zip(linears) {
+            *y = linear.add_bias(y.clone())?;
+        }
+        Ok(ys)
     }
 
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {
@@ -304,9 +306,7 @@ impl Decoder {
             let a = self.attention(layer, l, &h, &positions, batch)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let [gate, up]: [Tensor; 2] = QWeight::forward_each(&[&layer.gate, &layer.up], &h)?
-                .try_into()
-                .unwrap_or_else(|_| unreachable!("one product per weight"));
+            let [gate, up] = QWeight::forward_each([&layer.gate, &layer.up], &h)?;
             let f = layer.down.forward(&match self.elementwise_on_rayon {
                 true => silu_mul(&gate, &up)?,
                 // Prompts' products run on candle's pool (its tiled kernels): so does this.

@@ -92,16 +92,17 @@ impl QWeight {
     /// `forward` of each weight on the same `x` (a layer's q, k and v; its gate and up). Where
     /// all of them go to `gemv` with the same activation format, they run as one product
     /// ([`gemv::Packed::multiply_each`]), with the same results.
-    pub fn forward_each(weights: &[&QWeight], x: &Tensor) -> Result<Vec<Tensor>> {
+    pub fn forward_each<const N: usize>(weights: [&QWeight; N], x: &Tensor) -> Result<[Tensor; N]> {
         let rows = x.dim(0)?;
         let packed: Option<Vec<&gemv::Packed>> = weights.iter().map(|w| w.gemv_for(rows)).collect();
-        match packed {
+        let ys: Vec<Tensor> = match packed {
             Some(packed) if gemv::Packed::can_multiply_together(&packed) => {
                 let ys = gemv::Packed::multiply_each(&packed, &x.flatten_all()?.to_vec1::<f32>()?, rows);
-                ys.into_iter().zip(packed).map(|(y, p)| Ok(Tensor::from_vec(y, (rows, p.rows()), x.device())?)).collect()
+                ys.into_iter().zip(packed).map(|(y, p)| Ok(Tensor::from_vec(y, (rows, p.rows()), x.device())?)).collect::<Result<_>>()?
             }
-            _ => weights.iter().map(|w| w.forward(x)).collect(),
-        }
+            _ => weights.iter().map(|w| w.forward(x)).collect::<Result<_>>()?,
+        };
+        Ok(ys.try_into().unwrap_or_else(|_| unreachable!("one product per weight")))
     }
 
     /// `x`: `(rows, in)` → `(rows, out)`.

@@ -237,6 +237,7 @@ impl Packed {
         let mut by_tile: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows * rows]).collect();
         let work = |(w, t, out): (&Packed, usize, &mut [f32])| w.tile_row(t, &acts, out);
         match weights {
+            // One weight (the vocabulary projection has thousands of tile rows): no task list.
             [w] => by_tile[0].par_chunks_exact_mut(ROWS * rows).enumerate().with_min_len(4).for_each(|(t, out)| work((w, t, out))),
             _ => {
                 let tasks: Vec<(&Packed, usize, &mut [f32])> = weights

@@ -65,6 +65,13 @@ unsafe fn prefetch(next_tile: *const u8, at: usize, lines: usize) {
     }
 }
 
+/// Each 32-bit lane of `low` and `high` (values within 16 bits) as one pair of 16-bit values,
+/// the operand `vpdpwssd` multiplies pairwise.
+#[inline(always)]
+unsafe fn pairs16(low: __m512i, high: __m512i) -> __m512i {
+    _mm512_or_si512(_mm512_and_si512(low, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(high, 16))
+}
+
 #[inline(always)]
 unsafe fn load(p: *const u8, at: usize) -> __m512i {
     _mm512_loadu_si512(p.add(at) as *const _)
@@ -94,7 +101,7 @@ unsafe fn q4k_rows<const C: usize>(tiles: *const u8, blocks: usize, acts: &[Row<
             // Each chain sums 16 levels (≤ 15) times activations (≤ 127): it fits 16 bits, so
             // both chains take the sub-block's scale in one 16-bit multiply-add.
             let scales = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(q4k::SCALES + s * ROWS) as *const _));
-            let scales = _mm512_or_si512(scales, _mm512_slli_epi32(scales, 16));
+            let scales = pairs16(scales, scales);
             for j in 0..C {
                 let pair = _mm512_mask_blend_epi16(0xAAAA_AAAA, a[j], _mm512_slli_epi32(c[j], 16));
                 total[j] = _mm512_dpwssd_epi32(total[j], pair, scales);
@@ -104,7 +111,7 @@ unsafe fn q4k_rows<const C: usize>(tiles: *const u8, blocks: usize, acts: &[Row<
         let mut mins = [_mm512_setzero_si512(); C];
         for p in 0..4 {
             let min = |s: usize| _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(q4k::MINS + s * ROWS) as *const _));
-            let pair = _mm512_or_si512(min(2 * p), _mm512_slli_epi32(min(2 * p + 1), 16));
+            let pair = pairs16(min(2 * p), min(2 * p + 1));
             for j in 0..C {
                 mins[j] = _mm512_dpwssd_epi32(mins[j], pair, _mm512_set1_epi32(*acts[j].pair_sums.get_unchecked(4 * b + p)));
             }
@@ -151,7 +158,7 @@ unsafe fn q6k_rows<const C: usize>(tiles: *const u8, blocks: usize, acts: &[Row<
         // sub-blocks two at a time as 16-bit pairs.
         for p in 0..8 {
             let scale = |t: usize| _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(q6k::SCALES + t * ROWS) as *const _));
-            let pair = _mm512_or_si512(_mm512_and_si512(scale(2 * p), _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(scale(2 * p + 1), 16));
+            let pair = pairs16(scale(2 * p), scale(2 * p + 1));
             for j in 0..C {
                 let sums = _mm512_set1_epi32(*acts[j].pair_sums16.get_unchecked(8 * b + p));
                 offset[j] = _mm512_dpwssd_epi32(offset[j], pair, sums);
