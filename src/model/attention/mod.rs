@@ -191,10 +191,20 @@ pub fn attend(cfg: &ModelConfig, q: &[f32], positions: &[usize], kv: &LayerKv) -
         let keys = &kv.k[kv_off..];
         let mut scores: Vec<Vec<f32>> = seen.iter().map(|&n| vec![0f32; n]).collect();
         for block in (0..longest).step_by(KEYS_PER_BLOCK) {
-            for (query, scores) in queries.iter().zip(&mut scores) {
-                let end = scores.len().min(block + KEYS_PER_BLOCK);
-                if block < end {
-                    score_keys(query, &keys[block * row..], row, scale, &mut scores[block..end]);
+            // The keys of this block for a query that sees `seen`.
+            let part = |seen: usize| block.min(seen)..seen.min(block + KEYS_PER_BLOCK);
+            let keys = &keys[block * row..];
+            // Two queries at a time: each key read serves both.
+            for (queries, scores) in queries.chunks(2).zip(scores.chunks_mut(2)) {
+                match (queries, scores) {
+                    ([q0, q1], [s0, s1]) => {
+                        let (r0, r1) = (part(s0.len()), part(s1.len()));
+                        score_keys_pair([q0, q1], keys, row, scale, [&mut s0[r0], &mut s1[r1]]);
+                    }
+                    (queries, scores) => {
+                        let r = part(scores[0].len());
+                        score_keys(queries[0], keys, row, scale, &mut scores[0][r]);
+                    }
                 }
             }
         }
@@ -293,6 +303,31 @@ fn score_keys(query: &[f32], keys: &[f32], stride: usize, scale: f32, scores: &m
     for (j, score) in scores.iter_mut().enumerate() {
         *score = dot(query, &keys[j * stride..][..hd]) * scale;
     }
+}
+
+/// [`score_keys`] for two queries, with the same scores: the keys both see in whole groups
+/// of eight together, then each one's rest.
+fn score_keys_pair(query: [&[f32]; 2], keys: &[f32], stride: usize, scale: f32, scores: [&mut [f32]; 2]) {
+    let [s0, s1] = scores;
+    // `score_keys` reduces keys in groups of eight from the first on, the rest one by one.
+    let common = s0.len().min(s1.len()) / 8 * 8;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    if common > 0 && query[0].len() == query[1].len() && matches!(query[0].len(), 64 | 128) {
+        assert!(keys.len() >= (common - 1) * stride + query[0].len(), "keys for every score");
+        // SAFETY: AVX512F is enabled at compile time; the keys were checked above.
+        unsafe {
+            match query[0].len() {
+                64 => x86::score_keys_pair::<4>(query, keys, stride, scale, [&mut s0[..common], &mut s1[..common]]),
+                _ => x86::score_keys_pair::<8>(query, keys, stride, scale, [&mut s0[..common], &mut s1[..common]]),
+            }
+        }
+        let rest = keys.get(common * stride..).unwrap_or_default();
+        score_keys(query[0], rest, stride, scale, &mut s0[common..]);
+        score_keys(query[1], rest, stride, scale, &mut s1[common..]);
+        return;
+    }
+    score_keys(query[0], keys, stride, scale, s0);
+    score_keys(query[1], keys, stride, scale, s1);
 }
 
 /// The sum of `values` in sixteen interleaved partial sums (vectorises; the order is fixed).

@@ -24,6 +24,34 @@ pub(super) unsafe fn score_keys<const V: usize>(query: &[f32], keys: &[f32], str
     }
 }
 
+/// [`score_keys`] for two queries over the same keys, four keys at a time: each key chunk
+/// loaded serves both. Every score is reduced by the same [`sums8`] as alone, so it is the
+/// same bits; the caller passes only keys in whole groups of eight for both queries.
+///
+/// # Safety
+/// AVX512F is available; both queries hold `16 · V` values, both score lists are as long, a
+/// multiple of 4, and `keys` has every key of them.
+pub(super) unsafe fn score_keys_pair<const V: usize>(query: [&[f32]; 2], keys: &[f32], stride: usize, scale: f32, scores: [&mut [f32]; 2]) {
+    debug_assert!(query.iter().all(|q| q.len() == 16 * V) && scores[0].len() == scores[1].len() && scores[0].len() % 4 == 0);
+    let load = |q: &[f32]| -> [__m512; V] { std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c))) };
+    let (q0, q1) = (load(query[0]), load(query[1]));
+    let keys = keys.as_ptr();
+    let [scores0, scores1] = scores;
+    for j in (0..scores0.len()).step_by(4) {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for c in 0..V {
+            for n in 0..4 {
+                let key = _mm512_loadu_ps(keys.add((j + n) * stride + 16 * c));
+                acc[n] = _mm512_fmadd_ps(q0[c], key, acc[n]);
+                acc[4 + n] = _mm512_fmadd_ps(q1[c], key, acc[4 + n]);
+            }
+        }
+        let dots = _mm256_mul_ps(sums8(acc), _mm256_set1_ps(scale));
+        _mm_storeu_ps(scores0.as_mut_ptr().add(j), _mm256_castps256_ps128(dots));
+        _mm_storeu_ps(scores1.as_mut_ptr().add(j), _mm256_extractf128_ps::<1>(dots));
+    }
+}
+
 /// Lane-wise products of the query with `N` keys from `keys` on, summed over the head's
 /// chunks of 16 values: one accumulator per key, so the multiply-adds overlap.
 #[inline(always)]
