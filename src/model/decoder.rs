@@ -7,6 +7,7 @@ use super::attention::{attend, Rope};
 use super::config::ModelConfig;
 use super::gguf::tensor;
 use super::weights::QWeight;
+use super::with_values;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::QTensor;
@@ -337,10 +338,15 @@ impl Decoder {
 /// product on rayon, 12 new tokens cost 30% more that way).
 fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
-    let (mut g, u) = (gate.flatten_all()?.to_vec1::<f32>()?, up.flatten_all()?.to_vec1::<f32>()?);
     const CHUNK: usize = 8 * 1024;
-    g.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(|(g, u)| super::exp::silu_mul(g, u));
-    Ok(Tensor::from_vec(g, gate.shape(), gate.device())?)
+    let mut out = vec![0f32; gate.elem_count()];
+    with_values(gate, |g| {
+        with_values(up, |u| {
+            let pieces = out.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)));
+            pieces.for_each(|(out, (g, u))| super::exp::silu_mul(out, g, u));
+        })
+    })??;
+    Ok(Tensor::from_vec(out, gate.shape(), gate.device())?)
 }
 
 /// Runs a forward pass on one of rayon's workers, so that each of the kernels' parallel loops

@@ -30,9 +30,9 @@ pub fn exp(x: f32) -> f32 {
     e_r * two_n
 }
 
-/// `silu(g) · u` for each pair: the feed-forward's gate.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    gate.iter_mut().zip(up).for_each(|(g, &u)| *g = *g / (1.0 + exp(-*g)) * u);
+/// `out = silu(gate) · up`, value by value: the feed-forward's gate.
+pub fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    out.iter_mut().zip(gate.iter().zip(up)).for_each(|(o, (&g, &u))| *o = g / (1.0 + exp(-g)) * u);
 }
 
 #[cfg(test)]
@@ -57,11 +57,12 @@ mod tests {
 
     #[test]
     fn silu_mul_matches_its_definition() {
-        let mut gate = vec![-20.0f32, -1.5, 0.0, 0.7, 30.0];
-        let up = vec![2.0, -1.0, 5.0, 3.0, 0.5];
+        let gate = [-20.0f32, -1.5, 0.0, 0.7, 30.0];
+        let up = [2.0, -1.0, 5.0, 3.0, 0.5];
         let want: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
-        silu_mul(&mut gate, &up);
-        for (ours, want) in gate.iter().zip(want) {
+        let mut out = [0f32; 5];
+        silu_mul(&mut out, &gate, &up);
+        for (ours, want) in out.iter().zip(want) {
             assert!((ours - want).abs() <= 1e-6 * want.abs().max(1e-3), "{ours} against {want}");
         }
     }

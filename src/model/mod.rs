@@ -18,6 +18,20 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::Device;
 use std::io::{Read, Seek};
 
+/// Calls `f` on the f32 values of `x`, in row-major order. A contiguous f32 tensor on the CPU
+/// lends its storage (the products' inputs and outputs are hundreds of kilobytes in a
+/// 12-token pass, 28 layers deep); anything else is copied out first.
+pub(crate) fn with_values<R>(x: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    use candle_core::{CpuStorage, Storage};
+    {
+        let (storage, layout) = x.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(f(&values[start..end]));
+        }
+    }
+    Ok(f(&x.flatten_all()?.to_vec1::<f32>()?))
+}
+
 /// Deterministic values in [-1, 1) for the kernels' unit tests.
 #[cfg(test)]
 pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {

@@ -10,7 +10,7 @@
 //!   contribution to `x · w` is `c` times the sum of `x` over the block (`add_block_offsets`).
 use super::decoder::Kernels;
 use super::gguf::f16_at;
-use super::{gemm, gemv};
+use super::{gemm, gemv, with_values};
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -97,7 +97,7 @@ impl QWeight {
         let packed: Option<Vec<&gemv::Packed>> = weights.iter().map(|w| w.gemv_for(rows)).collect();
         let ys: Vec<Tensor> = match packed {
             Some(packed) if gemv::Packed::can_multiply_together(&packed) => {
-                let ys = gemv::Packed::multiply_each(&packed, &x.flatten_all()?.to_vec1::<f32>()?, rows);
+                let ys = with_values(x, |x| gemv::Packed::multiply_each(&packed, x, rows))?;
                 ys.into_iter().zip(packed).map(|(y, p)| Ok(Tensor::from_vec(y, (rows, p.rows()), x.device())?)).collect::<Result<_>>()?
             }
             _ => weights.iter().map(|w| w.forward(x)).collect::<Result<_>>()?,
@@ -109,7 +109,7 @@ impl QWeight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
         if let Some(packed) = self.gemv_for(rows) {
-            let y = packed.multiply(&x.flatten_all()?.to_vec1::<f32>()?, rows);
+            let y = with_values(x, |x| packed.multiply(x, rows))?;
             return Ok(Tensor::from_vec(y, (rows, packed.rows()), x.device())?);
         }
         let batched = match &self.matmul {
