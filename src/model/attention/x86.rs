@@ -1,6 +1,7 @@
-//! AVX512 attention. Scores: the query stays in registers while eight keys are multiplied at once, each
-//! into its own accumulator, so the dot products overlap instead of each waiting on its own
-//! chain of adds. Weighted values: the output row stays in registers.
+//! AVX512 attention. Scores: the query (or two) stays in registers while eight (query, key)
+//! pairs are multiplied at once, each into its own accumulator, so the dot products overlap
+//! instead of each waiting on its own chain of adds. Weighted values: the output rows stay in
+//! registers.
 use std::arch::x86_64::*;
 
 /// [`super::score_keys`] for a head of `16 · V` values.
