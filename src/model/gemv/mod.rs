@@ -233,37 +233,36 @@ impl Packed {
         let cols = first.cols;
         let x = Activations::quantize(x, rows, cols, first.format.values());
         let acts: Vec<Row<'_>> = (0..rows).map(|j| x.row(j, cols)).collect();
-        // Products by tile row (`rows × 16` each), then into each `y` row by row.
-        let mut by_tile: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows * rows]).collect();
-        let work = |(w, t, out): (&Packed, usize, &mut [f32])| w.tile_row(t, &acts, out);
-        match weights {
-            // One weight (the vocabulary projection has thousands of tile rows): no task list.
-            [w] => by_tile[0].par_chunks_exact_mut(ROWS * rows).enumerate().with_min_len(4).for_each(|(t, out)| work((w, t, out))),
-            _ => {
-                let tasks: Vec<(&Packed, usize, &mut [f32])> = weights
-                    .iter()
-                    .zip(&mut by_tile)
-                    .flat_map(|(&w, y)| y.chunks_exact_mut(ROWS * rows).enumerate().map(move |(t, out)| (w, t, out)))
-                    .collect();
-                tasks.into_par_iter().with_min_len(4).for_each(work);
-            }
-        }
+        let mut ys: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows * rows]).collect();
         if rows == 1 {
-            return by_tile;
-        }
-        by_tile
-            .iter()
-            .zip(weights)
-            .map(|(by_tile, w)| {
-                let mut y = vec![0f32; rows * w.rows];
-                for (t, products) in by_tile.chunks_exact(ROWS * rows).enumerate() {
-                    for (y, products) in y.chunks_exact_mut(w.rows).zip(products.chunks_exact(ROWS)) {
-                        y[t * ROWS..][..ROWS].copy_from_slice(products);
-                    }
+            // One row's outputs are tile row by tile row already: each task fills its own slice.
+            let work = |(w, t, out): (&Packed, usize, &mut [f32])| w.tile_row(t, &acts, out);
+            match weights {
+                // One weight (the vocabulary projection has thousands of tile rows): no task list.
+                [w] => ys[0].par_chunks_exact_mut(ROWS).enumerate().with_min_len(4).for_each(|(t, out)| work((w, t, out))),
+                _ => {
+                    let tasks: Vec<(&Packed, usize, &mut [f32])> = weights
+                        .iter()
+                        .zip(&mut ys)
+                        .flat_map(|(&w, y)| y.chunks_exact_mut(ROWS).enumerate().map(move |(t, out)| (w, t, out)))
+                        .collect();
+                    tasks.into_par_iter().with_min_len(4).for_each(work);
                 }
-                y
-            })
-            .collect()
+            }
+            return ys;
+        }
+        // Several rows: a task's products (`rows × 16`) are columns `16t..` of every row of
+        // `y`, written from the task itself so that no thread waits on a reordering pass.
+        let outputs: Vec<Columns> = ys.iter_mut().zip(weights).map(|(y, w)| Columns::new(y, w.rows)).collect();
+        let tasks: Vec<(usize, usize)> = weights.iter().enumerate().flat_map(|(i, w)| (0..w.rows / ROWS).map(move |t| (i, t))).collect();
+        tasks.into_par_iter().with_min_len(4).for_each_init(
+            || vec![0f32; rows * ROWS],
+            |products, (i, t)| {
+                weights[i].tile_row(t, &acts, products);
+                outputs[i].write(t, products);
+            },
+        );
+        ys
     }
 
     /// Whether `multiply_each` takes these weights: one or more, with the same input size,
@@ -286,6 +285,35 @@ impl Packed {
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512Vnni => unsafe { x86::tile_rows(self.format, tiles, acts, out) },
             }
+        }
+    }
+}
+
+/// A row-major `rows × cols` output that tasks fill 16 columns at a time, each task its own
+/// columns: [`Packed::multiply_each`]'s tasks write into one `y` from several threads.
+struct Columns {
+    y: *mut f32,
+    rows: usize,
+    cols: usize,
+}
+
+// SAFETY: `write` is the only access through the pointer, and tasks write disjoint columns.
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    fn new(y: &mut [f32], cols: usize) -> Self {
+        assert!(cols % ROWS == 0 && y.len() % cols == 0);
+        Self { y: y.as_mut_ptr(), rows: y.len() / cols, cols }
+    }
+
+    /// Columns `16t..16t + 16` of every row from `products` (`rows × 16`). Each `t` must be
+    /// written by one task only, while the `y` this was made from is otherwise untouched.
+    fn write(&self, t: usize, products: &[f32]) {
+        assert!(products.len() == self.rows * ROWS && (t + 1) * ROWS <= self.cols, "tile row {t} within the output");
+        for (r, row) in products.chunks_exact(ROWS).enumerate() {
+            // SAFETY: in bounds (asserted above); no other task writes these columns, and the
+            // caller holds `y` mutably borrowed while tasks run.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.y.add(r * self.cols + t * ROWS), ROWS) };
         }
     }
 }
