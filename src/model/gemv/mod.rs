@@ -311,8 +311,8 @@ impl Columns {
     fn write(&self, t: usize, products: &[f32]) {
         assert!(products.len() == self.rows * ROWS && (t + 1) * ROWS <= self.cols, "tile row {t} within the output");
         for (r, row) in products.chunks_exact(ROWS).enumerate() {
-            // SAFETY: in bounds (asserted above); no other task writes these columns, and the
-            // caller holds `y` mutably borrowed while tasks run.
+            // SAFETY: in bounds (asserted above); no other task writes these columns, and
+            // `multiply_each` does not touch `y` until its tasks have ended.
             unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.y.add(r * self.cols + t * ROWS), ROWS) };
         }
     }
