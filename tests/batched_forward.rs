@@ -83,3 +83,33 @@ fn a_bad_sequence_fails_the_pass_and_leaves_every_cache_as_it_was() {
     let err = model.decoder.forward_batch(&mut [Sequence { cache: &mut b, tokens: &[] }]).unwrap_err().to_string();
     assert!(err.contains("at least one token"), "{err}");
 }
+
+/// A pass that wants only each sequence's last logits computes just those rows in the last
+/// layer (after every row's keys and values). The logits, hidden states and the cache the next
+/// pass reads must be exactly those of the pass that computes every row.
+#[test]
+fn last_layer_on_the_last_rows_only_changes_no_bit() {
+    let mut model = load("smollm2-135m");
+    let prompts: Vec<Vec<u32>> =
+        ["def fibonacci(n):\n    if n < 2:", "1, 2, 3, 4,"].iter().map(|t| model.tokenizer.encode(t).unwrap()).collect();
+    for prompt in &prompts {
+        model.decoder.cache_mut().clear();
+        let every = model.decoder.forward_all(prompt).unwrap().pop().unwrap();
+        let next = model.decoder.forward(&[argmax(&every.logits)]).unwrap();
+        model.decoder.cache_mut().clear();
+        let last = model.decoder.forward(prompt).unwrap();
+        assert_eq!(last.logits, every.logits, "last-row logits");
+        assert_eq!(last.hidden, every.hidden, "last-row hidden state");
+        assert_eq!(model.decoder.forward(&[argmax(&last.logits)]).unwrap().logits, next.logits, "the step after it");
+    }
+    // Two sequences in one pass: each gets its own last row.
+    let (mut a, mut b) = (KvCache::default(), KvCache::default());
+    let both = model
+        .decoder
+        .forward_batch(&mut [Sequence { cache: &mut a, tokens: &prompts[0] }, Sequence { cache: &mut b, tokens: &prompts[1] }])
+        .unwrap();
+    for (prompt, step) in prompts.iter().zip(&both) {
+        model.decoder.cache_mut().clear();
+        assert_eq!(model.decoder.forward_all(prompt).unwrap().pop().unwrap().logits, step.logits, "batched last rows");
+    }
+}

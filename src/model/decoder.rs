@@ -93,6 +93,9 @@ pub struct Decoder {
     /// Whether every product runs on rayon's threads (`gemv` for every row), so that the
     /// element-wise ops should too, rather than on candle's pool.
     elementwise_on_rayon: bool,
+    /// Whether a row's result never depends on the other rows of a pass (`Kernels::RowInvariant`),
+    /// so the last layer may compute fewer rows without changing a bit.
+    row_invariant: bool,
     device: Device,
     embedding: Arc<QTensor>,
     layers: Vec<Layer>,
@@ -164,6 +167,7 @@ impl Decoder {
         Ok(Self {
             config,
             elementwise_on_rayon: options.kernels == Kernels::RowInvariant && super::gemv::Kernel::detect().is_some(),
+            row_invariant: options.kernels == Kernels::RowInvariant,
             device: device.clone(),
             embedding,
             layers,
@@ -230,8 +234,17 @@ impl Decoder {
     }
 
     /// Self-attention of layer `l` for every sequence of the batch; `x` holds the rows of
-    /// all sequences in batch order, at `positions`.
-    fn attention(&self, layer: &Layer, l: usize, x: &Tensor, positions: &[usize], batch: &mut [Sequence<'_>]) -> Result<Tensor> {
+    /// all sequences in batch order, at `positions`. Every row's keys and values go into the
+    /// caches; the output has a row for each input row, or with `last_only` one per sequence.
+    fn attention(
+        &self,
+        layer: &Layer,
+        l: usize,
+        x: &Tensor,
+        positions: &[usize],
+        batch: &mut [Sequence<'_>],
+        last_only: bool,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let (rows, hd) = (x.dim(0)?, cfg.head_dim);
         let flat = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
@@ -249,10 +262,12 @@ impl Decoder {
             let cache = &mut seq.cache.layers[l];
             cache.k.extend_from_slice(&k[first * kv_row..(first + n) * kv_row]);
             cache.v.extend_from_slice(&v[first * kv_row..(first + n) * kv_row]);
-            out.extend(attend(cfg, &q[first * q_row..(first + n) * q_row], &positions[first..first + n], cache));
+            let queries = if last_only { first + n - 1..first + n } else { first..first + n };
+            out.extend(attend(cfg, &q[queries.start * q_row..queries.end * q_row], &positions[queries], cache));
             first += n;
         }
-        layer.o.forward(&Tensor::from_vec(out, (rows, q_row), &self.device)?)
+        let out_rows = if last_only { batch.len() } else { rows };
+        layer.o.forward(&Tensor::from_vec(out, (out_rows, q_row), &self.device)?)
     }
 
     fn check_input(&self, tokens: &[u32], start: usize) -> Result<()> {
@@ -302,9 +317,17 @@ impl Decoder {
         let ids = Tensor::new(tokens.as_slice(), &self.device)?;
         let mut x = self.embedding.embedding(&ids)?; // (rows, n_embd)
         let eps = cfg.rms_eps;
+        // Only the rows that get logits need the last layer past its keys and values (a 12-token
+        // consult computes 1 row there, not 12). Only where that cannot change their bits.
+        let trim_last_layer = outputs == Outputs::LastOfEach && self.row_invariant;
+        let n_layer = self.layers.len();
         for (l, layer) in self.layers.iter().enumerate() {
+            let last_only = trim_last_layer && l + 1 == n_layer;
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let a = self.attention(layer, l, &h, &positions, batch)?;
+            let a = self.attention(layer, l, &h, &positions, batch, last_only)?;
+            if last_only {
+                x = last_of_each(&x, batch)?;
+            }
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let [gate, up] = QWeight::forward_each([&layer.gate, &layer.up], &h)?;
@@ -316,20 +339,28 @@ impl Decoder {
             x = (x + f)?;
         }
         // Usually only each sequence's last position needs logits: skip the vocabulary projection for the rest.
-        let last = match batch {
-            _ if outputs == Outputs::Every => x,
-            [one] => x.narrow(0, one.tokens.len() - 1, 1)?,
-            _ => {
-                let mut end = 0u32;
-                let rows: Vec<u32> = batch.iter().map(|s| { end += s.tokens.len() as u32; end - 1 }).collect();
-                x.index_select(&Tensor::new(rows.as_slice(), &self.device)?, 0)?
-            }
+        let last = match outputs {
+            Outputs::Every => x,
+            Outputs::LastOfEach if trim_last_layer => x,
+            Outputs::LastOfEach => last_of_each(&x, batch)?,
         };
         let hidden = candle_nn::ops::rms_norm(&last, &self.output_norm, eps)?;
         let logits = self.output.forward(&hidden)?;
         let (logits, hidden) = (logits.to_vec2::<f32>()?, hidden.to_vec2::<f32>()?);
         Ok(logits.into_iter().zip(hidden).map(|(logits, hidden)| Step { logits, hidden }).collect())
     }
+}
+
+/// The rows of `x` (all sequences' rows in batch order) that are each sequence's last.
+fn last_of_each(x: &Tensor, batch: &[Sequence<'_>]) -> Result<Tensor> {
+    Ok(match batch {
+        [one] => x.narrow(0, one.tokens.len() - 1, 1)?,
+        _ => {
+            let mut end = 0u32;
+            let rows: Vec<u32> = batch.iter().map(|s| { end += s.tokens.len() as u32; end - 1 }).collect();
+            x.index_select(&Tensor::new(rows.as_slice(), x.device())?, 0)?
+        }
+    })
 }
 
 /// `silu(gate) · up`, element by element, on rayon's threads. candle's element-wise ops hand
