@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 /// The reward policy's threshold unless the user picks one (chosen from the HumanEval
 /// evaluation; see the README).
-pub const DEFAULT_THRESHOLD: f32 = 0.6;
+pub const DEFAULT_THRESHOLD: f32 = 0.7;
 
 /// Heads in `assets/reward/`, by the small model they were trained for.
 pub const SHIPPED_HEADS: &[(&str, &str)] = &[("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b.safetensors")];

@@ -23,7 +23,7 @@ const save = (key, value) => {
 
 // Threshold slider range and default per policy (entropy is in nats, the rest in [0, 1]).
 const POLICIES = {
-  reward: { max: 1, step: 0.01, initial: 0.6 },
+  reward: { max: 1, step: 0.01, initial: 0.7 },
   maxprob: { max: 1, step: 0.01, initial: 0.6 },
   entropy: { max: 6, step: 0.05, initial: 1.0 },
   random: { max: 1, step: 0.01, initial: 0.05 },

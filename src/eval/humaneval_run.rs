@@ -47,7 +47,7 @@ pub struct HumanEvalArgs {
     /// Thresholds per policy, `POLICY=T` (repeat a policy for several); a bare number applies
     /// to every listed policy whose threshold is a probability (reward, maxprob, random). The
     /// default is the README table's settings, so a plain run resumes and extends that table.
-    #[arg(long, value_delimiter = ',', default_value = "reward=0.6,reward=0.7,reward=0.85,maxprob=0.65,maxprob=0.9,entropy=0.4,random=0.04")]
+    #[arg(long, value_delimiter = ',', default_value = "reward=0.6,reward=0.7,reward=0.85,maxprob=0.65,maxprob=0.75,maxprob=0.9,entropy=0.4,entropy=0.65,random=0.04")]
     pub thresholds: Vec<String>,
     #[arg(long, default_value_t = 1)]
     pub consult_tokens: usize,
