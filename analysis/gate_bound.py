@@ -6,8 +6,9 @@ greedy token differs, and prints ROC-AUC and the share of positions a gate must 
 flag 90% (75%) of the disagreements, for:
   - the simple gates (max-prob, entropy, margin);
   - logistic regression and gradient-boosted trees trained on the training data, over the
-    distribution's scalars, context (the previous positions' scalars), and the hidden state
-    and token embedding (PCA);
+    distribution's scalars, context (the previous positions' scalars), lookahead (the next
+    positions' scalars: what a loop that delays its decision by a token or two would know),
+    and the hidden state and token embedding (PCA);
   - the same trees trained on half of the HumanEval problems and scored on the other half,
     and the other way round: an optimistic bound, since they see the evaluation distribution.
 
@@ -66,6 +67,19 @@ def context(d):
     return np.stack(cols, 1)
 
 
+def lookahead(d):
+    """What the small model knows one and two tokens later, having taken its own token: the
+    next positions' top-1 p, entropy and margin."""
+    f = d["features"].astype(np.float64)
+    n, prompt, idx = len(f), d["prompt"], np.arange(len(f))
+    cols = []
+    for k in (1, 2):
+        j = np.minimum(idx + k, n - 1)
+        inside = (idx + k < n) & (prompt[j] == prompt)
+        cols += [np.where(inside, f[j, c], fill) for c, fill in ((1, 1.0), (3, 0.0), (2, 1.0))]
+    return np.stack(cols, 1)
+
+
 def consult_share(suspicion, disagree, recall):
     order = np.argsort(-suspicion)
     found = np.cumsum(disagree[order])
@@ -89,7 +103,7 @@ def main(train_dir, eval_dir):
 
     def inputs(d):
         s, c = scalars(d), context(d)
-        return {"scalars": s, "scalars+context": np.c_[s, c],
+        return {"scalars": s, "scalars+context": np.c_[s, c], "scalars+context+lookahead": np.c_[s, c, lookahead(d)],
                 "scalars+context+hidden+embedding": np.c_[s, c, hidden.transform(d["hidden"].astype(np.float32)), embedding.transform(d["embedding"].astype(np.float32))]}
 
     x_tr, x_te = inputs(train), inputs(test)
