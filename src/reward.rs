@@ -202,6 +202,19 @@ pub fn sigmoid(x: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// The web app writes the default threshold in JS and HTML too (its slider shows before the
+    /// engine loads): they must say what `hybrid chat` does.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn the_web_app_starts_at_the_default_threshold() {
+        let read = |f: &str| std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f)).unwrap();
+        let default = DEFAULT_THRESHOLD.to_string();
+        let app = read("www/app.js");
+        assert!(app.contains(&format!("reward: {{ max: 1, step: 0.01, initial: {default} }}")), "www/app.js: the reward slider's initial value is not {default}");
+        let page = read("www/index.html");
+        assert!(page.contains(&format!(r#"<input id="threshold" type="range" min="0" max="1" step="0.01" value="{default}">"#)), "www/index.html: the threshold slider's value is not {default}");
+    }
+
     #[test]
     fn logit_features_match_a_direct_softmax() {
         let logits = [2.0f32, 1.0, 0.5, -1.0, 2.0 - 0.3];
