@@ -10,8 +10,9 @@ pub fn available() -> bool {
 /// Activation rows per pass over a tile row: the tile's levels are unpacked once for all of
 /// them, and each row still gets exactly the operations it would get alone. Twelve, a
 /// consult's worth: the tile row is then streamed from memory under a single pass's
-/// multiply-adds (8 + 4 rows took 6% longer on one core of a Zen 4, the 8-row pass paying
-/// the memory stalls). More would not fit: each row keeps two sums in registers.
+/// multiply-adds. 8 + 4 rows took 7% longer on one core of a Zen 4 (2% on two); in a
+/// profile the 8-row pass, which met each tile row first, cost more per row than the 4-row
+/// pass after it. More would not fit: each row keeps two sums in registers.
 pub const ROWS_PER_PASS: usize = 12;
 
 /// `out[j]` = the 16 weight rows of `tiles` · activation row `acts[j]`, for 1 to 12 rows.
