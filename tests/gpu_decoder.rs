@@ -1,9 +1,11 @@
 //! The GPU decoder against the CPU decoder on the real models: after a prompt (its matrix-
 //! matrix prefill) the logits agree within 3% of their range, the top tokens it sends back
-//! are the CPU's, and 16 greedy steps (matrix-vector) pick the same tokens. The difference is
-//! the CPU's: it rounds activations to 8 bits for its integer kernels (against candle's own
-//! reference it differs by up to 2.8% on smollm2-135m, tests/decoder_parity.rs), while the GPU
-//! computes in f32. On lavapipe here; any adapter elsewhere.
+//! are the CPU's, and over 16 greedy steps (matrix-vector, both fed the CPU's choice) the GPU
+//! picks the CPU's token wherever the CPU's own margin is more than a near-tie. Both round
+//! activations to 8 bits per 32 values, with different kernels and summation orders (the CPU
+//! differs from candle's reference by up to 2.8% on smollm2-135m, tests/decoder_parity.rs), so
+//! a near-tie (smollm2's first token after this prompt: 0.02 apart in a range of 36) may go
+//! either way. On lavapipe here; any adapter elsewhere.
 #![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
@@ -44,16 +46,25 @@ fn compare(name: &str) {
     eprintln!("{name}: {shared} of the CPU's top 8 tokens are the GPU's; entropy {:.3} vs {:.3}", cpu_top.entropy, g.top.entropy);
     assert!((cpu_top.entropy - g.top.entropy).abs() < 0.1 * cpu_top.entropy.max(0.5), "{name}: entropy");
 
-    let (mut cpu_ids, mut gpu_ids) = (Vec::new(), Vec::new());
-    for _ in 0..16 {
-        let (a, b) = (argmax(&c.logits), g.top.argmax());
-        cpu_ids.push(a);
-        gpu_ids.push(b);
+    let mut same = 0;
+    for step in 0..16 {
+        let a = argmax(&c.logits);
+        same += usize::from(agrees(&c.logits, g.top.argmax(), &format!("{name}: greedy step {step}")));
         c = cpu.decoder.forward(&[a]).unwrap();
-        g = pollster::block_on(gpu.forward(&[b])).unwrap();
+        g = pollster::block_on(gpu.forward(&[a])).unwrap();
     }
-    assert_eq!(gpu_ids, cpu_ids, "{name}: 16 greedy steps");
+    eprintln!("{name}: {same} of 16 greedy steps pick the CPU's token, the rest near-ties");
     assert_eq!(gpu.kv_len(), prompt.len() + 16);
+}
+
+/// Whether the GPU picked the CPU's greedy token; panics unless it did or the CPU scores the
+/// GPU's pick within 0.5% of its logits' range of its own (a near-tie that rounding decides).
+fn agrees(cpu_logits: &[f32], gpu_pick: u32, what: &str) -> bool {
+    let best = argmax(cpu_logits);
+    let range = cpu_logits.iter().fold(f32::MIN, |a, &b| a.max(b)) - cpu_logits.iter().fold(f32::MAX, |a, &b| a.min(b));
+    let gap = cpu_logits[best as usize] - cpu_logits[gpu_pick as usize];
+    assert!(gap <= 0.005 * range, "{what}: the GPU picks {gpu_pick}, {gap} below the CPU's {best} (range {range})");
+    gpu_pick == best
 }
 
 #[test]
@@ -114,18 +125,20 @@ fn a_gpu_lost_mid_answer_hands_over_to_the_cpu_without_losing_the_answer() {
 
     let prompt = cpu.tokenizer.encode(PROMPT).unwrap();
     let (mut c, mut g) = (cpu.decoder.forward(&prompt).unwrap(), pollster::block_on(slm.forward(&prompt)).unwrap());
-    let (mut cpu_ids, mut ids) = (Vec::new(), Vec::new());
     for i in 0..12 {
         if i == 4 {
             slm.lose_gpu();
         }
-        let (a, b) = (argmax(&c.logits), g.top.argmax());
-        cpu_ids.push(a);
-        ids.push(b);
+        let a = argmax(&c.logits);
+        // After the handover the CPU continues the same context: the very same logits.
+        if i > 4 {
+            assert_eq!(g.top.argmax(), a, "step {i}, on the CPU after the handover");
+        } else {
+            agrees(&c.logits, g.top.argmax(), &format!("step {i}"));
+        }
         c = cpu.decoder.forward(&[a]).unwrap();
-        g = pollster::block_on(slm.forward(&[b])).expect("the CPU takes over");
+        g = pollster::block_on(slm.forward(&[a])).expect("the CPU takes over");
     }
     assert_eq!(slm.backend(), "cpu");
     assert!(slm.cpu_reason().unwrap().contains("GPU failed mid-answer"), "{:?}", slm.cpu_reason());
-    assert_eq!(ids, cpu_ids, "the same answer before and after the handover");
 }

@@ -1,6 +1,7 @@
 //! The GPU backend's quantized kernels against the CPU, for every format our models use:
 //! dequantization must equal candle's, and the matrix-vector (decode) and matrix-matrix
-//! (prefill) products must match the dequantized matrix times the input; the logit summary
+//! (prefill) products must match the dequantized matrix times the input quantized to 8 bits
+//! per 32 values (as both backends' integer kernels compute it); the logit summary
 //! must hold the top logits and the whole vocabulary's normaliser and entropy. Runs on whatever adapter wgpu finds; on a machine without a GPU,
 //! Mesa's lavapipe (`apt-get install mesa-vulkan-drivers`, done by `make setup`).
 #![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
@@ -8,6 +9,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use hybrid_assistant::gpu::quant::{GpuMatrix, FORMATS};
 use hybrid_assistant::gpu::Gpu;
+use hybrid_assistant::model::int8::quantize_block;
 
 fn gpu() -> Gpu {
     pollster::block_on(Gpu::new())
@@ -24,7 +26,22 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
             state ^= state >> 17;
             state ^= state << 5;
             let v = (state as f32 / u32::MAX as f32) * 4.0 - 2.0;
-            if i % 97 == 0 { v * 4.0 } else { v }
+            if i % 97 == 0 {
+                v * 4.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// `x` as the products see it: each 32 values quantized to 8 bits, as the CPU does it.
+fn as_8_bit(x: &[f32]) -> Vec<f32> {
+    let mut q = [0i8; 32];
+    x.chunks(32)
+        .flat_map(|block| {
+            let scale = quantize_block(block, &mut q[..block.len()]);
+            q[..block.len()].iter().map(move |&l| l as f32 * scale).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -53,17 +70,20 @@ fn dequantize_equals_the_cpu_for_every_format() {
 #[test]
 fn matvec_matches_the_dequantized_product_for_every_format() {
     let gpu = gpu();
+    // 768 columns: 24 chunks; 1280: 40 chunks; the K-quants' 256-value blocks need both even.
     for (i, dtype) in FORMATS.into_iter().enumerate() {
-        let (rows, cols) = (67, 768);
-        let q = quantized(rows, cols, dtype, 100 + i as u32);
-        let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
-        let x = values(cols, 7);
-        let m = GpuMatrix::upload(&gpu, "w", &q).unwrap();
-        let got = pollster::block_on(m.product(&gpu, &x, 1)).unwrap();
-        for (r, row) in w.iter().enumerate() {
-            let want: f64 = row.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
-            let scale: f64 = row.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
-            assert!((got[r] as f64 - want).abs() <= 1e-5 * scale.max(1.0), "{dtype:?} row {r}: GPU {}, CPU {want}", got[r]);
+        for (rows, cols) in [(67, 768), (5, 1280), (3, 32 * 7)].into_iter().filter(|&(_, c)| c % dtype.block_size() == 0) {
+            let q = quantized(rows, cols, dtype, 100 + i as u32);
+            let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+            let x = values(cols, 7);
+            let m = GpuMatrix::upload(&gpu, "w", &q).unwrap();
+            let got = pollster::block_on(m.product(&gpu, &x, 1)).unwrap();
+            let x = as_8_bit(&x);
+            for (r, row) in w.iter().enumerate() {
+                let want: f64 = row.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let scale: f64 = row.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                assert!((got[r] as f64 - want).abs() <= 1e-5 * scale.max(1.0), "{dtype:?} {rows}x{cols} row {r}: GPU {}, CPU {want}", got[r]);
+            }
         }
     }
 }
@@ -72,13 +92,14 @@ fn matvec_matches_the_dequantized_product_for_every_format() {
 fn matmul_matches_the_dequantized_product_for_every_format() {
     let gpu = gpu();
     for (i, dtype) in FORMATS.into_iter().enumerate() {
-        // Neither the rows nor the tokens fill the last 32×32 tile.
+        // Neither the rows nor the tokens fill the last tile.
         let (rows, cols, tokens) = (67, 768, 37);
         let q = quantized(rows, cols, dtype, 200 + i as u32);
         let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         let x = values(tokens * cols, 17);
         let m = GpuMatrix::upload(&gpu, "w", &q).unwrap();
         let got = pollster::block_on(m.product(&gpu, &x, tokens)).unwrap();
+        let x = as_8_bit(&x);
         assert_eq!(got.len(), tokens * rows);
         for t in 0..tokens {
             let xt = &x[t * cols..(t + 1) * cols];
@@ -93,18 +114,22 @@ fn matmul_matches_the_dequantized_product_for_every_format() {
 }
 
 #[test]
-fn matvec_covers_more_rows_than_one_dispatch_dimension_holds() {
+fn a_tall_matrix_is_computed_and_dequantized_to_its_last_row() {
     let gpu = gpu();
-    // > 65535 workgroups of 8 rows: rows continue in the second dispatch dimension.
-    let (rows, cols) = (530_000, 32);
+    // > 65535 rows: dequantization's workgroup per row continues in dispatch dimension y.
+    let (rows, cols) = (70_001, 32);
     let q = quantized(rows, cols, GgmlDType::Q8_0, 9);
     let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
     let x = values(cols, 3);
-    let got = pollster::block_on(GpuMatrix::upload(&gpu, "tall", &q).unwrap().product(&gpu, &x, 1)).unwrap();
-    for r in [0, 1, 7, 8, 524_279, 524_280, 524_281, rows - 1] {
+    let m = GpuMatrix::upload(&gpu, "tall", &q).unwrap();
+    let got = pollster::block_on(m.product(&gpu, &x, 1)).unwrap();
+    let x = as_8_bit(&x);
+    for r in [0, 1, 7, 8, 65_535, 65_536, rows - 2, rows - 1] {
         let want: f32 = w[r].iter().zip(&x).map(|(a, b)| a * b).sum();
         assert!((got[r] - want).abs() <= 1e-4 * want.abs().max(1.0), "row {r}: GPU {}, CPU {want}", got[r]);
     }
+    let all = pollster::block_on(m.dequantize(&gpu)).unwrap();
+    assert_eq!(all[(rows - 1) * cols..], w[rows - 1], "the last row dequantized");
 }
 
 #[test]
@@ -118,14 +143,16 @@ fn a_matrix_the_adapter_cannot_bind_is_a_clear_error() {
 #[test]
 fn a_matrix_larger_than_one_binding_is_split_by_rows() {
     let mut gpu = gpu();
-    // Pretend bindings hold 10 rows of 34-byte Q8_0 blocks: 37 rows become 4 parts.
-    gpu.limits.max_storage_buffer_binding_size = 10 * 34;
+    // Pretend bindings hold 340 bytes: 4 rows of one (padded) pair of 8-bit chunks, 80 bytes
+    // each, so 37 rows become 10 parts.
+    gpu.limits.max_storage_buffer_binding_size = 340;
     let q = quantized(37, 32, GgmlDType::Q8_0, 11);
     let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
     let m = GpuMatrix::upload(&gpu, "split", &q).unwrap();
     for tokens in [1, 2] {
         let x = values(tokens * 32, 5);
         let got = pollster::block_on(m.product(&gpu, &x, tokens)).unwrap();
+        let x = as_8_bit(&x);
         for t in 0..tokens {
             for (r, row) in w.iter().enumerate() {
                 let want: f32 = row.iter().zip(&x[t * 32..]).map(|(a, b)| a * b).sum();
@@ -154,7 +181,12 @@ fn the_logit_summary_holds_the_top_logits_and_the_whole_normaliser() {
         let got = pollster::block_on(summarize(&gpu, logits)).unwrap();
         assert_eq!(got.ids, want.ids, "{what}: the top ids, in order");
         assert_eq!(got.logits, want.logits, "{what}: their logits");
-        assert!((got.log_sum_exp - want.log_sum_exp).abs() <= 1e-4 * want.log_sum_exp.abs().max(1.0), "{what}: log Σ exp {} vs {}", got.log_sum_exp, want.log_sum_exp);
+        assert!(
+            (got.log_sum_exp - want.log_sum_exp).abs() <= 1e-4 * want.log_sum_exp.abs().max(1.0),
+            "{what}: log Σ exp {} vs {}",
+            got.log_sum_exp,
+            want.log_sum_exp
+        );
         assert!((got.entropy - want.entropy).abs() <= 1e-3 * want.entropy.max(1.0), "{what}: entropy {} vs {}", got.entropy, want.entropy);
     };
     // A vocabulary of qwen's size, logits rounded to 1/64 so that many tie.

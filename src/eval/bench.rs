@@ -33,9 +33,16 @@ pub struct DecodeBenchArgs {
     /// Skip the llama.cpp anchor (no ratios).
     #[arg(long)]
     pub no_llama_cpp: bool,
-    /// Also measure our decoder on the GPU (wgpu: Vulkan, Metal or DX12; lavapipe without a GPU).
+    /// Also measure our decoder on the GPU (wgpu: Vulkan, Metal or DX12; lavapipe without a
+    /// GPU), and llama.cpp's Vulkan build on the same adapter as its anchor.
     #[arg(long)]
     pub gpu: bool,
+    /// Skip our CPU decoder and llama.cpp's CPU build (with --gpu: the GPU pair alone).
+    #[arg(long)]
+    pub gpu_only: bool,
+    /// With --gpu: each kernel's share of a decode step and of a prefill chunk.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -50,10 +57,38 @@ struct Report {
     prompt_tokens: usize,
     gen_tokens: usize,
     repeats: usize,
-    ours: Speed,
+    ours: Option<Speed>,
     llama_cpp: Option<Speed>,
     prefill_vs_llama_cpp: Option<f64>,
     decode_vs_llama_cpp: Option<f64>,
+    /// llama.cpp's Vulkan build with every layer on the GPU (with --gpu), and its device.
+    llama_cpp_vulkan: Option<Speed>,
+    llama_cpp_vulkan_device: Option<String>,
+    gpu_prefill_vs_llamacpp_vulkan: Option<f64>,
+    gpu_decode_vs_llamacpp_vulkan: Option<f64>,
+    /// With --profile: per kernel kind, a decode step's and a prefill chunk's time.
+    gpu_profile: Option<GpuProfile>,
+}
+
+/// Where a GPU step's time goes, per kernel kind.
+#[derive(Debug, Serialize)]
+pub struct GpuProfile {
+    /// "timestamp queries" (on the device) or "cpu" (each dispatch waited for).
+    pub timer: String,
+    pub decode: Vec<KernelTime>,
+    pub prefill: Vec<KernelTime>,
+    pub prefill_tokens: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelTime {
+    pub kind: String,
+    /// Dispatches per step.
+    pub calls: usize,
+    pub ms: f64,
+    pub share: f64,
+    pub gb_s: Option<f64>,
+    pub gflop_s: Option<f64>,
 }
 
 pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
@@ -63,54 +98,167 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
     let path = resolve_model(&args.model)?;
     let repeats = args.measure.repeats.max(1);
 
-    eprintln!("measuring our decoder ({} runs)…", repeats);
-    let ours = bench_ours(&path, args.measure.prompt_tokens, args.measure.gen_tokens, repeats)?;
+    let (prompt_tokens, gen_tokens) = (args.measure.prompt_tokens, args.measure.gen_tokens);
+    let cpu = !(args.gpu && args.gpu_only);
+    let ours = match cpu {
+        true => {
+            eprintln!("measuring our decoder ({repeats} runs)…");
+            Some(bench_ours(&path, prompt_tokens, gen_tokens, repeats)?)
+        }
+        false => None,
+    };
     let (gpu, gpu_adapter) = match args.gpu {
         true => {
-            eprintln!("measuring our decoder on the GPU ({} runs)…", repeats);
-            let (speed, adapter) = bench_gpu(&path, args.measure.prompt_tokens, args.measure.gen_tokens, repeats)?;
+            eprintln!("measuring our decoder on the GPU ({repeats} runs)…");
+            let (speed, adapter) = bench_gpu(&path, prompt_tokens, gen_tokens, repeats)?;
             (Some(speed), Some(adapter))
         }
         false => (None, None),
     };
-    let llama_cpp = match args.no_llama_cpp {
+    let gpu_profile = match args.gpu && args.profile {
+        true => {
+            eprintln!("profiling our GPU decoder…");
+            Some(profile_gpu(&path, prompt_tokens)?)
+        }
+        false => None,
+    };
+    let llama_cpp = match args.no_llama_cpp || !cpu {
         true => None,
         false => {
-            eprintln!("measuring llama.cpp ({} runs)…", repeats);
-            Some(bench_llama_cpp(&path, threads, args.measure.prompt_tokens, args.measure.gen_tokens, repeats)?)
+            eprintln!("measuring llama.cpp ({repeats} runs)…");
+            Some(bench_llama_cpp(&path, threads, prompt_tokens, gen_tokens, repeats, None)?.0)
         }
     };
+    let (llama_cpp_vulkan, llama_cpp_vulkan_device) = match args.no_llama_cpp || !args.gpu {
+        true => (None, None),
+        false => {
+            eprintln!("measuring llama.cpp's Vulkan build ({repeats} runs)…");
+            let (speed, device) = bench_llama_cpp(&path, threads, prompt_tokens, gen_tokens, repeats, Some("vulkan"))?;
+            (Some(speed), Some(device))
+        }
+    };
+    let ratio = |a: Option<&Speed>, b: Option<&Speed>, f: fn(&Speed) -> f64| a.zip(b).map(|(a, b)| round2(f(a) / f(b)));
+    let (prefill, decode): (fn(&Speed) -> f64, fn(&Speed) -> f64) = (|s| s.prefill_tok_s, |s| s.decode_tok_s);
     let report = Report {
         model: args.model.clone(),
         threads,
+        prompt_tokens,
+        gen_tokens,
+        repeats,
+        prefill_vs_llama_cpp: ratio(ours.as_ref(), llama_cpp.as_ref(), prefill),
+        decode_vs_llama_cpp: ratio(ours.as_ref(), llama_cpp.as_ref(), decode),
+        gpu_prefill_vs_llamacpp_vulkan: ratio(gpu.as_ref(), llama_cpp_vulkan.as_ref(), prefill),
+        gpu_decode_vs_llamacpp_vulkan: ratio(gpu.as_ref(), llama_cpp_vulkan.as_ref(), decode),
         gpu,
         gpu_adapter,
-        prompt_tokens: args.measure.prompt_tokens,
-        gen_tokens: args.measure.gen_tokens,
-        repeats,
-        prefill_vs_llama_cpp: llama_cpp.as_ref().map(|l| round2(ours.prefill_tok_s / l.prefill_tok_s)),
-        decode_vs_llama_cpp: llama_cpp.as_ref().map(|l| round2(ours.decode_tok_s / l.decode_tok_s)),
         ours,
         llama_cpp,
+        llama_cpp_vulkan,
+        llama_cpp_vulkan_device,
+        gpu_profile,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!(
-        "{}: {} threads, {}-token prompt, {} decoded tokens, best of {}",
-        report.model, threads, report.prompt_tokens, report.gen_tokens, repeats
-    );
-    println!("{:<14}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s");
-    println!("{:<14}{:>16.1}{:>16.1}", "ours", report.ours.prefill_tok_s, report.ours.decode_tok_s);
-    if let (Some(g), Some(adapter)) = (&report.gpu, &report.gpu_adapter) {
-        println!("{:<14}{:>16.1}{:>16.1}   on {adapter}", "ours, GPU", g.prefill_tok_s, g.decode_tok_s);
+    println!("{}: {} threads, {}-token prompt, {} decoded tokens, best of {}", report.model, threads, report.prompt_tokens, report.gen_tokens, repeats);
+    println!("{:<22}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s");
+    let row = |name: &str, s: &Speed, on: &str| println!("{name:<22}{:>16.1}{:>16.1}{on}", s.prefill_tok_s, s.decode_tok_s);
+    let ratios = |name: &str, p: Option<f64>, d: Option<f64>| {
+        if let (Some(p), Some(d)) = (p, d) {
+            println!("{name:<22}{p:>15.2}x{d:>15.2}x");
+        }
+    };
+    if let Some(s) = &report.ours {
+        row("ours", s, "");
     }
-    if let (Some(l), Some(p), Some(d)) = (&report.llama_cpp, report.prefill_vs_llama_cpp, report.decode_vs_llama_cpp) {
-        println!("{:<14}{:>16.1}{:>16.1}", "llama.cpp", l.prefill_tok_s, l.decode_tok_s);
-        println!("{:<14}{:>15.2}x{:>15.2}x", "ours/llama.cpp", p, d);
+    if let Some(s) = &report.llama_cpp {
+        row("llama.cpp", s, "");
+    }
+    ratios("ours/llama.cpp", report.prefill_vs_llama_cpp, report.decode_vs_llama_cpp);
+    if let (Some(s), Some(adapter)) = (&report.gpu, &report.gpu_adapter) {
+        row("ours, GPU", s, &format!("   on {adapter}"));
+    }
+    if let (Some(s), Some(device)) = (&report.llama_cpp_vulkan, &report.llama_cpp_vulkan_device) {
+        row("llama.cpp Vulkan", s, &format!("   on {device}"));
+    }
+    ratios("GPU/llama.cpp Vulkan", report.gpu_prefill_vs_llamacpp_vulkan, report.gpu_decode_vs_llamacpp_vulkan);
+    if let Some(profile) = &report.gpu_profile {
+        print_profile(&format!("a decode step (timed by {})", profile.timer), &profile.decode);
+        print_profile(&format!("a {}-token prefill chunk (timed by {})", profile.prefill_tokens, profile.timer), &profile.prefill);
     }
     Ok(())
+}
+
+fn print_profile(title: &str, kernels: &[KernelTime]) {
+    let total: f64 = kernels.iter().map(|k| k.ms).sum();
+    println!("\nGPU kernels, {title}: {total:.2} ms");
+    println!("{:<18}{:>7}{:>10}{:>8}{:>9}{:>10}", "kernel", "calls", "ms", "share", "GB/s", "GFLOP/s");
+    let figure = |x: Option<f64>| x.map_or("".to_string(), |x| format!("{x:.1}"));
+    for k in kernels {
+        println!("{:<18}{:>7}{:>10.3}{:>7.1}%{:>9}{:>10}", k.kind, k.calls, k.ms, 100.0 * k.share, figure(k.gb_s), figure(k.gflop_s));
+    }
+}
+
+/// Each kernel kind's time in a decode step after a `prompt_tokens` prompt (the median of
+/// several steps) and in a prefill chunk of [`crate::gpu::decoder::CHUNK`] tokens.
+fn profile_gpu(path: &Path, prompt_tokens: usize) -> anyhow::Result<GpuProfile> {
+    use crate::gpu::decoder::{GpuDecoder, CHUNK};
+    let bytes = std::fs::read(path)?;
+    let mut reader = std::io::Cursor::new(&bytes[..]);
+    let content = crate::model::gguf::read_content(&mut reader)?;
+    let prompt = speed::bench_prompt(&crate::model::tokenizer::Tokenizer::from_gguf(&content)?, prompt_tokens.max(CHUNK))?;
+    let gpu = pollster::block_on(crate::gpu::Gpu::new())?.ok_or_else(|| anyhow::anyhow!("no GPU adapter"))?;
+    let timer = match gpu.has_timestamps() {
+        true => "timestamp queries",
+        false => "cpu",
+    };
+    let mut decoder = GpuDecoder::from_gguf(gpu, &content, &mut reader)?;
+    let chunk = pollster::block_on(decoder.profile(&prompt[..CHUNK]))?;
+    pollster::block_on(decoder.forward(&prompt[..prompt_tokens.max(1)]))?;
+    // The median over steps of each op: a single dispatch timed from the CPU is noisy.
+    let steps: Vec<_> = (0..9).map(|_| pollster::block_on(decoder.profile(&prompt[..1]))).collect::<Result<_>>()?;
+    let decode: Vec<_> = (0..steps[0].len())
+        .map(|i| {
+            let mut t: Vec<f64> = steps.iter().map(|s| s[i].3).collect();
+            t.sort_by(f64::total_cmp);
+            (steps[0][i].0.clone(), steps[0][i].1, steps[0][i].2, t[t.len() / 2])
+        })
+        .collect();
+    Ok(GpuProfile { timer: timer.into(), decode: by_kind(&decode, 1), prefill: by_kind(&chunk, CHUNK), prefill_tokens: CHUNK })
+}
+
+/// Op times summed per kind, largest first, with achieved bandwidth and arithmetic rate.
+fn by_kind(ops: &[(String, u64, u64, f64)], tokens: usize) -> Vec<KernelTime> {
+    let total: f64 = ops.iter().map(|o| o.3).sum();
+    let mut kinds: Vec<(String, usize, u64, u64, f64)> = Vec::new();
+    for (kind, bytes, flops, t) in ops {
+        match kinds.iter_mut().find(|k| &k.0 == kind) {
+            Some(k) => {
+                k.1 += 1;
+                k.2 += bytes;
+                k.3 += flops;
+                k.4 += t;
+            }
+            None => kinds.push((kind.clone(), 1, *bytes, *flops, *t)),
+        }
+    }
+    kinds.sort_by(|a, b| b.4.total_cmp(&a.4));
+    kinds
+        .into_iter()
+        .map(|(kind, calls, bytes, flops, t)| KernelTime {
+            kind,
+            calls,
+            ms: round3(t * 1e3),
+            share: round3(t / total),
+            gb_s: (bytes > 0).then(|| round2(bytes as f64 / t / 1e9)),
+            gflop_s: (flops > 0).then(|| round2((flops * tokens as u64) as f64 / t / 1e9)),
+        })
+        .collect()
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 /// Best-of-`repeats` prefill of `prompt_tokens` ids and decode of `gen_tokens` greedy tokens.
@@ -125,7 +273,8 @@ fn bench_gpu(path: &Path, prompt_tokens: usize, gen_tokens: usize, repeats: usiz
     let bytes = std::fs::read(path)?;
     let content = crate::model::gguf::read_content(&mut std::io::Cursor::new(&bytes[..]))?;
     let prompt = speed::bench_prompt(&crate::model::tokenizer::Tokenizer::from_gguf(&content)?, prompt_tokens)?;
-    let gpu = pollster::block_on(crate::gpu::Gpu::new())?.ok_or_else(|| anyhow::anyhow!("no GPU adapter (without a GPU: apt-get install mesa-vulkan-drivers)"))?;
+    let gpu =
+        pollster::block_on(crate::gpu::Gpu::new())?.ok_or_else(|| anyhow::anyhow!("no GPU adapter (without a GPU: apt-get install mesa-vulkan-drivers)"))?;
     let mut slm = pollster::block_on(crate::backend::SmallModel::load(bytes, &content, Some(gpu)))?;
     if let Some(reason) = slm.cpu_reason() {
         anyhow::bail!("the model did not go onto the GPU: {reason}");
@@ -138,8 +287,10 @@ fn llama_cpp_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/llamacpp")
 }
 
-/// Runs tests/llamacpp/bench.mjs (installing its npm packages on first use).
-fn bench_llama_cpp(path: &Path, threads: usize, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> Result<Speed> {
+/// Runs tests/llamacpp/bench.mjs (installing its npm packages on first use): llama.cpp's CPU
+/// build, or with `gpu` its Vulkan (or CUDA) build with every layer on the GPU. The speed, and
+/// the device it ran on.
+pub fn bench_llama_cpp(path: &Path, threads: usize, prompt_tokens: usize, gen_tokens: usize, repeats: usize, gpu: Option<&str>) -> Result<(Speed, String)> {
     let dir = llama_cpp_dir();
     if !dir.join("node_modules/node-llama-cpp").is_dir() {
         eprintln!("installing node-llama-cpp into {} …", dir.display());
@@ -152,6 +303,7 @@ fn bench_llama_cpp(path: &Path, threads: usize, prompt_tokens: usize, gen_tokens
         .args(["--prompt-tokens", &prompt_tokens.to_string()])
         .args(["--gen-tokens", &gen_tokens.to_string()])
         .args(["--repeats", &repeats.to_string()])
+        .args(["--gpu", gpu.unwrap_or("none")])
         .output()
         .map_err(|e| Error::InvalidInput(format!("cannot run node ({e}); install Node.js 18+ to measure llama.cpp")))?;
     if !output.status.success() {
@@ -162,7 +314,15 @@ fn bench_llama_cpp(path: &Path, threads: usize, prompt_tokens: usize, gen_tokens
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
-    serde_json::from_str(line).map_err(|e| Error::InvalidInput(format!("unexpected llama.cpp benchmark output `{line}`: {e}")))
+    #[derive(serde::Deserialize)]
+    struct Line {
+        #[serde(flatten)]
+        speed: Speed,
+        #[serde(default)]
+        device: String,
+    }
+    let parsed: Line = serde_json::from_str(line).map_err(|e| Error::InvalidInput(format!("unexpected llama.cpp benchmark output `{line}`: {e}")))?;
+    Ok((parsed.speed, parsed.device))
 }
 
 fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {

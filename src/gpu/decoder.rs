@@ -3,13 +3,13 @@
 //! or up to [`CHUNK`] tokens of a prompt, through the matrix-matrix kernel) is one
 //! submission; only a summary of the last token's logits (`logit_summary.wgsl`: the top ones,
 //! normaliser and entropy) and its final hidden state come back.
-use super::quant::{Batch, GpuMatrix, MatOp, Product};
+use super::quant::{Batch, GpuMatrix, MatOp, Product, QuantizedInput};
 use super::{bytes_of, Gpu, Groups, Op};
+use crate::generate::SlmStep;
 use crate::model::attention::Rope;
 use crate::model::config::{ModelConfig, RopeLayout};
-use crate::generate::SlmStep;
-use crate::sampler::TopLogits;
 use crate::model::gguf::tensor;
+use crate::sampler::TopLogits;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::Device;
@@ -88,6 +88,13 @@ pub struct GpuDecoder {
     /// Embedding lookups of the step's ids, one per part of the table.
     embed: Vec<Op>,
     layers: Vec<LayerOps>,
+    /// The products' inputs quantized to 8 bits, each filled by its op before the products
+    /// that read it: the normed residual (q, k, v, gate, up), attention's output (o), the
+    /// FFN's activation (down) and the final hidden state (the output projection).
+    normed_in: QuantizedInput,
+    attention_in: QuantizedInput,
+    ffn_in: QuantizedInput,
+    hidden_in: QuantizedInput,
     /// Every layer's rope_q and attention read `q_step`: the step's first position `pos`.
     q_params: Params,
     q_step: wgpu::Buffer,
@@ -117,9 +124,7 @@ impl GpuDecoder {
         let kv_row = c.n_head_kv * hd;
         let positions = MAX_POSITIONS.min(c.context_length);
         let mut matrices = Vec::new();
-        let upload = |name: &str, reader: &mut R| -> Result<GpuMatrix> {
-            GpuMatrix::upload(&gpu, name, &tensor(content, reader, name, &Device::Cpu)?)
-        };
+        let upload = |name: &str, reader: &mut R| -> Result<GpuMatrix> { GpuMatrix::upload(&gpu, name, &tensor(content, reader, name, &Device::Cpu)?) };
         let floats = |name: &str, reader: &mut R| -> Result<wgpu::Buffer> {
             let values = tensor(content, reader, name, &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
             gpu.storage(name, bytes_of(&values), wgpu::BufferUsages::empty())
@@ -147,10 +152,13 @@ impl GpuDecoder {
         let norm_uniform = gpu.uniform("norm", &norm_params.bytes());
         let silu_params = gpu.uniform("silu", &Params { n: c.n_ff as u32, ..Default::default() }.bytes());
         let norm = |x: &wgpu::Buffer, w: &wgpu::Buffer, out: &wgpu::Buffer| {
-            gpu.op(kernel(&gpu, "rms_norm"), &[(0, x), (1, w), (2, out), (3, &norm_uniform)], Groups::per_token(1))
+            gpu.op(kernel(&gpu, "rms_norm"), &[(0, x), (1, w), (2, out), (3, &norm_uniform)], Groups::per_token(1)).named("rms_norm")
         };
         let across = |n: usize| (n as u32).div_ceil(64);
 
+        let normed_in = QuantizedInput::new(&gpu, &h, d, CHUNK);
+        let attention_in = QuantizedInput::new(&gpu, &att, c.n_head * hd, CHUNK);
+        let ffn_in = QuantizedInput::new(&gpu, &gate, c.n_ff, CHUNK);
         let embedding_cpu = tensor(content, reader, "token_embd.weight", &Device::Cpu)?;
         let embedding = GpuMatrix::upload(&gpu, "token_embd.weight", &embedding_cpu)?;
         let embed = embedding.gather_ops(&gpu, &ids, &x, &batch);
@@ -170,24 +178,28 @@ impl GpuDecoder {
             let wo = upload(&name("attn_output.weight"), reader)?;
             let (wg, wu, wd) = (upload(&name("ffn_gate.weight"), reader)?, upload(&name("ffn_up.weight"), reader)?, upload(&name("ffn_down.weight"), reader)?);
             let (attn_norm_w, ffn_norm_w) = (floats(&name("attn_norm.weight"), reader)?, floats(&name("ffn_norm.weight"), reader)?);
-            let product = |m: &GpuMatrix, x: &wgpu::Buffer, y: &wgpu::Buffer, p: Product| m.product_ops(&gpu, x, y, &batch, p);
+            let product = |m: &GpuMatrix, x: &QuantizedInput, y: &wgpu::Buffer, p: Product| m.product_ops(&gpu, x, y, &batch, p);
             // K and V go straight into the layer's cache at the step's positions.
             let cached = |bias| Product { bias, at_position: true, ..Default::default() };
             let residual = Product { accumulate: true, ..Default::default() };
             let ops = LayerOps {
                 attn_norm: norm(&x, &attn_norm_w, &h),
-                q: product(&wq, &h, &q, Product { bias: bq.as_ref(), ..Default::default() })?,
-                k: product(&wk, &h, &k_cache, cached(bk.as_ref()))?,
-                v: product(&wv, &h, &v_cache, cached(bv.as_ref()))?,
-                rope_q: gpu.op(kernel(&gpu, "rope"), &[(0, &q), (1, &rope_table), (2, &q_step)], Groups::per_token(across(c.n_head * half))),
-                rope_k: gpu.op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table), (2, &k_step)], Groups::per_token(across(c.n_head_kv * half))),
-                attention: gpu.op(kernel(&gpu, "attention"), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)], Groups::per_token(c.n_head as u32)),
-                o: product(&wo, &att, &x, residual)?,
+                q: product(&wq, &normed_in, &q, Product { bias: bq.as_ref(), ..Default::default() })?,
+                k: product(&wk, &normed_in, &k_cache, cached(bk.as_ref()))?,
+                v: product(&wv, &normed_in, &v_cache, cached(bv.as_ref()))?,
+                rope_q: gpu.op(kernel(&gpu, "rope"), &[(0, &q), (1, &rope_table), (2, &q_step)], Groups::per_token(across(c.n_head * half))).named("rope"),
+                rope_k: gpu
+                    .op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table), (2, &k_step)], Groups::per_token(across(c.n_head_kv * half)))
+                    .named("rope"),
+                attention: gpu
+                    .op(kernel(&gpu, "attention"), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)], Groups::per_token(c.n_head as u32))
+                    .named("attention"),
+                o: product(&wo, &attention_in, &x, residual)?,
                 ffn_norm: norm(&x, &ffn_norm_w, &h),
-                gate: product(&wg, &h, &gate, Product::default())?,
-                up: product(&wu, &h, &up, Product::default())?,
-                silu: gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up), (2, &silu_params)], Groups::per_token(across(c.n_ff))),
-                down: product(&wd, &gate, &x, residual)?,
+                gate: product(&wg, &normed_in, &gate, Product::default())?,
+                up: product(&wu, &normed_in, &up, Product::default())?,
+                silu: gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up), (2, &silu_params)], Groups::per_token(across(c.n_ff))).named("silu_mul"),
+                down: product(&wd, &ffn_in, &x, residual)?,
             };
             layers.push(ops);
             matrices.extend([wq, wk, wv, wo, wg, wu, wd]);
@@ -196,7 +208,8 @@ impl GpuDecoder {
         let output_params = norm_params;
         let output_step = gpu.uniform("output norm", &output_params.bytes());
         let output_norm_w = floats("output_norm.weight", reader)?;
-        let output_norm = gpu.op(kernel(&gpu, "rms_norm"), &[(0, &x), (1, &output_norm_w), (2, &hidden), (3, &output_step)], Groups::fixed(1, 1));
+        let output_norm =
+            gpu.op(kernel(&gpu, "rms_norm"), &[(0, &x), (1, &output_norm_w), (2, &hidden), (3, &output_step)], Groups::fixed(1, 1)).named("rms_norm");
         // Small models tie the output projection to the embedding table.
         let output_matrix = match content.tensor_infos.contains_key("output.weight") {
             true => Some(upload("output.weight", reader)?),
@@ -204,7 +217,8 @@ impl GpuDecoder {
         };
         let vocab = output_matrix.as_ref().unwrap_or(&embedding).rows;
         let logits = gpu.output("logits", vocab);
-        let output = output_matrix.as_ref().unwrap_or(&embedding).product_ops(&gpu, &hidden, &logits, &batch, Product::default())?;
+        let hidden_in = QuantizedInput::new(&gpu, &hidden, d, 1);
+        let output = output_matrix.as_ref().unwrap_or(&embedding).product_ops(&gpu, &hidden_in, &logits, &batch, Product::default())?;
         let (summarize, summary) = summary_op(&gpu, &logits, vocab);
         matrices.push(embedding);
         matrices.extend(output_matrix);
@@ -217,6 +231,10 @@ impl GpuDecoder {
             batch,
             embed,
             layers,
+            normed_in,
+            attention_in,
+            ffn_in,
+            hidden_in,
             q_params,
             q_step,
             k_params,
@@ -302,33 +320,57 @@ impl GpuDecoder {
     /// `tokens` at positions `len..`, in one submission; the output projection and its
     /// summary only when the step's logits are wanted.
     fn step(&mut self, tokens: &[u32], last: bool) {
+        self.write_step(tokens, last);
+        self.gpu.run(&self.step_ops(tokens.len(), last), tokens.len() as u32);
+        self.len += tokens.len();
+    }
+
+    /// Each kernel's time in a step of `tokens` after the cached positions (which stay as
+    /// they were): (the op's kind, weight bytes, flops per token, seconds), in dispatch order.
+    pub async fn profile(&mut self, tokens: &[u32]) -> Result<Vec<(String, u64, u64, f64)>> {
+        if tokens.is_empty() || tokens.len() > CHUNK || self.len + tokens.len() > MAX_POSITIONS.min(self.config.context_length) {
+            return Err(Error::InvalidInput(format!("a profiled step takes 1 to {CHUNK} tokens that fit the GPU context")));
+        }
+        self.write_step(tokens, true);
+        let ops = self.step_ops(tokens.len(), true);
+        let times = self.gpu.profile(&ops, tokens.len() as u32).await?;
+        Ok(ops.iter().zip(times).map(|(op, t)| (op.kind.clone(), op.weight_bytes, op.flops_per_token, t)).collect())
+    }
+
+    /// Writes what the step's kernels read: its ids, size and position.
+    fn write_step(&self, tokens: &[u32], last: bool) {
         let (n, pos) = (tokens.len(), self.len as u32);
         let gpu = &self.gpu;
         gpu.queue.write_buffer(&self.ids, 0, bytes_of(tokens));
         self.batch.write(gpu, n, pos as usize);
         gpu.queue.write_buffer(&self.q_step, 0, &Params { pos, ..self.q_params }.bytes());
         gpu.queue.write_buffer(&self.k_step, 0, &Params { pos, offset: pos * self.q_params.kv_row, ..self.k_params }.bytes());
-        let product = |ops| for_tokens(ops, n);
-        let mut ops: Vec<&Op> = self.embed.iter().collect();
-        for l in &self.layers {
-            ops.push(&l.attn_norm);
-            ops.extend(product(&l.q).into_iter().chain(product(&l.k)).chain(product(&l.v)));
-            ops.extend([&l.rope_q, &l.rope_k, &l.attention]);
-            ops.extend(product(&l.o));
-            ops.push(&l.ffn_norm);
-            ops.extend(product(&l.gate).into_iter().chain(product(&l.up)));
-            ops.push(&l.silu);
-            ops.extend(product(&l.down));
-        }
         if last {
             let offset = ((n - 1) * self.config.n_embd) as u32;
             gpu.queue.write_buffer(&self.output_step, 0, &Params { offset, ..self.output_params }.bytes());
-            ops.push(&self.output_norm);
+        }
+    }
+
+    /// The dispatches of a step of `n` tokens, in order.
+    fn step_ops(&self, n: usize, last: bool) -> Vec<&Op> {
+        let product = |ops| for_tokens(ops, n);
+        let mut ops: Vec<&Op> = self.embed.iter().collect();
+        for l in &self.layers {
+            ops.extend([&l.attn_norm, &self.normed_in.quantize]);
+            ops.extend(product(&l.q).into_iter().chain(product(&l.k)).chain(product(&l.v)));
+            ops.extend([&l.rope_q, &l.rope_k, &l.attention, &self.attention_in.quantize]);
+            ops.extend(product(&l.o));
+            ops.extend([&l.ffn_norm, &self.normed_in.quantize]);
+            ops.extend(product(&l.gate).into_iter().chain(product(&l.up)));
+            ops.extend([&l.silu, &self.ffn_in.quantize]);
+            ops.extend(product(&l.down));
+        }
+        if last {
+            ops.extend([&self.output_norm, &self.hidden_in.quantize]);
             ops.extend(self.output.iter().map(|m| m.for_tokens(1)));
             ops.push(&self.summarize);
         }
-        gpu.run(&ops, n as u32);
-        self.len += n;
+        ops
     }
 }
 
@@ -336,7 +378,7 @@ impl GpuDecoder {
 fn summary_op(gpu: &Gpu, logits: &wgpu::Buffer, vocab: usize) -> (Op, wgpu::Buffer) {
     let summary = gpu.output("logit summary", SUMMARY_WORDS);
     let params = gpu.uniform("summary", &Params { n: vocab as u32, heads: TopLogits::K as u32, ..Default::default() }.bytes());
-    (gpu.op(kernel(gpu, "logit_summary"), &[(0, logits), (1, &summary), (2, &params)], Groups::fixed(1, 1)), summary)
+    (gpu.op(kernel(gpu, "logit_summary"), &[(0, logits), (1, &summary), (2, &params)], Groups::fixed(1, 1)).named("logit_summary"), summary)
 }
 
 /// What the decoder reads back of `logits`, computed on the GPU (for tests of the kernel).

@@ -31,6 +31,12 @@ pub struct Op {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     groups: Groups,
+    /// What a profile calls it: the kernel, and the weights' format for matrix kernels.
+    pub kind: String,
+    /// Bytes it reads that do not depend on the step's tokens (weights): for GB/s in a profile.
+    pub weight_bytes: u64,
+    /// Floating-point operations per token of the step: for GFLOP/s in a profile.
+    pub flops_per_token: u64,
 }
 
 /// Workgroups of a dispatch: `x` across, and down dimension y either a fixed count or one
@@ -59,6 +65,12 @@ impl Groups {
 }
 
 impl Op {
+    /// The op under the name a profile gives it.
+    pub fn named(mut self, kind: impl Into<String>) -> Self {
+        self.kind = kind.into();
+        self
+    }
+
     /// Dispatches for a step of `tokens` tokens.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, tokens: u32) {
         let y = match self.groups.y {
@@ -101,11 +113,16 @@ impl Gpu {
             max_storage_buffer_binding_size: available.max_storage_buffer_binding_size,
             max_buffer_size: available.max_buffer_size,
             max_storage_buffers_per_shader_stage: available.max_storage_buffers_per_shader_stage.min(10),
+            // WebGPU's default: activations read through a uniform binding.
+            max_uniform_buffer_binding_size: available.max_uniform_buffer_binding_size.min(1 << 16),
             ..wgpu::Limits::downlevel_defaults()
         };
+        // Timestamps, where the adapter has them, time each kernel for `--profile`.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("hybrid-assistant"),
+                required_features: features,
                 required_limits: limits.clone(),
                 ..Default::default()
             })
@@ -139,10 +156,8 @@ impl Gpu {
         pipelines
             .entry(format!("{key}/{entry}"))
             .or_insert_with(|| {
-                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(key),
-                    source: wgpu::ShaderSource::Wgsl(source().into()),
-                });
+                let module =
+                    self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(key), source: wgpu::ShaderSource::Wgsl(source().into()) });
                 Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(entry),
                     layout: None,
@@ -201,7 +216,70 @@ impl Gpu {
             buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry { binding: *binding, resource: b.as_entire_binding() }).collect();
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-        Op { pipeline, bind_group, groups }
+        Op { pipeline, bind_group, groups, kind: String::new(), weight_bytes: 0, flops_per_token: 0 }
+    }
+
+    /// Whether [`Gpu::profile`] times kernels on the device (timestamp queries) rather than
+    /// from the CPU.
+    pub fn has_timestamps(&self) -> bool {
+        self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Runs `ops` like [`Gpu::run`], but each in a pass of its own, and returns each one's
+    /// time in seconds: from timestamp queries where the adapter has them, else from the CPU,
+    /// waiting for each dispatch (which then includes a submission's overhead).
+    pub async fn profile(&self, ops: &[&Op], tokens: u32) -> Result<Vec<f64>> {
+        if !self.has_timestamps() {
+            let mut times = Vec::with_capacity(ops.len());
+            for op in ops {
+                let start = web_time::Instant::now();
+                self.run(&[op], tokens);
+                self.wait().await?;
+                times.push(start.elapsed().as_secs_f64());
+            }
+            return Ok(times);
+        }
+        // A query set holds at most 4096 timestamps: 2048 passes.
+        let mut times = Vec::with_capacity(ops.len());
+        for batch in ops.chunks(2048) {
+            let count = 2 * batch.len() as u32;
+            let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count });
+            let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile"),
+                size: count as u64 * 8,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            for (i, op) in batch.iter().enumerate() {
+                let timestamp_writes = wgpu::ComputePassTimestampWrites {
+                    query_set: &queries,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                };
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: Some(timestamp_writes) });
+                op.encode(&mut pass, tokens);
+            }
+            encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
+            self.queue.submit([encoder.finish()]);
+            let words = self.read_words(&[(&resolved, 2 * count as usize)]).await?.pop().expect("one read");
+            let period = self.queue.get_timestamp_period() as f64 * 1e-9;
+            let ticks: Vec<u64> = words.chunks_exact(2).map(|w| w[0] as u64 | (w[1] as u64) << 32).collect();
+            times.extend(ticks.chunks_exact(2).map(|t| t[1].saturating_sub(t[0]) as f64 * period));
+        }
+        self.check()?;
+        Ok(times)
+    }
+
+    /// Waits until everything submitted so far has run.
+    pub async fn wait(&self) -> Result<()> {
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = sender.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_error("waiting for the device", e))?;
+        receiver.await.map_err(|_| gpu_error("waiting for the device", "the device went away"))
     }
 
     /// Runs `ops` in order in one submission for a step of `tokens` tokens (a dispatch sees
@@ -256,10 +334,7 @@ impl Gpu {
         // Natively the callback runs inside poll; in the browser, from its event loop.
         #[cfg(not(target_arch = "wasm32"))]
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_error("waiting for the device", e))?;
-        receiver
-            .await
-            .map_err(|_| gpu_error("reading back", "the device went away"))?
-            .map_err(|e| gpu_error("reading back", e))?;
+        receiver.await.map_err(|_| gpu_error("reading back", "the device went away"))?.map_err(|e| gpu_error("reading back", e))?;
         let data = staging.slice(..).get_mapped_range().map_err(|e| gpu_error("reading back", e))?;
         let values = reads
             .iter()

@@ -1,4 +1,13 @@
-//! Quantized matrices on the GPU, in their GGUF blocks, and the kernels that read them.
+//! Quantized matrices on the GPU and the kernels that read them (`quant.wgsl`).
+//!
+//! At upload each GGUF format is repacked, exactly, into one of two layouts the kernels read
+//! with aligned 16-byte loads: 4-bit levels with an f32 scale and offset per 32 values
+//! (Q4_0, Q4_1, Q4_K), or 8-bit levels with an f32 scale per 16 values (Q8_0, Q5_0, Q6_K).
+//! Products quantize their input to 8 bits per 32 values (`quantize.wgsl`, as the CPU's
+//! integer kernels do) and sum levels with `dot4I8Packed`: on a software adapter a load costs
+//! a loop over the SIMD lanes, so the kernels load as few, as wide words as they can, and
+//! reuse each input word for several rows (and tokens).
+//!
 //! A matrix larger than one binding may hold (WebGPU guarantees 128 MiB; a 150k-token
 //! vocabulary projection is more) is split by rows into parts, each its own buffer and dispatch.
 use super::{bytes_of, Gpu, Groups, Op, Span};
@@ -6,12 +15,16 @@ use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 const SOURCE: &str = include_str!("quant.wgsl");
+const QUANTIZE: &str = include_str!("quantize.wgsl");
 /// Workgroups per dispatch dimension (the WebGPU minimum limit).
 const MAX_GROUPS: u32 = 65535;
-/// Matrix rows and tokens of one matmul workgroup (`TILE` in quant.wgsl).
-const TILE: u32 = 32;
-/// Matrix rows of one matvec workgroup (`MATVEC_ROWS` in quant.wgsl).
-const MATVEC_ROWS: u32 = 8;
+/// Values per chunk: the unit of a scale (or two) and of the input's 8-bit quantization.
+const CHUNK_VALUES: usize = 32;
+/// Threads of a product workgroup, rows each thread computes, and the tokens it computes them
+/// for in a prefill (`WG`, `R`, `TT` of quant.wgsl).
+const PRODUCT_THREADS: u32 = 64;
+const ROWS_PER_THREAD: u32 = 4;
+const TOKENS_PER_THREAD: u32 = 4;
 
 /// `groups` workgroups laid out across dispatch dimensions x and y (each holds at most
 /// 65535), with the `groups_per_y` of `Dims` that kernels use to number them.
@@ -23,17 +36,137 @@ fn spread(groups: u32) -> (Groups, u32) {
 /// The formats the kernels read: those of smollm2-135m and the qwen2.5-coder models.
 pub const FORMATS: [GgmlDType; 6] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K];
 
-/// ggml's id of a format (what `quant.wgsl`'s FORMAT compares with).
-fn format_id(dtype: GgmlDType) -> Result<u32> {
-    Ok(match dtype {
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q4_1 => 3,
-        GgmlDType::Q5_0 => 6,
-        GgmlDType::Q8_0 => 8,
-        GgmlDType::Q4K => 12,
-        GgmlDType::Q6K => 14,
-        other => return Err(Error::Gpu(format!("no kernel reads {other:?} weights; run on the CPU"))),
-    })
+/// The two layouts on the GPU (`LAYOUT` in quant.wgsl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Per 32 values: 16 bytes of 4-bit levels (byte j holds values j and j + 16, as Q4_1
+    /// does), and `value = scale · level + offset`.
+    Q4 = 0,
+    /// Per 32 values: 32 signed 8-bit levels, and `value = scale · level` with one scale for
+    /// each 16 values.
+    Q8 = 1,
+}
+
+impl Layout {
+    fn of(dtype: GgmlDType) -> Result<Self> {
+        match dtype {
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K => Ok(Layout::Q4),
+            GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q6K => Ok(Layout::Q8),
+            other => Err(Error::Gpu(format!("no kernel reads {other:?} weights; run on the CPU"))),
+        }
+    }
+
+    /// 16-byte words of levels per chunk.
+    fn level_words(self) -> usize {
+        match self {
+            Layout::Q4 => 1,
+            Layout::Q8 => 2,
+        }
+    }
+}
+
+fn f16_at(b: &[u8], o: usize) -> f32 {
+    half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32()
+}
+
+/// One GGUF block as levels and, per 16 values, `(scale, offset)`: value = scale · level +
+/// offset, computed as ggml dequantizes (each product exact in f32).
+fn decode_block(dtype: GgmlDType, b: &[u8], levels: &mut Vec<i32>, runs: &mut Vec<(f32, f32)>) {
+    match dtype {
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
+            let (d, m, qs) = match dtype {
+                GgmlDType::Q4_0 => (f16_at(b, 0), -8.0 * f16_at(b, 0), &b[2..18]),
+                _ => (f16_at(b, 0), f16_at(b, 2), &b[4..20]),
+            };
+            levels.extend(qs.iter().map(|&q| i32::from(q & 15)).chain(qs.iter().map(|&q| i32::from(q >> 4))));
+            runs.extend([(d, m); 2]);
+        }
+        GgmlDType::Q5_0 => {
+            let d = f16_at(b, 0);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = &b[6..22];
+            levels.extend((0..16).map(|j| i32::from(qs[j] & 15) | (((qh >> j) & 1) << 4) as i32).map(|l| l - 16));
+            levels.extend((0..16).map(|j| i32::from(qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as i32).map(|l| l - 16));
+            runs.extend([(d, 0.0); 2]);
+        }
+        GgmlDType::Q8_0 => {
+            let d = f16_at(b, 0);
+            levels.extend(b[2..34].iter().map(|&q| i32::from(q as i8)));
+            runs.extend([(d, 0.0); 2]);
+        }
+        GgmlDType::Q4K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let sc = &b[4..16];
+            let scale_min = |j: usize| -> (u8, u8) {
+                if j < 4 {
+                    (sc[j] & 63, sc[j + 4] & 63)
+                } else {
+                    ((sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
+                }
+            };
+            for j in 0..4 {
+                let qs = &b[16 + 32 * j..48 + 32 * j];
+                for (sub, shift) in [(2 * j, 0), (2 * j + 1, 4)] {
+                    let (s, m) = scale_min(sub);
+                    levels.extend(qs.iter().map(|&q| i32::from((q >> shift) & 15)));
+                    runs.extend([(d * f32::from(s), -(dmin * f32::from(m))); 2]);
+                }
+            }
+        }
+        GgmlDType::Q6K => {
+            let (ql, qh, sc, d) = (&b[0..128], &b[128..192], &b[192..208], f16_at(b, 208));
+            for half in 0..2 {
+                let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+                for (k, (lo_off, lo_shift)) in [(0, 0), (32, 0), (0, 4), (32, 4)].into_iter().enumerate() {
+                    levels.extend((0..32).map(|l| i32::from(((ql[l + lo_off] >> lo_shift) & 15) | (((qh[l] >> (2 * k)) & 3) << 4)) - 32));
+                    let s = |r: usize| (d * f32::from(sc[8 * half + 2 * k + r] as i8), 0.0);
+                    runs.extend([s(0), s(1)]);
+                }
+            }
+        }
+        other => unreachable!("{other:?} has no layout"),
+    }
+}
+
+/// Rows of a GGUF matrix in a layout: each row's levels (chunk after chunk, `chunks` of them,
+/// an even count: a row's last chunk may be padding of zeros), then each row's scales, a
+/// 16-byte word per pair of chunks: `(scale, offset)` of both (Q4) or the scales of their four
+/// 16-value halves (Q8).
+fn repack(dtype: GgmlDType, layout: Layout, bytes: &[u8], rows: usize, cols: usize, chunks: usize) -> Vec<u32> {
+    let row_bytes = bytes.len() / rows;
+    let block_bytes = dtype.type_size();
+    let mut levels_out = Vec::with_capacity(rows * chunks * 4 * layout.level_words());
+    let mut scales_out = Vec::with_capacity(rows * chunks * 2);
+    let (mut levels, mut runs) = (Vec::with_capacity(cols), Vec::with_capacity(cols / 16));
+    for row in bytes.chunks_exact(row_bytes) {
+        levels.clear();
+        runs.clear();
+        for block in row.chunks_exact(block_bytes) {
+            decode_block(dtype, block, &mut levels, &mut runs);
+        }
+        levels.resize(chunks * CHUNK_VALUES, 0);
+        runs.resize(chunks * 2, (0.0, 0.0));
+        for c in 0..chunks {
+            let l = &levels[c * CHUNK_VALUES..(c + 1) * CHUNK_VALUES];
+            match layout {
+                Layout::Q4 => {
+                    for k in 0..4 {
+                        levels_out.push((0..4).map(|b| ((l[4 * k + b] | (l[16 + 4 * k + b] << 4)) as u32) << (8 * b)).sum());
+                    }
+                    let (scale, offset) = runs[2 * c];
+                    scales_out.extend([scale.to_bits(), offset.to_bits()]);
+                }
+                Layout::Q8 => {
+                    for k in 0..8 {
+                        levels_out.push((0..4).map(|b| ((l[4 * k + b] as u8) as u32) << (8 * b)).sum());
+                    }
+                    scales_out.extend([runs[2 * c].0.to_bits(), runs[2 * c + 1].0.to_bits()]);
+                }
+            }
+        }
+    }
+    levels_out.extend(scales_out);
+    levels_out
 }
 
 /// The step every matrix op of a decoder reads (`Batch` in quant.wgsl): how many token rows
@@ -62,24 +195,56 @@ pub struct Product<'a> {
     pub at_position: bool,
 }
 
-/// Rows `first_row..first_row + rows` of a matrix, in one buffer.
+/// Rows `first_row..first_row + rows` of a matrix, repacked, in one buffer.
 struct Part {
     first_row: usize,
     rows: usize,
-    blocks: wgpu::Buffer,
+    words: wgpu::Buffer,
 }
 
-/// A `(rows, cols)` matrix of one quantized format, its GGUF bytes as uploaded.
+/// A `(rows, cols)` matrix of one quantized format, repacked into its layout.
 pub struct GpuMatrix {
     pub dtype: GgmlDType,
+    layout: Layout,
     pub rows: usize,
     pub cols: usize,
-    row_bytes: usize,
+    /// 32-value chunks per row, rounded up to even (the kernels step through pairs).
+    chunks: usize,
     parts: Vec<Part>,
 }
 
-/// A product with a part of a matrix: the matrix-vector kernel for a step of one token, the
-/// matrix-matrix kernel for more (both read the same `Dims`).
+/// Chunks of a row of `cols` values as the kernels step through them: pairs.
+fn chunks_of(cols: usize) -> usize {
+    cols.div_ceil(2 * CHUNK_VALUES) * 2
+}
+
+/// An input of `cols` values per token quantized to 8 bits, as the products read it
+/// (`quantize.wgsl`): per token, each chunk's 32 levels, then per pair of chunks their
+/// `(scale, scale · Σ levels)`; and the op that fills it from the f32 rows.
+pub struct QuantizedInput {
+    buffer: wgpu::Buffer,
+    cols: usize,
+    pub quantize: Op,
+}
+
+impl QuantizedInput {
+    /// For up to `tokens` rows of `x`, `cols` floats apart.
+    pub fn new(gpu: &Gpu, x: &wgpu::Buffer, cols: usize, tokens: usize) -> Self {
+        let chunks = chunks_of(cols);
+        let words_per_token = (chunks * 2 + chunks / 2) * 4;
+        let buffer = gpu.output("quantized input", tokens * words_per_token);
+        let params = gpu.uniform("quantize", bytes_of(&[cols as u32, chunks as u32, cols as u32, 0]));
+        let pipeline = gpu.pipeline("quantize", || QUANTIZE.to_string(), "quantize");
+        let groups = (chunks as u32).div_ceil(64);
+        // One row (the final hidden state) whatever the step's token count.
+        let groups = if tokens == 1 { Groups::fixed(groups, 1) } else { Groups::per_token(groups) };
+        let quantize = gpu.op(pipeline, &[(0, x), (1, &buffer), (2, &params)], groups).named("quantize");
+        Self { buffer, cols, quantize }
+    }
+}
+
+/// A product with a part of a matrix: the kernel for a step of one token (a decode step), and
+/// the one for more (a prefill), which computes each row for several tokens at once.
 pub struct MatOp {
     vector: Op,
     matrix: Op,
@@ -98,38 +263,48 @@ impl MatOp {
 impl GpuMatrix {
     pub fn upload(gpu: &Gpu, name: &str, tensor: &QTensor) -> Result<Self> {
         let dtype = tensor.dtype();
-        format_id(dtype)?;
+        let layout = Layout::of(dtype)?;
         let (rows, cols) = tensor.shape().dims2()?;
         let bytes = tensor.data()?;
-        let row_bytes = bytes.len() / rows;
+        let chunks = chunks_of(cols);
+        // Levels and scales of a row, in bytes.
+        let row_bytes = chunks * 16 * layout.level_words() + chunks / 2 * 16;
         let limit = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size) as usize;
         let rows_per_part = (limit / row_bytes).max(1);
+        let gguf_row = bytes.len() / rows;
         let parts = (0..rows)
             .step_by(rows_per_part)
             .map(|first_row| {
                 let n = rows_per_part.min(rows - first_row);
-                let blocks = gpu.storage(name, &bytes[first_row * row_bytes..(first_row + n) * row_bytes], wgpu::BufferUsages::empty())?;
-                Ok(Part { first_row, rows: n, blocks })
+                let words = repack(dtype, layout, &bytes[first_row * gguf_row..(first_row + n) * gguf_row], n, cols, chunks);
+                let words = gpu.storage(name, bytes_of(&words), wgpu::BufferUsages::empty())?;
+                Ok(Part { first_row, rows: n, words })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { dtype, rows, cols, row_bytes, parts })
+        Ok(Self { dtype, layout, rows, cols, chunks, parts })
     }
 
-    fn pipeline(&self, gpu: &Gpu, entry: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
-        let id = format_id(self.dtype).expect("checked at upload");
-        gpu.pipeline(&format!("quant-{id}"), || format!("const FORMAT: u32 = {id}u;\n{SOURCE}"), entry)
+    /// The kernel `entry` for this layout, with `tokens` per thread (the prefill's tile).
+    fn pipeline(&self, gpu: &Gpu, entry: &str, tokens: u32) -> std::sync::Arc<wgpu::ComputePipeline> {
+        let layout = self.layout as u32;
+        gpu.pipeline(&format!("quant-{layout}-{tokens}"), || {
+            format!("const LAYOUT: u32 = {layout}u;\nconst WG: u32 = {PRODUCT_THREADS}u;\nconst R: u32 = {ROWS_PER_THREAD}u;\nconst TT: u32 = {tokens}u;\n{SOURCE}")
+        }, entry)
     }
 
-    /// The `Dims` uniform of a part (quant.wgsl), for kernels that number their workgroups
-    /// with `groups_per_y`.
+    /// The `Dims` uniform of a part (quant.wgsl).
     fn dims(&self, gpu: &Gpu, part: &Part, flags: u32, groups_per_y: u32) -> wgpu::Buffer {
-        let dims = [part.rows as u32, self.cols as u32, self.row_bytes as u32, groups_per_y, part.first_row as u32, 0, flags, self.rows as u32];
-        gpu.uniform("dims", bytes_of(&dims))
+        let scale_base = part.rows * self.chunks * self.layout.level_words();
+        let dims = [part.rows, self.cols, self.chunks, scale_base, groups_per_y as usize, part.first_row, 0, flags as usize, self.rows, 0, 0, 0];
+        gpu.uniform("dims", bytes_of(&dims.map(|v| v as u32)))
     }
 
-    /// `Y = X Wᵀ` for the step's token rows of `x` (with `product`'s bias, accumulation and
-    /// placement): one op per part.
-    pub fn product_ops(&self, gpu: &Gpu, x: &wgpu::Buffer, y: &wgpu::Buffer, batch: &Batch, product: Product) -> Result<Vec<MatOp>> {
+    /// `Y = X Wᵀ` for the step's token rows of the quantized `x` (with `product`'s bias,
+    /// accumulation and placement): one op per part.
+    pub fn product_ops(&self, gpu: &Gpu, x: &QuantizedInput, y: &wgpu::Buffer, batch: &Batch, product: Product) -> Result<Vec<MatOp>> {
+        if x.cols != self.cols {
+            return Err(Error::Gpu(format!("a product of a {}-column matrix with {}-value input rows", self.cols, x.cols)));
+        }
         // The kernels read their bias binding only when the flag says so, but it must be bound.
         let no_bias;
         let bias = match product.bias {
@@ -140,18 +315,23 @@ impl GpuMatrix {
             }
         };
         let flags = u32::from(product.bias.is_some()) | (u32::from(product.accumulate) << 1) | (u32::from(product.at_position) << 2);
+        let weight_bytes = (self.chunks * 16 * self.layout.level_words() + self.chunks / 2 * 16) as u64;
         Ok(self
             .parts
             .iter()
             .map(|part| {
-                let rows = part.rows as u32;
-                let (vector_groups, per_y) = spread(rows.div_ceil(MATVEC_ROWS));
-                let dims = self.dims(gpu, part, flags, per_y);
-                let buffers = [(0, &part.blocks), (1, x), (2, y), (3, &dims), (4, bias), (5, &batch.buffer)];
-                MatOp {
-                    vector: gpu.op(self.pipeline(gpu, "matvec"), &buffers, vector_groups),
-                    matrix: gpu.op(self.pipeline(gpu, "matmul"), &buffers, Groups { x: rows.div_ceil(TILE), y: Span::TokenTiles(TILE) }),
-                }
+                let groups = (part.rows as u32).div_ceil(PRODUCT_THREADS * ROWS_PER_THREAD);
+                let dims = self.dims(gpu, part, flags, 0);
+                let buffers = [(0, &part.words), (1, &x.buffer), (2, y), (3, &dims), (4, bias), (5, &batch.buffer)];
+                let costed = |op: Op, kernel: &str| Op {
+                    kind: format!("{kernel} {:?}", self.dtype),
+                    weight_bytes: part.rows as u64 * weight_bytes,
+                    flops_per_token: 2 * (part.rows * self.cols) as u64,
+                    ..op
+                };
+                let vector = gpu.op(self.pipeline(gpu, "product", 1), &buffers, Groups::fixed(groups, 1));
+                let matrix = gpu.op(self.pipeline(gpu, "product", TOKENS_PER_THREAD), &buffers, Groups { x: groups, y: Span::TokenTiles(TOKENS_PER_THREAD) });
+                MatOp { vector: costed(vector, "matvec"), matrix: costed(matrix, "matmul") }
             })
             .collect())
     }
@@ -163,8 +343,8 @@ impl GpuMatrix {
             .iter()
             .map(|part| {
                 let dims = self.dims(gpu, part, 0, 0);
-                let buffers = [(0, &part.blocks), (2, y), (3, &dims), (5, &batch.buffer), (6, ids)];
-                gpu.op(self.pipeline(gpu, "gather"), &buffers, Groups::per_token(1))
+                let buffers = [(0, &part.words), (2, y), (3, &dims), (5, &batch.buffer), (6, ids)];
+                gpu.op(self.pipeline(gpu, "gather", 1), &buffers, Groups::per_token((self.chunks as u32).div_ceil(64))).named("embedding")
             })
             .collect()
     }
@@ -178,15 +358,16 @@ impl GpuMatrix {
             .map(|part| {
                 let (groups, per_y) = spread(part.rows as u32);
                 let dims = self.dims(gpu, part, 0, per_y);
-                gpu.op(self.pipeline(gpu, "dequantize"), &[(0, &part.blocks), (2, &out), (3, &dims)], groups)
+                gpu.op(self.pipeline(gpu, "dequantize", 1), &[(0, &part.words), (2, &out), (3, &dims)], groups)
             })
             .collect();
         gpu.run(&ops.iter().collect::<Vec<_>>(), 1);
         gpu.read_f32(&out, self.rows * self.cols).await
     }
 
-    /// `X Wᵀ` for `x` holding `tokens` rows of `cols` values: the matrix-vector kernel for one
-    /// row, the matrix-matrix kernel for more. Row-major `(tokens, rows)`.
+    /// `X Wᵀ` for `x` holding `tokens` rows of `cols` values, each quantized to 8 bits per 32
+    /// values first: the one-token kernel for one row, the tiled one for more. Row-major
+    /// `(tokens, rows)`.
     pub async fn product(&self, gpu: &Gpu, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
         if x.len() != tokens * self.cols {
             return Err(Error::InvalidInput(format!("GPU product: x has {} values, not {tokens} rows of the matrix's {} columns", x.len(), self.cols)));
@@ -194,9 +375,12 @@ impl GpuMatrix {
         let batch = Batch::new(gpu);
         batch.write(gpu, tokens, 0);
         let x = gpu.storage("x", bytes_of(x), wgpu::BufferUsages::empty())?;
+        let input = QuantizedInput::new(gpu, &x, self.cols, tokens);
         let out = gpu.output("y", tokens * self.rows);
-        let ops = self.product_ops(gpu, &x, &out, &batch, Product::default())?;
-        gpu.run(&ops.iter().map(|m| m.for_tokens(tokens)).collect::<Vec<_>>(), tokens as u32);
+        let ops = self.product_ops(gpu, &input, &out, &batch, Product::default())?;
+        let mut run = vec![&input.quantize];
+        run.extend(ops.iter().map(|m| m.for_tokens(tokens)));
+        gpu.run(&run, tokens as u32);
         gpu.read_f32(&out, tokens * self.rows).await
     }
 

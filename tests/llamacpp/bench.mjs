@@ -1,6 +1,7 @@
-// llama.cpp CPU speed reference (node-llama-cpp, prebuilt CPU binary).
+// llama.cpp speed reference (node-llama-cpp, prebuilt CPU binary; with --gpu vulkan its prebuilt
+// Vulkan binary with every layer on the GPU).
 //
-//   node bench.mjs --model PATH.gguf --threads N [--prompt-tokens 256] [--gen-tokens 64] [--repeats 3]
+//   node bench.mjs --model PATH.gguf --threads N [--prompt-tokens 256] [--gen-tokens 64] [--repeats 3] [--gpu vulkan]
 //
 // Each repeat uses a fresh context/sequence: the prompt (real English text, tokenized and
 // repeated/cut to exactly --prompt-tokens ids, no BOS) is evaluated in ONE batch (batchSize >=
@@ -11,9 +12,11 @@
 // per-repeat figures and llama.cpp's own log lines go to stderr.
 // Install first: `npm ci --no-audit --no-fund` (postinstall is skipped via package.json config;
 // NODE_LLAMA_CPP_SKIP_DOWNLOAD=true also works) — nothing is downloaded or built.
-import { parseArgs, loadLlama, describeLlama, nodeLlamaCppVersion } from "./common.mjs";
+import { parseArgs, die, loadLlama, describeLlama, nodeLlamaCppVersion, vulkanDevices } from "./common.mjs";
 
-const args = parseArgs(["model", "threads"], { "prompt-tokens": "256", "gen-tokens": "64", repeats: "3" });
+const args = parseArgs(["model", "threads"], { "prompt-tokens": "256", "gen-tokens": "64", repeats: "3", gpu: "none" });
+if (!["none", "vulkan", "cuda"].includes(args.gpu)) die(`--gpu takes none, vulkan or cuda, not ${args.gpu}`);
+const gpu = args.gpu === "none" ? false : args.gpu;
 const threads = Number(args.threads);
 const promptTokens = Number(args["prompt-tokens"]);
 const genTokens = Number(args["gen-tokens"]);
@@ -31,9 +34,11 @@ Language models running on ordinary laptops are a good example: most of their ti
 large matrices of quantized weights, so the speed of a token depends on memory bandwidth as much as on
 arithmetic throughput.`;
 
-const llama = await loadLlama();
+const llama = await loadLlama(gpu);
 process.stderr.write(`${describeLlama(llama)}\n`);
-const model = await llama.loadModel({ modelPath: args.model, gpuLayers: 0 });
+// getLlama falls back to the CPU when the GPU build cannot load: that is no GPU anchor.
+if (gpu && llama.gpu !== gpu) die(`llama.cpp's ${gpu} build did not load (it runs on ${llama.gpu || "the CPU"})`);
+const model = await llama.loadModel({ modelPath: args.model, gpuLayers: gpu ? "max" : 0 });
 
 const textIds = Array.from(model.tokenize(TEXT, false));
 const promptIds = Array.from({ length: promptTokens }, (_, i) => textIds[i % textIds.length]);
@@ -61,7 +66,8 @@ const best = (key) => Math.round(Math.max(...runs.map((x) => x[key])) * 100) / 1
 const r = llama.llamaCppRelease;
 console.log(JSON.stringify({
     engine: "llama.cpp",
-    version: `node-llama-cpp ${nodeLlamaCppVersion()} (${llama.buildType} ${r.repo}@${r.release}, cpu)`,
+    version: `node-llama-cpp ${nodeLlamaCppVersion()} (${llama.buildType} ${r.repo}@${r.release}, ${gpu || "cpu"})`,
+    device: gpu ? (vulkanDevices.join("; ") || (await llama.getGpuDeviceNames()).join(", ") || "Vulkan device 0") : "cpu",
     model: args.model,
     threads,
     prompt_tokens: promptTokens,

@@ -23,18 +23,28 @@ export function die(msg) {
     process.exit(2);
 }
 
-/** CPU-only llama instance from the prebuilt binary; all llama.cpp logging goes to stderr. */
-export async function loadLlama() {
+/** A llama instance from the prebuilt binaries: the CPU build by default, or `gpu: "vulkan"` for
+ * the prebuilt Vulkan build (`@node-llama-cpp/linux-x64-vulkan`, the GPU anchor; on lavapipe
+ * where there is no GPU). All llama.cpp logging goes to stderr. */
+export async function loadLlama(gpu = false) {
     return await getLlama({
-        gpu: false,
+        gpu,
         build: "never",
         skipDownload: true,
         usePrebuiltBinaries: true,
         progressLogs: false,
-        logLevel: LlamaLogLevel.error,
-        logger: (level, message) => process.stderr.write(`[llama.cpp ${level}] ${message}\n`),
+        // The Vulkan backend names its device only in an info line (`ggml_vulkan: 0 = NAME ...`).
+        logLevel: gpu ? LlamaLogLevel.info : LlamaLogLevel.error,
+        logger: (level, message) => {
+            const device = /ggml_vulkan: \d+ = (.*)/.exec(message);
+            if (device) vulkanDevices.push(device[1].trim());
+            if (!gpu || level === "error" || level === "warn" || device) process.stderr.write(`[llama.cpp ${level}] ${message}\n`);
+        },
     });
 }
+
+/** The Vulkan devices llama.cpp reported while loading, with its feature summary. */
+export const vulkanDevices = [];
 
 export function describeLlama(llama) {
     const r = llama.llamaCppRelease;
