@@ -1,33 +1,45 @@
 // ---- attention: one workgroup per query head h and token t, over positions 0..=pos + t ----
-@group(0) @binding(0) var<storage, read> att_q: array<f32>;
-@group(0) @binding(1) var<storage, read> att_k: array<f32>;
-@group(0) @binding(2) var<storage, read> att_v: array<f32>;
-@group(0) @binding(3) var<storage, read_write> att_out: array<f32>;
+// The host prepends `const HD4: u32 = head_dim / 4;`. Rows are read as vec4s: on a software
+// adapter each storage load is a loop over the SIMD lanes, so a thread keeps its query in
+// registers (loops over HD4 unroll; a runtime bound would put the array in memory) and reads
+// a key or value row 16 bytes at a time.
+@group(0) @binding(0) var<storage, read> att_q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> att_k: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> att_v: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> att_out: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> att_params: Params;
 
 // 8 KiB of the 16 KiB of workgroup memory WebGPU guarantees; the GPU context is this long.
 const MAX_POSITIONS: u32 = 2048u;
 var<workgroup> scores: array<f32, MAX_POSITIONS>;
 var<workgroup> reduce: array<f32, 64>;
+// The output's partial sums: [group of positions][vec4 of the head].
+var<workgroup> partial: array<vec4<f32>, 64>;
 
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let hd = att_params.n;
+  let hd4 = HD4;
+  let kv_row4 = att_params.kv_row / 4u;
   let h = wid.x;
   let t = wid.y;
   let g = h / (att_params.heads / att_params.kv_heads);
   let seen = att_params.pos + t + 1u;
-  let scale = 1.0 / sqrt(f32(hd));
-  let q = (t * att_params.heads + h) * hd;
+  let scale = 1.0 / sqrt(f32(att_params.n));
+  let q0 = (t * att_params.heads + h) * hd4;
+  var q: array<vec4<f32>, HD4>;
+  for (var d = 0u; d < HD4; d++) {
+    q[d] = att_q[q0 + d] * scale;
+  }
   var m = -3.4e38;
   for (var j = lid.x; j < seen; j += 64u) {
-    let k = j * att_params.kv_row + g * hd;
-    var dot = 0.0;
-    for (var d = 0u; d < hd; d++) {
-      dot += att_q[q + d] * att_k[k + d];
+    let k = j * kv_row4 + g * hd4;
+    var dot = vec4<f32>(0.0);
+    for (var d = 0u; d < HD4; d++) {
+      dot += q[d] * att_k[k + d];
     }
-    scores[j] = dot * scale;
-    m = max(m, dot * scale);
+    let score = dot.x + dot.y + dot.z + dot.w;
+    scores[j] = score;
+    m = max(m, score);
   }
   reduce[lid.x] = m;
   workgroupBarrier();
@@ -54,11 +66,24 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     workgroupBarrier();
   }
   let inv = 1.0 / reduce[0];
-  for (var d = lid.x; d < hd; d += 64u) {
-    var acc = 0.0;
-    for (var j = 0u; j < seen; j++) {
-      acc += scores[j] * att_v[j * att_params.kv_row + g * hd + d];
+  // Thread (group, d): vec4 d of the output summed over the positions of its group (the
+  // positions are split into 64 / hd4 groups so that every thread works).
+  let groups = max(64u / hd4, 1u);
+  let d = lid.x % hd4;
+  let group = lid.x / hd4;
+  var acc = vec4<f32>(0.0);
+  if (group < groups) {
+    for (var j = group; j < seen; j += groups) {
+      acc += scores[j] * att_v[j * kv_row4 + g * hd4 + d];
     }
-    att_out[q + d] = acc * inv;
+  }
+  partial[lid.x] = acc;
+  workgroupBarrier();
+  if (lid.x < hd4) {
+    var total = vec4<f32>(0.0);
+    for (var k = 0u; k < groups; k++) {
+      total += partial[k * hd4 + lid.x];
+    }
+    att_out[q0 + lid.x] = total * inv;
   }
 }

@@ -29,7 +29,6 @@ fn kernel(gpu: &Gpu, name: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
     let source = match name {
         "rms_norm" => include_str!("rms_norm.wgsl"),
         "rope" => include_str!("rope.wgsl"),
-        "attention" => include_str!("attention.wgsl"),
         "silu_mul" => include_str!("silu_mul.wgsl"),
         "logit_summary" => include_str!("logit_summary.wgsl"),
         other => unreachable!("no kernel {other}"),
@@ -61,6 +60,7 @@ impl Params {
 
 /// A layer's dispatches, in order.
 struct LayerOps {
+    /// RMS norm and quantization of the residual stream into `normed_in`.
     attn_norm: Op,
     q: Vec<MatOp>,
     k: Vec<MatOp>,
@@ -89,9 +89,10 @@ pub struct GpuDecoder {
     embed: Vec<Op>,
     layers: Vec<LayerOps>,
     /// The products' inputs quantized to 8 bits, each filled by its op before the products
-    /// that read it: the normed residual (q, k, v, gate, up), attention's output (o), the
-    /// FFN's activation (down) and the final hidden state (the output projection).
-    normed_in: QuantizedInput,
+    /// that read it: the normed residual (q, k, v, gate, up; filled by the layers' norms),
+    /// attention's output (o), the FFN's activation (down) and the final hidden state (the
+    /// output projection).
+    _normed_in: QuantizedInput,
     attention_in: QuantizedInput,
     ffn_in: QuantizedInput,
     hidden_in: QuantizedInput,
@@ -121,6 +122,9 @@ impl GpuDecoder {
         let config = ModelConfig::from_gguf(content)?;
         let c = &config;
         let (hd, d) = (c.head_dim, c.n_embd);
+        if hd % 4 != 0 || hd > 128 {
+            return Err(Error::Gpu(format!("the attention kernel takes heads of up to 128 values in fours, not {hd}; run on the CPU")));
+        }
         let kv_row = c.n_head_kv * hd;
         let positions = MAX_POSITIONS.min(c.context_length);
         let mut matrices = Vec::new();
@@ -131,7 +135,7 @@ impl GpuDecoder {
         };
         // Activations: a row per token of the step.
         let rows = |label: &str, width: usize| gpu.output(label, CHUNK * width);
-        let (x, h, q, att) = (rows("x", d), rows("h", d), rows("q", c.n_head * hd), rows("att", c.n_head * hd));
+        let (x, q, att) = (rows("x", d), rows("q", c.n_head * hd), rows("att", c.n_head * hd));
         let (gate, up) = (rows("gate", c.n_ff), rows("up", c.n_ff));
         let ids = gpu.storage("ids", &[0; 4 * CHUNK], wgpu::BufferUsages::empty())?;
         let batch = Batch::new(&gpu);
@@ -149,14 +153,10 @@ impl GpuDecoder {
         let k_params = Params { heads: c.n_head_kv as u32, ..q_params };
         let (q_step, k_step) = (gpu.uniform("q step", &q_params.bytes()), gpu.uniform("k step", &k_params.bytes()));
         let norm_params = Params { n: d as u32, eps: c.rms_eps, ..Default::default() };
-        let norm_uniform = gpu.uniform("norm", &norm_params.bytes());
         let silu_params = gpu.uniform("silu", &Params { n: c.n_ff as u32, ..Default::default() }.bytes());
-        let norm = |x: &wgpu::Buffer, w: &wgpu::Buffer, out: &wgpu::Buffer| {
-            gpu.op(kernel(&gpu, "rms_norm"), &[(0, x), (1, w), (2, out), (3, &norm_uniform)], Groups::per_token(1)).named("rms_norm")
-        };
         let across = |n: usize| (n as u32).div_ceil(64);
 
-        let normed_in = QuantizedInput::new(&gpu, &h, d, CHUNK);
+        let normed_in = QuantizedInput::for_norms(&gpu, d, CHUNK);
         let attention_in = QuantizedInput::new(&gpu, &att, c.n_head * hd, CHUNK);
         let ffn_in = QuantizedInput::new(&gpu, &gate, c.n_ff, CHUNK);
         let embedding_cpu = tensor(content, reader, "token_embd.weight", &Device::Cpu)?;
@@ -183,7 +183,7 @@ impl GpuDecoder {
             let cached = |bias| Product { bias, at_position: true, ..Default::default() };
             let residual = Product { accumulate: true, ..Default::default() };
             let ops = LayerOps {
-                attn_norm: norm(&x, &attn_norm_w, &h),
+                attn_norm: normed_in.normed_op(&gpu, &x, &attn_norm_w, c.rms_eps),
                 q: product(&wq, &normed_in, &q, Product { bias: bq.as_ref(), ..Default::default() })?,
                 k: product(&wk, &normed_in, &k_cache, cached(bk.as_ref()))?,
                 v: product(&wv, &normed_in, &v_cache, cached(bv.as_ref()))?,
@@ -192,10 +192,10 @@ impl GpuDecoder {
                     .op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table), (2, &k_step)], Groups::per_token(across(c.n_head_kv * half)))
                     .named("rope"),
                 attention: gpu
-                    .op(kernel(&gpu, "attention"), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)], Groups::per_token(c.n_head as u32))
+                    .op(gpu.pipeline(&format!("attention-{hd}"), || format!("const HD4: u32 = {}u;\n{PARAMS}\n{}", hd / 4, include_str!("attention.wgsl")), "attention"), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)], Groups::per_token(c.n_head as u32))
                     .named("attention"),
                 o: product(&wo, &attention_in, &x, residual)?,
-                ffn_norm: norm(&x, &ffn_norm_w, &h),
+                ffn_norm: normed_in.normed_op(&gpu, &x, &ffn_norm_w, c.rms_eps),
                 gate: product(&wg, &normed_in, &gate, Product::default())?,
                 up: product(&wu, &normed_in, &up, Product::default())?,
                 silu: gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up), (2, &silu_params)], Groups::per_token(across(c.n_ff))).named("silu_mul"),
@@ -231,7 +231,7 @@ impl GpuDecoder {
             batch,
             embed,
             layers,
-            normed_in,
+            _normed_in: normed_in,
             attention_in,
             ffn_in,
             hidden_in,
@@ -356,17 +356,17 @@ impl GpuDecoder {
         let product = |ops| for_tokens(ops, n);
         let mut ops: Vec<&Op> = self.embed.iter().collect();
         for l in &self.layers {
-            ops.extend([&l.attn_norm, &self.normed_in.quantize]);
+            ops.push(&l.attn_norm);
             ops.extend(product(&l.q).into_iter().chain(product(&l.k)).chain(product(&l.v)));
-            ops.extend([&l.rope_q, &l.rope_k, &l.attention, &self.attention_in.quantize]);
+            ops.extend([&l.rope_q, &l.rope_k, &l.attention, self.attention_in.quantize()]);
             ops.extend(product(&l.o));
-            ops.extend([&l.ffn_norm, &self.normed_in.quantize]);
+            ops.push(&l.ffn_norm);
             ops.extend(product(&l.gate).into_iter().chain(product(&l.up)));
-            ops.extend([&l.silu, &self.ffn_in.quantize]);
+            ops.extend([&l.silu, self.ffn_in.quantize()]);
             ops.extend(product(&l.down));
         }
         if last {
-            ops.extend([&self.output_norm, &self.hidden_in.quantize]);
+            ops.extend([&self.output_norm, self.hidden_in.quantize()]);
             ops.extend(self.output.iter().map(|m| m.for_tokens(1)));
             ops.push(&self.summarize);
         }

@@ -142,6 +142,12 @@ impl Gpu {
         Ok(Some(Gpu { device, queue, adapter: adapter.get_info(), limits, pipelines: Mutex::new(HashMap::new()), failure }))
     }
 
+    /// Whether the adapter is a CPU running shaders (lavapipe, SwiftShader): one workgroup
+    /// runs on one core, so kernels use small workgroups to keep every core busy.
+    pub fn is_software(&self) -> bool {
+        self.adapter.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// An error if the device has reported one since it was opened: results are not to be trusted.
     pub fn check(&self) -> Result<()> {
         match self.failure.lock().expect("failure lock").as_ref() {

@@ -20,11 +20,24 @@ const QUANTIZE: &str = include_str!("quantize.wgsl");
 const MAX_GROUPS: u32 = 65535;
 /// Values per chunk: the unit of a scale (or two) and of the input's 8-bit quantization.
 const CHUNK_VALUES: usize = 32;
-/// Threads of a product workgroup, rows each thread computes, and the tokens it computes them
-/// for in a prefill (`WG`, `R`, `TT` of quant.wgsl).
-const PRODUCT_THREADS: u32 = 64;
+/// Rows each thread of a product computes, and the tokens it computes them for in a prefill
+/// (`R`, `TT` of quant.wgsl).
 const ROWS_PER_THREAD: u32 = 4;
 const TOKENS_PER_THREAD: u32 = 4;
+
+/// Threads of a product workgroup (`WG` of quant.wgsl). A software adapter runs a workgroup
+/// on one core, 8 lanes at a time: one SIMD row per workgroup spreads a 576-row matrix over
+/// 18 workgroups instead of 3.
+fn product_threads(gpu: &Gpu) -> u32 {
+    if let Ok(v) = std::env::var("LAB_WG") {
+        return v.parse().unwrap();
+    }
+    if gpu.is_software() {
+        8
+    } else {
+        64
+    }
+}
 
 /// `groups` workgroups laid out across dispatch dimensions x and y (each holds at most
 /// 65535), with the `groups_per_y` of `Dims` that kernels use to number them.
@@ -224,7 +237,7 @@ fn chunks_of(cols: usize) -> usize {
 pub struct QuantizedInput {
     buffer: wgpu::Buffer,
     cols: usize,
-    pub quantize: Op,
+    quantize: Option<Op>,
 }
 
 impl QuantizedInput {
@@ -239,7 +252,28 @@ impl QuantizedInput {
         // One row (the final hidden state) whatever the step's token count.
         let groups = if tokens == 1 { Groups::fixed(groups, 1) } else { Groups::per_token(groups) };
         let quantize = gpu.op(pipeline, &[(0, x), (1, &buffer), (2, &params)], groups).named("quantize");
-        Self { buffer, cols, quantize }
+        Self { buffer, cols, quantize: Some(quantize) }
+    }
+
+    /// An input filled only by `normed_op`s: the residual stream RMS-normed (each layer its
+    /// own norm weights) before a layer's products.
+    pub fn for_norms(gpu: &Gpu, cols: usize, tokens: usize) -> Self {
+        let words_per_token = (chunks_of(cols) * 2 + chunks_of(cols) / 2) * 4;
+        Self { buffer: gpu.output("normed input", tokens * words_per_token), cols, quantize: None }
+    }
+
+    /// An op filling this input with `x`'s rows RMS-normed with `weight` (norm and quantization
+    /// in one dispatch).
+    pub fn normed_op(&self, gpu: &Gpu, x: &wgpu::Buffer, weight: &wgpu::Buffer, eps: f32) -> Op {
+        let chunks = chunks_of(self.cols);
+        let params = gpu.uniform("quantize", bytes_of(&[self.cols as u32, chunks as u32, self.cols as u32, eps.to_bits()]));
+        let pipeline = gpu.pipeline("quantize", || QUANTIZE.to_string(), "norm_quantize");
+        gpu.op(pipeline, &[(0, x), (1, &self.buffer), (2, &params), (3, weight)], Groups::per_token(1)).named("norm+quantize")
+    }
+
+    /// The op that fills it from the rows it was built for (not one `for_norms`).
+    pub fn quantize(&self) -> &Op {
+        self.quantize.as_ref().expect("an input for norms is filled by its normed_ops")
     }
 }
 
@@ -287,8 +321,9 @@ impl GpuMatrix {
     /// The kernel `entry` for this layout, with `tokens` per thread (the prefill's tile).
     fn pipeline(&self, gpu: &Gpu, entry: &str, tokens: u32) -> std::sync::Arc<wgpu::ComputePipeline> {
         let layout = self.layout as u32;
+        let threads = product_threads(gpu);
         gpu.pipeline(&format!("quant-{layout}-{tokens}"), || {
-            format!("const LAYOUT: u32 = {layout}u;\nconst WG: u32 = {PRODUCT_THREADS}u;\nconst R: u32 = {ROWS_PER_THREAD}u;\nconst TT: u32 = {tokens}u;\n{SOURCE}")
+            format!("const LAYOUT: u32 = {layout}u;\nconst WG: u32 = {threads}u;\nconst R: u32 = {ROWS_PER_THREAD}u;\nconst TT: u32 = {tokens}u;\n{SOURCE}")
         }, entry)
     }
 
@@ -320,7 +355,7 @@ impl GpuMatrix {
             .parts
             .iter()
             .map(|part| {
-                let groups = (part.rows as u32).div_ceil(PRODUCT_THREADS * ROWS_PER_THREAD);
+                let groups = (part.rows as u32).div_ceil(product_threads(gpu) * ROWS_PER_THREAD);
                 let dims = self.dims(gpu, part, flags, 0);
                 let buffers = [(0, &part.words), (1, &x.buffer), (2, y), (3, &dims), (4, bias), (5, &batch.buffer)];
                 let costed = |op: Op, kernel: &str| Op {
@@ -378,7 +413,7 @@ impl GpuMatrix {
         let input = QuantizedInput::new(gpu, &x, self.cols, tokens);
         let out = gpu.output("y", tokens * self.rows);
         let ops = self.product_ops(gpu, &input, &out, &batch, Product::default())?;
-        let mut run = vec![&input.quantize];
+        let mut run = vec![input.quantize()];
         run.extend(ops.iter().map(|m| m.for_tokens(tokens)));
         gpu.run(&run, tokens as u32);
         gpu.read_f32(&out, tokens * self.rows).await

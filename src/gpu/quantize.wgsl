@@ -2,7 +2,8 @@
 // kernels do (`model::int8::quantize_block`): scale = max |v| / 127, level = v / scale rounded
 // to nearest, ties to even. Layout per token (quant.wgsl reads it): each chunk's 32 levels in
 // two 16-byte words, then a word per pair of chunks, (scale, scale · Σ levels) of each.
-// A thread quantizes one chunk; workgroup y is the token.
+// A thread quantizes a chunk; workgroup y is the token. `norm_quantize` first applies the
+// RMS norm (the residual stream into a layer's products: one dispatch instead of two).
 
 struct QuantizeParams {
   cols: u32,
@@ -10,27 +11,70 @@ struct QuantizeParams {
   chunks: u32,
   // Floats from one token's row of x to the next.
   x_stride: u32,
-  _pad: u32,
+  eps: f32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> xq: array<vec4<u32>>;
 @group(0) @binding(2) var<uniform> params: QuantizeParams;
+@group(0) @binding(3) var<storage, read> norm_weight: array<f32>;
 
-@compute @workgroup_size(64)
-fn quantize(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let c = gid.x;
-  let t = gid.y;
-  if (c >= params.chunks) {
-    return;
-  }
+// Chunk c of token t's row of x, zeros past the row's end.
+fn chunk_of(t: u32, c: u32) -> array<f32, 32> {
   var v: array<f32, 32>;
-  var amax = 0.0;
   for (var j = 0u; j < 32u; j++) {
     let col = c * 32u + j;
     if (col < params.cols) {
       v[j] = x[t * params.x_stride + col];
     }
+  }
+  return v;
+}
+
+@compute @workgroup_size(64)
+fn quantize(@builtin(global_invocation_id) gid: vec3<u32>) {
+  if (gid.x < params.chunks) {
+    store_chunk(gid.y, gid.x, chunk_of(gid.y, gid.x));
+  }
+}
+
+var<workgroup> sums: array<f32, 64>;
+
+// x[t] / sqrt(mean(x[t]²) + eps) · weight, quantized: a workgroup per token.
+@compute @workgroup_size(64)
+fn norm_quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let t = wid.y;
+  var s = 0.0;
+  for (var c = lid.x; c < params.chunks; c += 64u) {
+    let v = chunk_of(t, c);
+    for (var j = 0u; j < 32u; j++) {
+      s += v[j] * v[j];
+    }
+  }
+  sums[lid.x] = s;
+  workgroupBarrier();
+  for (var stride = 32u; stride > 0u; stride >>= 1u) {
+    if (lid.x < stride) {
+      sums[lid.x] += sums[lid.x + stride];
+    }
+    workgroupBarrier();
+  }
+  let inv = 1.0 / sqrt(sums[0] / f32(params.cols) + params.eps);
+  for (var c = lid.x; c < params.chunks; c += 64u) {
+    var v = chunk_of(t, c);
+    for (var j = 0u; j < 32u; j++) {
+      let col = c * 32u + j;
+      if (col < params.cols) {
+        v[j] = v[j] * inv * norm_weight[col];
+      }
+    }
+    store_chunk(t, c, v);
+  }
+}
+
+fn store_chunk(t: u32, c: u32, v: array<f32, 32>) {
+  var amax = 0.0;
+  for (var j = 0u; j < 32u; j++) {
     amax = max(amax, abs(v[j]));
   }
   let scale = amax / 127.0;
