@@ -3,7 +3,7 @@
 //! or up to [`CHUNK`] tokens of a prompt, through the matrix-matrix kernel) is one
 //! submission; only a summary of the last token's logits (`logit_summary.wgsl`: the top ones,
 //! normaliser and entropy) and its final hidden state come back.
-use super::quant::{Batch, GpuMatrix, MatOp, Product, QuantizedInput};
+use super::quant::{Batch, GpuMatrix, MatOp, Output, Product, QuantizedInput};
 use super::{bytes_of, Gpu, Groups, Op};
 use crate::generate::SlmStep;
 use crate::model::attention::Rope;
@@ -12,6 +12,7 @@ use crate::model::gguf::tensor;
 use crate::sampler::TopLogits;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::QTensor;
 use candle_core::Device;
 use std::io::{Read, Seek};
 
@@ -62,17 +63,17 @@ impl Params {
 struct LayerOps {
     /// RMS norm and quantization of the residual stream into `normed_in`.
     attn_norm: Op,
-    q: Vec<MatOp>,
-    k: Vec<MatOp>,
-    v: Vec<MatOp>,
+    /// q, k and v: one stacked product where their layouts agree, else three.
+    qkv: Vec<MatOp>,
     rope_q: Op,
     rope_k: Op,
     attention: Op,
     o: Vec<MatOp>,
     ffn_norm: Op,
-    gate: Vec<MatOp>,
-    up: Vec<MatOp>,
-    silu: Op,
+    /// silu(gate) · up into `gate`: one gated product where their layouts agree, else the
+    /// two products and `silu`.
+    gate_up: Vec<MatOp>,
+    silu: Option<Op>,
     down: Vec<MatOp>,
 }
 
@@ -131,7 +132,8 @@ impl GpuDecoder {
         let upload = |name: &str, reader: &mut R| -> Result<GpuMatrix> { GpuMatrix::upload(&gpu, name, &tensor(content, reader, name, &Device::Cpu)?) };
         let floats = |name: &str, reader: &mut R| -> Result<wgpu::Buffer> {
             let values = tensor(content, reader, name, &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-            gpu.storage(name, bytes_of(&values), wgpu::BufferUsages::empty())
+            // Copyable: products copy their biases side by side.
+            gpu.storage(name, bytes_of(&values), wgpu::BufferUsages::COPY_SRC)
         };
         // Activations: a row per token of the step.
         let rows = |label: &str, width: usize| gpu.output(label, CHUNK * width);
@@ -172,21 +174,48 @@ impl GpuDecoder {
                 }
             };
             let (k_cache, v_cache) = (gpu.output("k cache", positions * kv_row), gpu.output("v cache", positions * kv_row));
-            let (wq, bq) = (upload(&name("attn_q.weight"), reader)?, bias("attn_q", reader)?);
-            let (wk, bk) = (upload(&name("attn_k.weight"), reader)?, bias("attn_k", reader)?);
-            let (wv, bv) = (upload(&name("attn_v.weight"), reader)?, bias("attn_v", reader)?);
+            let read = |n: &str, reader: &mut R| tensor(content, reader, &name(n), &Device::Cpu);
+            let (tq, bq) = (read("attn_q.weight", reader)?, bias("attn_q", reader)?);
+            let (tk, bk) = (read("attn_k.weight", reader)?, bias("attn_k", reader)?);
+            let (tv, bv) = (read("attn_v.weight", reader)?, bias("attn_v", reader)?);
             let wo = upload(&name("attn_output.weight"), reader)?;
-            let (wg, wu, wd) = (upload(&name("ffn_gate.weight"), reader)?, upload(&name("ffn_up.weight"), reader)?, upload(&name("ffn_down.weight"), reader)?);
+            let (tg, tu, wd) = (read("ffn_gate.weight", reader)?, read("ffn_up.weight", reader)?, upload(&name("ffn_down.weight"), reader)?);
             let (attn_norm_w, ffn_norm_w) = (floats(&name("attn_norm.weight"), reader)?, floats(&name("ffn_norm.weight"), reader)?);
-            let product = |m: &GpuMatrix, x: &QuantizedInput, y: &wgpu::Buffer, p: Product| m.product_ops(&gpu, x, y, &batch, p);
+            let output = |y, product| Output { y, product };
             // K and V go straight into the layer's cache at the step's positions.
             let cached = |bias| Product { bias, at_position: true, ..Default::default() };
-            let residual = Product { accumulate: true, ..Default::default() };
+            let residual = [output(&x, Product { accumulate: true, ..Default::default() })];
+            let qkv_outputs = [output(&q, Product { bias: bq.as_ref(), ..Default::default() }), output(&k_cache, cached(bk.as_ref())), output(&v_cache, cached(bv.as_ref()))];
+            // Matrices that cannot be stacked (different layouts) each get their own product.
+            let mut products = |stacked: Option<GpuMatrix>, each: &[(&QTensor, &str, Output)]| -> Result<Vec<MatOp>> {
+                if let Some(m) = stacked {
+                    let outputs: Vec<Output> = each.iter().map(|e| e.2).collect();
+                    let ops = m.product_ops(&gpu, &normed_in, &outputs[..outputs.len().min(m.outputs())], &batch)?;
+                    matrices.push(m);
+                    return Ok(ops);
+                }
+                let mut ops = Vec::new();
+                for (t, n, o) in each {
+                    let m = GpuMatrix::upload(&gpu, &name(n), t)?;
+                    ops.extend(m.product_ops(&gpu, &normed_in, &[*o], &batch)?);
+                    matrices.push(m);
+                }
+                Ok(ops)
+            };
+            let qkv = products(
+                GpuMatrix::stack(&gpu, &name("attn_qkv"), &[&tq, &tk, &tv])?,
+                &[(&tq, "attn_q.weight", qkv_outputs[0]), (&tk, "attn_k.weight", qkv_outputs[1]), (&tv, "attn_v.weight", qkv_outputs[2])],
+            )?;
+            let gated = GpuMatrix::stack_gated(&gpu, &name("ffn_gate_up"), &tg, &tu)?;
+            let silu = match gated {
+                Some(_) => None,
+                None => Some(gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up), (2, &silu_params)], Groups::per_token(across(c.n_ff))).named("silu_mul")),
+            };
+            let plain = Product::default();
+            let gate_up = products(gated, &[(&tg, "ffn_gate.weight", output(&gate, plain)), (&tu, "ffn_up.weight", output(&up, plain))])?;
             let ops = LayerOps {
                 attn_norm: normed_in.normed_op(&gpu, &x, &attn_norm_w, c.rms_eps),
-                q: product(&wq, &normed_in, &q, Product { bias: bq.as_ref(), ..Default::default() })?,
-                k: product(&wk, &normed_in, &k_cache, cached(bk.as_ref()))?,
-                v: product(&wv, &normed_in, &v_cache, cached(bv.as_ref()))?,
+                qkv,
                 rope_q: gpu.op(kernel(&gpu, "rope"), &[(0, &q), (1, &rope_table), (2, &q_step)], Groups::per_token(across(c.n_head * half))).named("rope"),
                 rope_k: gpu
                     .op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table), (2, &k_step)], Groups::per_token(across(c.n_head_kv * half)))
@@ -194,15 +223,14 @@ impl GpuDecoder {
                 attention: gpu
                     .op(gpu.pipeline(&format!("attention-{hd}"), || format!("const HD4: u32 = {}u;\n{PARAMS}\n{}", hd / 4, include_str!("attention.wgsl")), "attention"), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)], Groups::per_token(c.n_head as u32))
                     .named("attention"),
-                o: product(&wo, &attention_in, &x, residual)?,
+                o: wo.product_ops(&gpu, &attention_in, &residual, &batch)?,
                 ffn_norm: normed_in.normed_op(&gpu, &x, &ffn_norm_w, c.rms_eps),
-                gate: product(&wg, &normed_in, &gate, Product::default())?,
-                up: product(&wu, &normed_in, &up, Product::default())?,
-                silu: gpu.op(kernel(&gpu, "silu_mul"), &[(0, &gate), (1, &up), (2, &silu_params)], Groups::per_token(across(c.n_ff))).named("silu_mul"),
-                down: product(&wd, &ffn_in, &x, residual)?,
+                gate_up,
+                silu,
+                down: wd.product_ops(&gpu, &ffn_in, &residual, &batch)?,
             };
             layers.push(ops);
-            matrices.extend([wq, wk, wv, wo, wg, wu, wd]);
+            matrices.extend([wo, wd]);
         }
         let hidden = gpu.output("hidden", d);
         let output_params = norm_params;
@@ -218,7 +246,7 @@ impl GpuDecoder {
         let vocab = output_matrix.as_ref().unwrap_or(&embedding).rows;
         let logits = gpu.output("logits", vocab);
         let hidden_in = QuantizedInput::new(&gpu, &hidden, d, 1);
-        let output = output_matrix.as_ref().unwrap_or(&embedding).product_ops(&gpu, &hidden_in, &logits, &batch, Product::default())?;
+        let output = output_matrix.as_ref().unwrap_or(&embedding).product_ops(&gpu, &hidden_in, &[Output { y: &logits, product: Product::default() }], &batch)?;
         let (summarize, summary) = summary_op(&gpu, &logits, vocab);
         matrices.push(embedding);
         matrices.extend(output_matrix);
@@ -357,12 +385,13 @@ impl GpuDecoder {
         let mut ops: Vec<&Op> = self.embed.iter().collect();
         for l in &self.layers {
             ops.push(&l.attn_norm);
-            ops.extend(product(&l.q).into_iter().chain(product(&l.k)).chain(product(&l.v)));
+            ops.extend(product(&l.qkv));
             ops.extend([&l.rope_q, &l.rope_k, &l.attention, self.attention_in.quantize()]);
             ops.extend(product(&l.o));
             ops.push(&l.ffn_norm);
-            ops.extend(product(&l.gate).into_iter().chain(product(&l.up)));
-            ops.extend([&l.silu, self.ffn_in.quantize()]);
+            ops.extend(product(&l.gate_up));
+            ops.extend(l.silu.iter());
+            ops.push(self.ffn_in.quantize());
             ops.extend(product(&l.down));
         }
         if last {

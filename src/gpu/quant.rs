@@ -141,45 +141,36 @@ fn decode_block(dtype: GgmlDType, b: &[u8], levels: &mut Vec<i32>, runs: &mut Ve
     }
 }
 
-/// Rows of a GGUF matrix in a layout: each row's levels (chunk after chunk, `chunks` of them,
-/// an even count: a row's last chunk may be padding of zeros), then each row's scales, a
-/// 16-byte word per pair of chunks: `(scale, offset)` of both (Q4) or the scales of their four
-/// 16-value halves (Q8).
-fn repack(dtype: GgmlDType, layout: Layout, bytes: &[u8], rows: usize, cols: usize, chunks: usize) -> Vec<u32> {
-    let row_bytes = bytes.len() / rows;
-    let block_bytes = dtype.type_size();
-    let mut levels_out = Vec::with_capacity(rows * chunks * 4 * layout.level_words());
-    let mut scales_out = Vec::with_capacity(rows * chunks * 2);
-    let (mut levels, mut runs) = (Vec::with_capacity(cols), Vec::with_capacity(cols / 16));
-    for row in bytes.chunks_exact(row_bytes) {
-        levels.clear();
-        runs.clear();
-        for block in row.chunks_exact(block_bytes) {
-            decode_block(dtype, block, &mut levels, &mut runs);
-        }
-        levels.resize(chunks * CHUNK_VALUES, 0);
-        runs.resize(chunks * 2, (0.0, 0.0));
-        for c in 0..chunks {
-            let l = &levels[c * CHUNK_VALUES..(c + 1) * CHUNK_VALUES];
-            match layout {
-                Layout::Q4 => {
-                    for k in 0..4 {
-                        levels_out.push((0..4).map(|b| ((l[4 * k + b] | (l[16 + 4 * k + b] << 4)) as u32) << (8 * b)).sum());
-                    }
-                    let (scale, offset) = runs[2 * c];
-                    scales_out.extend([scale.to_bits(), offset.to_bits()]);
+/// One GGUF row in a layout, appended: its levels (chunk after chunk, `chunks` of them, an
+/// even count: the last may be padding of zeros) to `levels_out`, its scales, a 16-byte word
+/// per pair of chunks, to `scales_out`: `(scale, offset)` of both chunks (Q4) or the scales of
+/// their four 16-value halves (Q8). A part's buffer is every row's levels, then every row's
+/// scales.
+fn repack_row(dtype: GgmlDType, layout: Layout, row: &[u8], chunks: usize, levels_out: &mut Vec<u32>, scales_out: &mut Vec<u32>) {
+    let (mut levels, mut runs) = (Vec::with_capacity(chunks * CHUNK_VALUES), Vec::with_capacity(chunks * 2));
+    for block in row.chunks_exact(dtype.type_size()) {
+        decode_block(dtype, block, &mut levels, &mut runs);
+    }
+    levels.resize(chunks * CHUNK_VALUES, 0);
+    runs.resize(chunks * 2, (0.0, 0.0));
+    for c in 0..chunks {
+        let l = &levels[c * CHUNK_VALUES..(c + 1) * CHUNK_VALUES];
+        match layout {
+            Layout::Q4 => {
+                for k in 0..4 {
+                    levels_out.push((0..4).map(|b| ((l[4 * k + b] | (l[16 + 4 * k + b] << 4)) as u32) << (8 * b)).sum());
                 }
-                Layout::Q8 => {
-                    for k in 0..8 {
-                        levels_out.push((0..4).map(|b| ((l[4 * k + b] as u8) as u32) << (8 * b)).sum());
-                    }
-                    scales_out.extend([runs[2 * c].0.to_bits(), runs[2 * c + 1].0.to_bits()]);
+                let (scale, offset) = runs[2 * c];
+                scales_out.extend([scale.to_bits(), offset.to_bits()]);
+            }
+            Layout::Q8 => {
+                for k in 0..8 {
+                    levels_out.push((0..4).map(|b| ((l[4 * k + b] as u8) as u32) << (8 * b)).sum());
                 }
+                scales_out.extend([runs[2 * c].0.to_bits(), runs[2 * c + 1].0.to_bits()]);
             }
         }
     }
-    levels_out.extend(scales_out);
-    levels_out
 }
 
 /// The step every matrix op of a decoder reads (`Batch` in quant.wgsl): how many token rows
@@ -215,7 +206,8 @@ struct Part {
     words: wgpu::Buffer,
 }
 
-/// A `(rows, cols)` matrix of one quantized format, repacked into its layout.
+/// A `(rows, cols)` matrix repacked into one layout: one GGUF matrix, or several stacked so
+/// that one dispatch computes them all (`stack`, `stack_gated`).
 pub struct GpuMatrix {
     pub dtype: GgmlDType,
     layout: Layout,
@@ -224,6 +216,17 @@ pub struct GpuMatrix {
     /// 32-value chunks per row, rounded up to even (the kernels step through pairs).
     chunks: usize,
     parts: Vec<Part>,
+    /// The stacked matrices' rows (one entry for a single matrix): where each one's outputs go.
+    segments: Vec<usize>,
+    /// Gate and up rows interleaved: the product is silu(gate · x) · (up · x), a row per pair.
+    gated: bool,
+}
+
+/// Where a product's output rows go: one buffer per stacked matrix.
+#[derive(Clone, Copy)]
+pub struct Output<'a> {
+    pub y: &'a wgpu::Buffer,
+    pub product: Product<'a>,
 }
 
 /// Chunks of a row of `cols` values as the kernels step through them: pairs.
@@ -296,70 +299,149 @@ impl MatOp {
 
 impl GpuMatrix {
     pub fn upload(gpu: &Gpu, name: &str, tensor: &QTensor) -> Result<Self> {
-        let dtype = tensor.dtype();
+        Self::build(gpu, name, &[tensor], false)
+    }
+
+    /// Up to three matrices of the same width and layout as one: a product computes all of
+    /// them in one dispatch, each into its own output (q, k and v). `None` when they differ.
+    pub fn stack(gpu: &Gpu, name: &str, tensors: &[&QTensor]) -> Result<Option<Self>> {
+        if tensors.len() > 3 || !Self::stackable(tensors)? {
+            return Ok(None);
+        }
+        Self::build(gpu, name, tensors, false).map(Some)
+    }
+
+    /// Gate and up as one matrix whose product is silu(gate · x) · (up · x), the FFN's
+    /// activation (one dispatch instead of three). `None` when their layouts differ.
+    pub fn stack_gated(gpu: &Gpu, name: &str, gate: &QTensor, up: &QTensor) -> Result<Option<Self>> {
+        if !Self::stackable(&[gate, up])? || gate.shape() != up.shape() {
+            return Ok(None);
+        }
+        Self::build(gpu, name, &[gate, up], true).map(Some)
+    }
+
+    fn stackable(tensors: &[&QTensor]) -> Result<bool> {
+        let first = tensors[0];
+        let cols = first.shape().dims2()?.1;
+        for t in tensors {
+            if Layout::of(t.dtype())? != Layout::of(first.dtype())? || t.shape().dims2()?.1 != cols {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The rows of `tensors` repacked into parts: one matrix after another, or with `gated`
+    /// the two interleaved row by row (a part always holds whole pairs).
+    fn build(gpu: &Gpu, name: &str, tensors: &[&QTensor], gated: bool) -> Result<Self> {
+        let dtype = tensors[0].dtype();
         let layout = Layout::of(dtype)?;
-        let (rows, cols) = tensor.shape().dims2()?;
-        let bytes = tensor.data()?;
+        let shapes: Vec<(usize, usize)> = tensors.iter().map(|t| t.shape().dims2()).collect::<candle_core::Result<_>>()?;
+        let cols = shapes[0].1;
+        let data: Vec<_> = tensors.iter().map(|t| t.data()).collect::<candle_core::Result<_>>()?;
+        // (matrix, row) in the order of the stacked matrix's rows.
+        let order: Vec<(usize, usize)> = match gated {
+            true => (0..shapes[0].0).flat_map(|r| [(0, r), (1, r)]).collect(),
+            false => shapes.iter().enumerate().flat_map(|(i, &(rows, _))| (0..rows).map(move |r| (i, r))).collect(),
+        };
+        let rows = order.len();
         let chunks = chunks_of(cols);
         // Levels and scales of a row, in bytes.
         let row_bytes = chunks * 16 * layout.level_words() + chunks / 2 * 16;
         let limit = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size) as usize;
-        let rows_per_part = (limit / row_bytes).max(1);
-        let gguf_row = bytes.len() / rows;
+        let rows_per_part = if gated { (limit / row_bytes / 2 * 2).max(2) } else { (limit / row_bytes).max(1) };
         let parts = (0..rows)
             .step_by(rows_per_part)
             .map(|first_row| {
                 let n = rows_per_part.min(rows - first_row);
-                let words = repack(dtype, layout, &bytes[first_row * gguf_row..(first_row + n) * gguf_row], n, cols, chunks);
-                let words = gpu.storage(name, bytes_of(&words), wgpu::BufferUsages::empty())?;
+                let (mut levels, mut scales) = (Vec::with_capacity(n * row_bytes / 4), Vec::with_capacity(n * chunks * 2));
+                for &(t, r) in &order[first_row..first_row + n] {
+                    let gguf_row = data[t].len() / shapes[t].0;
+                    repack_row(tensors[t].dtype(), layout, &data[t][r * gguf_row..(r + 1) * gguf_row], chunks, &mut levels, &mut scales);
+                }
+                levels.extend(scales);
+                let words = gpu.storage(name, bytes_of(&levels), wgpu::BufferUsages::empty())?;
                 Ok(Part { first_row, rows: n, words })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { dtype, layout, rows, cols, chunks, parts })
+        let segments = if gated { vec![rows / 2] } else { shapes.iter().map(|s| s.0).collect() };
+        Ok(Self { dtype, layout, rows, cols, chunks, parts, segments, gated })
+    }
+
+    /// Outputs a product writes: one per stacked matrix, one for a gated pair.
+    pub fn outputs(&self) -> usize {
+        self.segments.len()
     }
 
     /// The kernel `entry` for this layout, with `tokens` per thread (the prefill's tile).
     fn pipeline(&self, gpu: &Gpu, entry: &str, tokens: u32) -> std::sync::Arc<wgpu::ComputePipeline> {
         let layout = self.layout as u32;
         let threads = product_threads(gpu);
-        gpu.pipeline(&format!("quant-{layout}-{tokens}"), || {
-            format!("const LAYOUT: u32 = {layout}u;\nconst WG: u32 = {threads}u;\nconst R: u32 = {ROWS_PER_THREAD}u;\nconst TT: u32 = {tokens}u;\n{SOURCE}")
+        let gated = self.gated;
+        gpu.pipeline(&format!("quant-{layout}-{tokens}-{gated}"), || {
+            format!(
+                "const LAYOUT: u32 = {layout}u;\nconst WG: u32 = {threads}u;\nconst R: u32 = {ROWS_PER_THREAD}u;\nconst TT: u32 = {tokens}u;\nconst GATED: bool = {gated};\n{SOURCE}"
+            )
         }, entry)
     }
 
-    /// The `Dims` uniform of a part (quant.wgsl).
-    fn dims(&self, gpu: &Gpu, part: &Part, flags: u32, groups_per_y: u32) -> wgpu::Buffer {
+    /// The `Dims` uniform of a part (quant.wgsl), with each output's flags.
+    fn dims(&self, gpu: &Gpu, part: &Part, flags: [u32; 3], groups_per_y: u32) -> wgpu::Buffer {
         let scale_base = part.rows * self.chunks * self.layout.level_words();
-        let dims = [part.rows, self.cols, self.chunks, scale_base, groups_per_y as usize, part.first_row, 0, flags as usize, self.rows, 0, 0, 0];
-        gpu.uniform("dims", bytes_of(&dims.map(|v| v as u32)))
+        let (mut ends, mut strides) = ([u32::MAX; 4], [0u32; 4]);
+        let mut end = 0;
+        for (i, &rows) in self.segments.iter().enumerate() {
+            end += rows as u32;
+            (ends[i], strides[i]) = (end, rows as u32);
+        }
+        let head = [part.rows, self.cols, self.chunks, scale_base, groups_per_y as usize, part.first_row, 0, 0].map(|v| v as u32);
+        let words: Vec<u32> = head.into_iter().chain(ends).chain(flags).chain([0]).chain(strides).collect();
+        gpu.uniform("dims", bytes_of(&words))
     }
 
-    /// `Y = X Wᵀ` for the step's token rows of the quantized `x` (with `product`'s bias,
-    /// accumulation and placement): one op per part.
-    pub fn product_ops(&self, gpu: &Gpu, x: &QuantizedInput, y: &wgpu::Buffer, batch: &Batch, product: Product) -> Result<Vec<MatOp>> {
+    /// `Y = X Wᵀ` for the step's token rows of the quantized `x`, each stacked matrix into its
+    /// output (with its bias, accumulation and placement): one op per part.
+    pub fn product_ops(&self, gpu: &Gpu, x: &QuantizedInput, outputs: &[Output], batch: &Batch) -> Result<Vec<MatOp>> {
         if x.cols != self.cols {
             return Err(Error::Gpu(format!("a product of a {}-column matrix with {}-value input rows", self.cols, x.cols)));
         }
-        // The kernels read their bias binding only when the flag says so, but it must be bound.
-        let no_bias;
-        let bias = match product.bias {
-            Some(bias) => bias,
-            None => {
-                no_bias = gpu.storage("no bias", &[0; 4], wgpu::BufferUsages::empty())?;
-                &no_bias
+        if outputs.len() != self.segments.len() {
+            return Err(Error::Gpu(format!("{} outputs for {} stacked matrices", outputs.len(), self.segments.len())));
+        }
+        let mut flags = [0u32; 3];
+        for (i, o) in outputs.iter().enumerate() {
+            flags[i] = u32::from(o.product.bias.is_some()) | (u32::from(o.product.accumulate) << 1) | (u32::from(o.product.at_position) << 2);
+        }
+        // One bias value per output row, side by side (zeros where a matrix has none; the
+        // kernel reads them only where a flag says so), copied together once.
+        let total: usize = self.segments.iter().sum();
+        let bias = gpu.output("bias", total);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let mut at = 0u64;
+        for (o, &rows) in outputs.iter().zip(&self.segments) {
+            if let Some(b) = o.product.bias {
+                encoder.copy_buffer_to_buffer(b, 0, &bias, at, rows as u64 * 4);
             }
-        };
-        let flags = u32::from(product.bias.is_some()) | (u32::from(product.accumulate) << 1) | (u32::from(product.at_position) << 2);
+            at += rows as u64 * 4;
+        }
+        gpu.queue.submit([encoder.finish()]);
         let weight_bytes = (self.chunks * 16 * self.layout.level_words() + self.chunks / 2 * 16) as u64;
+        // Every output binding is bound: unused ones to the first output.
+        let y = |i: usize| outputs.get(i).unwrap_or(&outputs[0]).y;
+        let kind = match (self.gated, self.segments.len()) {
+            (true, _) => "gated ",
+            (false, 1) => "",
+            _ => "stacked ",
+        };
         Ok(self
             .parts
             .iter()
             .map(|part| {
                 let groups = (part.rows as u32).div_ceil(product_threads(gpu) * ROWS_PER_THREAD);
                 let dims = self.dims(gpu, part, flags, 0);
-                let buffers = [(0, &part.words), (1, &x.buffer), (2, y), (3, &dims), (4, bias), (5, &batch.buffer)];
+                let buffers = [(0, &part.words), (1, &x.buffer), (2, y(0)), (7, y(1)), (8, y(2)), (3, &dims), (4, &bias), (5, &batch.buffer)];
                 let costed = |op: Op, kernel: &str| Op {
-                    kind: format!("{kernel} {:?}", self.dtype),
+                    kind: format!("{kernel} {kind}{:?}", self.dtype),
                     weight_bytes: part.rows as u64 * weight_bytes,
                     flops_per_token: 2 * (part.rows * self.cols) as u64,
                     ..op
@@ -377,7 +459,7 @@ impl GpuMatrix {
         self.parts
             .iter()
             .map(|part| {
-                let dims = self.dims(gpu, part, 0, 0);
+                let dims = self.dims(gpu, part, [0; 3], 0);
                 let buffers = [(0, &part.words), (2, y), (3, &dims), (5, &batch.buffer), (6, ids)];
                 gpu.op(self.pipeline(gpu, "gather", 1), &buffers, Groups::per_token((self.chunks as u32).div_ceil(64))).named("embedding")
             })
@@ -392,7 +474,7 @@ impl GpuMatrix {
             .iter()
             .map(|part| {
                 let (groups, per_y) = spread(part.rows as u32);
-                let dims = self.dims(gpu, part, 0, per_y);
+                let dims = self.dims(gpu, part, [0; 3], per_y);
                 gpu.op(self.pipeline(gpu, "dequantize", 1), &[(0, &part.words), (2, &out), (3, &dims)], groups)
             })
             .collect();
@@ -412,7 +494,7 @@ impl GpuMatrix {
         let x = gpu.storage("x", bytes_of(x), wgpu::BufferUsages::empty())?;
         let input = QuantizedInput::new(gpu, &x, self.cols, tokens);
         let out = gpu.output("y", tokens * self.rows);
-        let ops = self.product_ops(gpu, &input, &out, &batch, Product::default())?;
+        let ops = self.product_ops(gpu, &input, &[Output { y: &out, product: Product::default() }], &batch)?;
         let mut run = vec![input.quantize()];
         run.extend(ops.iter().map(|m| m.for_tokens(tokens)));
         gpu.run(&run, tokens as u32);

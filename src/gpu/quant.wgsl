@@ -3,6 +3,7 @@
 //   const WG: u32 = …;      // threads of a product workgroup
 //   const R: u32 = …;       // rows each thread computes
 //   const TT: u32 = …;      // tokens each thread computes them for (1 for a decode step)
+//   const GATED: bool = …;  // rows are (gate, up) pairs: the output is silu(gate) · up
 //
 // A part's words: every row's levels, a 16-byte word per chunk of 32 values (two for 8-bit),
 // then from `scale_base` every row's scales, a word per pair of chunks. Inputs come quantized
@@ -25,19 +26,20 @@ struct Dims {
   scale_base: u32,
   // Workgroups per dispatch column (dequantize): a dispatch dimension holds at most 65535.
   groups_per_y: u32,
-  // The part's first row in the whole matrix: where its outputs and bias start, and the
-  // token ids a gather of this part serves.
+  // The part's first row in the whole matrix: where its outputs start, and the token ids a
+  // gather of this part serves.
   first_row: u32,
-  // Where the output starts in y.
-  y_offset: u32,
-  // Bit 0: add bias[first_row + row]. Bit 1: add to y instead of overwriting it (the residual
-  // stream). Bit 2: token t's output goes to row batch.pos + t (k and v, into the KV cache).
-  flags: u32,
-  // Floats per token row of y: the whole matrix's rows.
-  y_stride: u32,
   _pad0: u32,
   _pad1: u32,
-  _pad2: u32,
+  // Stacked matrices (q, k, v): output row r belongs to the first whose `ends` is above it,
+  // and goes to that one's output (y, y1, y2) with its flags and row stride. Output rows are
+  // matrix rows, or pairs of them with GATED.
+  ends: vec4<u32>,
+  // Bit 0: add bias[r]. Bit 1: add to y instead of overwriting it (the residual stream).
+  // Bit 2: token t's output goes to row batch.pos + t (k and v, into the KV cache).
+  flags: vec4<u32>,
+  // Floats per token row of each output: its matrix's rows.
+  strides: vec4<u32>,
 }
 
 // What changes between steps, shared by every matrix op of the decoder.
@@ -57,6 +59,8 @@ struct Batch {
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<uniform> batch: Batch;
 @group(0) @binding(6) var<storage, read> ids: array<u32>;
+@group(0) @binding(7) var<storage, read_write> y1: array<f32>;
+@group(0) @binding(8) var<storage, read_write> y2: array<f32>;
 
 // The scales word of pair p of a row.
 fn scales_of(row: u32, p: u32) -> vec4<f32> {
@@ -101,7 +105,7 @@ fn dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
   if (row >= dims.rows) {
     return;
   }
-  let out = dims.y_offset + (dims.first_row + row) * dims.cols;
+  let out = (dims.first_row + row) * dims.cols;
   for (var c = lid.x; c * 32u < dims.cols; c += 64u) {
     let v = dequant_chunk(row, c);
     for (var j = 0u; j < 32u; j++) {
@@ -121,27 +125,46 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
     return;
   }
   let v = dequant_chunk(id - dims.first_row, c);
-  let out = dims.y_offset + t * dims.cols + c * 32u;
+  let out = t * dims.cols + c * 32u;
   for (var j = 0u; j < 32u; j++) {
     y[out + j] = v[j];
   }
 }
 
-// Where token t's output of matrix row `row` (of this part) goes, with bias and accumulation.
-fn store(t: u32, row: u32, value: f32) {
-  var r = value;
-  if ((dims.flags & 1u) != 0u) {
-    r += bias[dims.first_row + row];
+// Token t's output `r` (a row of the whole stacked matrix, or a pair with GATED) into its
+// matrix's output, with bias and accumulation.
+fn store(t: u32, r: u32, value: f32) {
+  var m = 0u;
+  var start = 0u;
+  if (r >= dims.ends.x) {
+    m = 1u;
+    start = dims.ends.x;
+  }
+  if (r >= dims.ends.y) {
+    m = 2u;
+    start = dims.ends.y;
+  }
+  let flags = dims.flags[m];
+  var v = value;
+  if ((flags & 1u) != 0u) {
+    v += bias[r];
   }
   var slot = t;
-  if ((dims.flags & 4u) != 0u) {
+  if ((flags & 4u) != 0u) {
     slot += batch.pos;
   }
-  let at = dims.y_offset + slot * dims.y_stride + dims.first_row + row;
-  if ((dims.flags & 2u) != 0u) {
-    r += y[at];
+  let at = slot * dims.strides[m] + r - start;
+  let accumulate = (flags & 2u) != 0u;
+  if (m == 0u) {
+    if (accumulate) { v += y[at]; }
+    y[at] = v;
+  } else if (m == 1u) {
+    if (accumulate) { v += y1[at]; }
+    y1[at] = v;
+  } else {
+    if (accumulate) { v += y2[at]; }
+    y2[at] = v;
   }
-  y[at] = r;
 }
 
 // Σ level·x over a chunk of 4-bit levels `q` (byte j: levels j and j + 16) and input levels
@@ -212,10 +235,22 @@ fn product(@builtin(global_invocation_id) gid: vec3<u32>) {
       }
     }
   }
-  for (var r = 0u; r < R; r++) {
-    for (var t = 0u; t < TT; t++) {
-      if (row0 + r < dims.rows && t0 + t < batch.tokens) {
-        store(t0 + t, row0 + r, acc[r][t]);
+  for (var t = 0u; t < TT; t++) {
+    if (t0 + t < batch.tokens) {
+      if (GATED) {
+        // Rows 2i and 2i + 1 are gate and up of output i (R is even, row0 too).
+        for (var r = 0u; r < R; r += 2u) {
+          if (row0 + r < dims.rows) {
+            let g = acc[r][t];
+            store(t0 + t, (dims.first_row + row0 + r) / 2u, g / (1.0 + exp(-g)) * acc[r + 1u][t]);
+          }
+        }
+      } else {
+        for (var r = 0u; r < R; r++) {
+          if (row0 + r < dims.rows) {
+            store(t0 + t, dims.first_row + row0 + r, acc[r][t]);
+          }
+        }
       }
     }
   }

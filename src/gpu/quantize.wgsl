@@ -14,18 +14,19 @@ struct QuantizeParams {
   eps: f32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> xq: array<vec4<u32>>;
 @group(0) @binding(2) var<uniform> params: QuantizeParams;
-@group(0) @binding(3) var<storage, read> norm_weight: array<f32>;
+@group(0) @binding(3) var<storage, read> norm_weight: array<vec4<f32>>;
 
-// Chunk c of token t's row of x, zeros past the row's end.
-fn chunk_of(t: u32, c: u32) -> array<f32, 32> {
-  var v: array<f32, 32>;
-  for (var j = 0u; j < 32u; j++) {
-    let col = c * 32u + j;
-    if (col < params.cols) {
-      v[j] = x[t * params.x_stride + col];
+// Chunk c of token t's row of x as 8 vec4s, zeros past the row's end (cols and x_stride are
+// multiples of 4). Loops of constant count unroll, so the arrays stay in registers: on a
+// software adapter an array indexed at run time lives in memory, every access a gather.
+fn chunk_of(t: u32, c: u32) -> array<vec4<f32>, 8> {
+  var v: array<vec4<f32>, 8>;
+  for (var k = 0u; k < 8u; k++) {
+    if (c * 32u + 4u * k < params.cols) {
+      v[k] = x[(t * params.x_stride) / 4u + c * 8u + k];
     }
   }
   return v;
@@ -47,8 +48,8 @@ fn norm_quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
   var s = 0.0;
   for (var c = lid.x; c < params.chunks; c += 64u) {
     let v = chunk_of(t, c);
-    for (var j = 0u; j < 32u; j++) {
-      s += v[j] * v[j];
+    for (var k = 0u; k < 8u; k++) {
+      s += dot(v[k], v[k]);
     }
   }
   sums[lid.x] = s;
@@ -62,29 +63,28 @@ fn norm_quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
   let inv = 1.0 / sqrt(sums[0] / f32(params.cols) + params.eps);
   for (var c = lid.x; c < params.chunks; c += 64u) {
     var v = chunk_of(t, c);
-    for (var j = 0u; j < 32u; j++) {
-      let col = c * 32u + j;
-      if (col < params.cols) {
-        v[j] = v[j] * inv * norm_weight[col];
+    for (var k = 0u; k < 8u; k++) {
+      if (c * 32u + 4u * k < params.cols) {
+        v[k] = v[k] * inv * norm_weight[c * 8u + k];
       }
     }
     store_chunk(t, c, v);
   }
 }
 
-fn store_chunk(t: u32, c: u32, v: array<f32, 32>) {
-  var amax = 0.0;
-  for (var j = 0u; j < 32u; j++) {
-    amax = max(amax, abs(v[j]));
+fn store_chunk(t: u32, c: u32, v: array<vec4<f32>, 8>) {
+  var m = vec4<f32>(0.0);
+  for (var k = 0u; k < 8u; k++) {
+    m = max(m, abs(v[k]));
   }
-  let scale = amax / 127.0;
+  let scale = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;
   let inverse = select(0.0, 1.0 / scale, scale > 0.0);
   var words: array<u32, 8>;
-  var sum = 0i;
-  for (var j = 0u; j < 32u; j++) {
-    let level = i32(round(v[j] * inverse));
+  var sum = vec4<i32>(0);
+  for (var k = 0u; k < 8u; k++) {
+    let level = vec4<i32>(round(v[k] * inverse));
     sum += level;
-    words[j / 4u] |= (bitcast<u32>(level) & 0xffu) << (8u * (j % 4u));
+    words[k] = pack4xI8(level);
   }
   let stride = params.chunks * 2u + params.chunks / 2u;
   let base = t * stride;
@@ -93,5 +93,5 @@ fn store_chunk(t: u32, c: u32, v: array<f32, 32>) {
   let s = base + params.chunks * 2u + c / 2u;
   let k = (c % 2u) * 2u;
   xq[s][k] = bitcast<u32>(scale);
-  xq[s][k + 1u] = bitcast<u32>(scale * f32(sum));
+  xq[s][k + 1u] = bitcast<u32>(scale * f32(sum.x + sum.y + sum.z + sum.w));
 }
