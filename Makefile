@@ -88,6 +88,7 @@ test-e2e:
 	$(CARGO) build --quiet
 	node tests/e2e/app.test.mjs
 	node tests/e2e/extension.test.mjs
+	node tests/e2e/backend.test.mjs
 
 ## Slow checks kept out of CI's time budget: parity and llama.cpp agreement on qwen2.5-coder-1.5b.
 test-slow:

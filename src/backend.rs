@@ -1,6 +1,8 @@
-//! Where the small model runs: on the GPU when an adapter can take it, else on the CPU. A GPU
-//! that fails mid-answer (a lost device, an error it reports) hands over to the CPU, which
-//! recomputes the conversation so far and goes on: the answer is not lost.
+//! Where the small model runs: on the GPU when an adapter can take it and is the faster, else
+//! on the CPU. A software adapter (SwiftShader, lavapipe) is not used unless asked for; on a
+//! hardware one a short calibration times both. A GPU that fails mid-answer (a lost device, an
+//! error it reports, its KV cache full) hands over to the CPU, which recomputes the
+//! conversation so far and goes on: the answer is not lost.
 use crate::generate::{Slm, SlmStep};
 use crate::gpu::decoder::GpuDecoder;
 use crate::gpu::Gpu;
@@ -9,6 +11,38 @@ use crate::model::gguf;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 use std::io::Cursor;
+use web_time::Instant;
+
+/// How the small model picks its backend (the web app's `?gpu=` and the engine's `gpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuChoice {
+    /// The CPU.
+    Off,
+    /// The GPU when its adapter is hardware and a few timed decode steps find it faster than
+    /// the CPU.
+    Auto,
+    /// The GPU whenever it can take the model, a software adapter too.
+    Force,
+}
+
+impl std::str::FromStr for GpuChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" => Ok(Self::Off),
+            "auto" => Ok(Self::Auto),
+            "force" => Ok(Self::Force),
+            other => Err(Error::InvalidInput(format!("gpu is auto, force or off, not `{other}`"))),
+        }
+    }
+}
+
+/// Decode speeds measured at load, GPU against CPU, on this device and model.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Calibration {
+    pub gpu_tok_s: f64,
+    pub cpu_tok_s: f64,
+}
 
 enum Backend {
     Cpu(Decoder),
@@ -23,12 +57,13 @@ pub struct SmallModel {
     context: Vec<u32>,
     /// Why this model is not (or no longer) on the GPU; `None` while on the GPU.
     cpu_reason: Option<String>,
+    calibration: Option<Calibration>,
 }
 
 impl SmallModel {
     /// On the CPU.
     pub fn cpu(decoder: Decoder, reason: impl Into<String>) -> Self {
-        Self { backend: Backend::Cpu(decoder), gguf: None, context: Vec::new(), cpu_reason: Some(reason.into()) }
+        Self { backend: Backend::Cpu(decoder), gguf: None, context: Vec::new(), cpu_reason: Some(reason.into()), calibration: None }
     }
 
     /// On the GPU if `gpu` is given and the model fits it, else on the CPU. `content` is the
@@ -38,13 +73,75 @@ impl SmallModel {
             None => "no WebGPU adapter".to_string(),
             Some(gpu) => match GpuDecoder::from_gguf(gpu, content, &mut Cursor::new(&gguf[..])) {
                 Ok(decoder) => {
-                    return Ok(Self { backend: Backend::Gpu(decoder), gguf: Some(gguf), context: Vec::new(), cpu_reason: None });
+                    return Ok(Self { backend: Backend::Gpu(decoder), gguf: Some(gguf), context: Vec::new(), cpu_reason: None, calibration: None });
                 }
                 Err(e) => e.to_string(),
             },
         };
         let decoder = Decoder::from_gguf(content, &mut Cursor::new(&gguf[..]), &candle_core::Device::Cpu, Default::default())?;
         Ok(Self::cpu(decoder, reason))
+    }
+
+    /// The backend `choice` picks (module docs), with `gpu` the adapter if there is one.
+    pub async fn choose(gguf: Vec<u8>, content: &Content, gpu: Option<Gpu>, choice: GpuChoice) -> Result<Self> {
+        let cpu = |gguf: &[u8], reason: String| -> Result<Self> { Ok(Self::cpu(cpu_decoder(gguf)?, reason)) };
+        match (choice, gpu) {
+            (GpuChoice::Off, _) => cpu(&gguf, "the GPU is turned off (gpu=off)".into()),
+            (GpuChoice::Auto, Some(gpu)) if gpu.is_software() => cpu(
+                &gguf,
+                format!("the only GPU adapter, {}, is a software renderer, slower than the CPU path (gpu=force uses it anyway)", gpu.adapter.name),
+            ),
+            (GpuChoice::Auto, gpu @ Some(_)) => Self::load_calibrated(gguf, content, gpu).await,
+            (_, gpu) => Self::load(gguf, content, gpu).await,
+        }
+    }
+
+    /// On the GPU if it takes the model and a few timed decode steps find it faster than the
+    /// CPU, else on the CPU: what `GpuChoice::Auto` does on a hardware adapter.
+    pub async fn load_calibrated(gguf: Vec<u8>, content: &Content, gpu: Option<Gpu>) -> Result<Self> {
+        let mut model = Self::load(gguf, content, gpu).await?;
+        if matches!(model.backend, Backend::Gpu(_)) {
+            model.calibrate().await?;
+        }
+        Ok(model)
+    }
+
+    /// Times a few decode steps on the GPU and then on the CPU, and keeps the faster.
+    async fn calibrate(&mut self) -> Result<()> {
+        // A short prompt of any valid ids, then single-token steps: a decode step's speed.
+        const PROMPT: [u32; 4] = [1, 2, 3, 4];
+        const STEPS: u32 = 4;
+        async fn tok_s(model: &mut SmallModel) -> Result<f64> {
+            model.reset();
+            model.forward(&PROMPT).await?;
+            let start = Instant::now();
+            for i in 0..STEPS {
+                model.forward(&[5 + i]).await?;
+            }
+            let seconds = start.elapsed().as_secs_f64().max(1e-6);
+            model.reset();
+            Ok(f64::from(STEPS) / seconds)
+        }
+        let gpu_tok_s = tok_s(self).await?;
+        let Some(gguf) = self.gguf.take() else {
+            return Ok(()); // the GPU failed while timed: already on the CPU
+        };
+        let gpu = std::mem::replace(&mut self.backend, Backend::Cpu(cpu_decoder(&gguf)?));
+        let cpu_tok_s = tok_s(self).await?;
+        self.calibration = Some(Calibration { gpu_tok_s, cpu_tok_s });
+        if cpu_tok_s > gpu_tok_s {
+            self.cpu_reason = Some(format!("measured faster here: CPU {cpu_tok_s:.1} tok/s, WebGPU {gpu_tok_s:.1} tok/s"));
+        } else {
+            self.backend = gpu;
+            self.gguf = Some(gguf);
+        }
+        Ok(())
+    }
+
+    /// The decode speeds of both backends measured at load (`GpuChoice::Auto` on a hardware
+    /// adapter).
+    pub fn calibration(&self) -> Option<Calibration> {
+        self.calibration
     }
 
     /// "webgpu" or "cpu".

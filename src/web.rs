@@ -7,7 +7,7 @@
 //! function), and abort (the per-token callback answers whether to go on). The engine only
 //! ever sees bytes and JSON, so its interface is small and the worker is its only caller.
 use crate::cloud::{Completion, CompletionRequest};
-use crate::backend::SmallModel;
+use crate::backend::{GpuChoice, SmallModel};
 use crate::generate::{CloudTransport, HybridConfig, HybridLoop, TokenEvent};
 use crate::gpu::Gpu;
 use crate::model::chat::{ChatTemplate, Message};
@@ -107,21 +107,24 @@ impl Engine {
         Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head })) })
     }
 
-    /// Like the constructor, but on WebGPU when `gpu` is set and an adapter can take the model
-    /// (else on the CPU; `info()` says which and why).
-    pub async fn load(gguf_bytes: Vec<u8>, reward_head: Option<Vec<u8>>, gpu: bool) -> std::result::Result<Engine, JsError> {
-        let adapter = match gpu {
-            true => Gpu::new().await?,
-            false => None,
+    /// Like the constructor, with `gpu` choosing the backend (`info()` says which and why):
+    /// "auto" WebGPU when the adapter is hardware and a few timed decode steps find it faster
+    /// than the CPU, "force" WebGPU whenever an adapter takes the model, "off" the CPU.
+    pub async fn load(gguf_bytes: Vec<u8>, reward_head: Option<Vec<u8>>, gpu: String) -> std::result::Result<Engine, JsError> {
+        let choice: GpuChoice = gpu.parse()?;
+        let adapter = match choice {
+            GpuChoice::Off => None,
+            _ => Gpu::new().await?,
         };
         let content = gguf::read_content(&mut std::io::Cursor::new(&gguf_bytes[..]))?;
         let (tokenizer, chat, head) = Loaded::text_side(&content, reward_head)?;
-        let slm = SmallModel::load(gguf_bytes, &content, adapter).await?;
+        let slm = SmallModel::choose(gguf_bytes, &content, adapter, choice).await?;
         Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head })) })
     }
 
     /// What was loaded, as JSON: `{arch, layers, hiddenSize, vocabSize, contextLength,
-    /// rewardHead, chatTemplate, backend: "webgpu"|"cpu", adapter, cpuReason}`.
+    /// rewardHead, chatTemplate, backend: "webgpu"|"cpu", adapter, cpuReason, calibration:
+    /// {gpu_tok_s, cpu_tok_s}|null}`.
     pub fn info(&self) -> String {
         let loaded = self.inner.borrow();
         let c = loaded.slm.config();
@@ -136,6 +139,7 @@ impl Engine {
             "backend": loaded.slm.backend(),
             "adapter": loaded.slm.adapter(),
             "cpuReason": loaded.slm.cpu_reason(),
+            "calibration": loaded.slm.calibration(),
         })
         .to_string()
     }

@@ -142,3 +142,30 @@ fn a_gpu_lost_mid_answer_hands_over_to_the_cpu_without_losing_the_answer() {
     assert_eq!(slm.backend(), "cpu");
     assert!(slm.cpu_reason().unwrap().contains("GPU failed mid-answer"), "{:?}", slm.cpu_reason());
 }
+
+#[test]
+fn the_backend_choice_leaves_a_software_adapter_for_the_cpu_unless_forced() {
+    use hybrid_assistant::backend::{GpuChoice, SmallModel};
+    let path = common::model_path("smollm2-135m");
+    let bytes = std::fs::read(&path).unwrap();
+    let content = gguf::read_content(&mut std::io::Cursor::new(&bytes[..])).unwrap();
+    let gpu = || pollster::block_on(Gpu::new()).unwrap().expect("no GPU adapter: install mesa-vulkan-drivers (lavapipe)");
+    assert!(gpu().is_software(), "lavapipe is a software adapter");
+    let choose = |choice| pollster::block_on(SmallModel::choose(bytes.clone(), &content, Some(gpu()), choice)).unwrap();
+    let auto = choose(GpuChoice::Auto);
+    assert_eq!(auto.backend(), "cpu");
+    assert!(auto.cpu_reason().unwrap().contains("software renderer"), "{:?}", auto.cpu_reason());
+    assert_eq!(choose(GpuChoice::Force).backend(), "webgpu");
+    assert_eq!(choose(GpuChoice::Off).backend(), "cpu");
+    assert!("fast".parse::<GpuChoice>().unwrap_err().to_string().contains("auto, force or off"));
+
+    // What auto does on a hardware adapter, here on lavapipe: both timed, the faster kept.
+    let calibrated = pollster::block_on(SmallModel::load_calibrated(bytes.clone(), &content, Some(gpu()))).unwrap();
+    let c = calibrated.calibration().expect("both backends timed");
+    eprintln!("calibration on lavapipe: WebGPU {:.1} tok/s, CPU {:.1} tok/s", c.gpu_tok_s, c.cpu_tok_s);
+    assert!(c.gpu_tok_s > 0.0 && c.cpu_tok_s > 0.0);
+    assert_eq!(calibrated.backend(), if c.cpu_tok_s > c.gpu_tok_s { "cpu" } else { "webgpu" });
+    if calibrated.backend() == "cpu" {
+        assert!(calibrated.cpu_reason().unwrap().contains("measured faster here"));
+    }
+}

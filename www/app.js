@@ -197,7 +197,7 @@ async function send(text) {
     if (stats.tail) { el.append(stats.tail); tokens.push([stats.tail, 'local', null, null]); }
     showStats(stats);
     if (stats.failed_consults && stats.last_cloud_error) show('banner-cloud', stats.last_cloud_error);
-    if (stats.backend) showBackend(stats.backend, stats.cpu_reason);
+    if (stats.backend) showBackend(stats.backend, stats.cpu_reason || whyOf(assistant.info));
   }
   const noteText = failure ? `The answer stopped: ${failure}` : stats?.stop === 'stopped' ? 'Stopped.' : null;
   if (noteText) note(el, noteText);
@@ -224,7 +224,8 @@ async function loadEngine() {
     $('download-progress').value = sum / totalBytes;
   };
   try {
-    const spec = { model: config.model, rewardHead: config.rewardHead, gpu: controls.gpu, onProgress };
+    const choice = gpuChoice();
+    const spec = { model: config.model, rewardHead: config.rewardHead, gpu: choice.gpu, onProgress };
     if (assistant) await assistant.reload(spec);
     else assistant = await Assistant.load({ ...spec, cloud: config.cloud });
   } catch (e) {
@@ -236,18 +237,44 @@ async function loadEngine() {
   }
   $('download').hidden = true;
   showModel();
-  showBackend(assistant.info.backend, assistant.info.cpuReason);
+  const info = assistant.info;
+  if (choice.gpu === 'auto' && info.calibration) {
+    save(`backend:${config.model.sha256}`, { backend: info.backend, adapter: info.adapter, why: `${whyOf(info)}, measured on first load` });
+  }
+  showBackend(info.backend, choice.why || whyOf(info));
   const noHead = !assistant.info.rewardHead;
   $('policy').querySelector('option[value=reward]').disabled = noHead;
   if (noHead && controls.policy === 'reward') { controls.policy = 'maxprob'; renderControls(); }
   setState('ready');
 }
 
-// Which backend runs the model; on the CPU, a banner says why.
-function showBackend(backend, reason) {
-  $('backend').textContent = backend === 'webgpu' ? `WebGPU · ${assistant.info.adapter || 'GPU'}` : 'CPU · wasm SIMD';
+// The engine's `gpu` (auto | force | off): off when unticked, else the page's ?gpu=, else
+// what calibration found on an earlier load of this model in this browser, else auto (a
+// software adapter is left for the CPU; on a hardware one a few timed steps on each pick).
+function gpuChoice() {
+  if (!controls.gpu) return { gpu: 'off', why: 'WebGPU is switched off' };
+  const asked = new URLSearchParams(location.search).get('gpu');
+  if (asked === 'force' || asked === 'off') return { gpu: asked, why: `?gpu=${asked}` };
+  const cached = load(`backend:${config.model.sha256}`, null);
+  if (cached) return { gpu: cached.backend === 'webgpu' ? 'force' : 'off', why: cached.why };
+  return { gpu: 'auto' };
+}
+
+// Why the engine runs where it does, from its info.
+function whyOf(info) {
+  const c = info.calibration;
+  const speeds = c ? `WebGPU ${c.gpu_tok_s.toFixed(1)} tok/s, CPU ${c.cpu_tok_s.toFixed(1)} tok/s` : '';
+  if (info.backend === 'webgpu') return c ? `faster here: ${speeds}` : 'WebGPU takes the model';
+  return info.cpuReason || 'no WebGPU';
+}
+
+// Which backend runs the model and why, in the header; on the CPU a banner says why too.
+function showBackend(backend, why) {
+  const where = backend === 'webgpu' ? `WebGPU · ${assistant.info.adapter || 'GPU'}` : 'CPU · wasm SIMD';
+  $('backend').textContent = `${where} (${why})`;
+  $('backend').dataset.backend = backend;
   $('banner-cpu').hidden = backend === 'webgpu';
-  if (backend !== 'webgpu') $('banner-cpu').querySelector('.detail').textContent = reason || 'no WebGPU';
+  if (backend !== 'webgpu') $('banner-cpu').querySelector('.detail').textContent = why;
 }
 
 function showModel() {

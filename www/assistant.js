@@ -3,9 +3,12 @@
 //
 //   const assistant = await Assistant.load({
 //     model: {name, url, sha256, bytes}, rewardHead: {name, url, sha256, bytes} | null,
-//     cloud: {url, apiKey, model, timeoutMs}, gpu: true,   // WebGPU when an adapter takes the model
+//     cloud: {url, apiKey, model, timeoutMs},
+//     gpu: 'auto',   // 'auto': WebGPU on a hardware adapter when timed faster than the CPU;
+//                    // 'force': WebGPU whenever an adapter takes the model; 'off': the CPU
 //     onProgress: ({file, loaded, total, fromCache}) => {} });
-//   assistant.info.backend: 'webgpu' | 'cpu' (and info.cpuReason says why)
+//   assistant.info.backend: 'webgpu' | 'cpu' (info.cpuReason says why, info.calibration has
+//   both speeds when auto timed them)
 //   for await (const item of assistant.generate(messages, {policy, threshold, maxTokens,
 //       temperature, consultTokens, signal, onConsult})) {
 //     if (item.done) console.log(item.stats);   // last item: the statistics
@@ -33,7 +36,7 @@ export class Assistant {
   }
 
   /** Starts the worker and loads the model and reward head (downloaded once, then cached). */
-  static async load({ model, rewardHead = null, cloud = null, gpu = true, onProgress = () => {}, workerUrl } = {}) {
+  static async load({ model, rewardHead = null, cloud = null, gpu = 'auto', onProgress = () => {}, workerUrl } = {}) {
     const worker = new Worker(workerUrl || new URL('./worker.js', import.meta.url), { type: 'module' });
     const assistant = new Assistant(worker, cloud);
     try {
@@ -46,7 +49,7 @@ export class Assistant {
   }
 
   /** Loads (another) model into the running worker; also the way to retry a failed download. */
-  reload({ model, rewardHead = null, gpu = true, onProgress = () => {} }) {
+  reload({ model, rewardHead = null, gpu = 'auto', onProgress = () => {} }) {
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       const finish = (f, v) => { this.#pending.delete(id); f(v); };

@@ -33,7 +33,7 @@ self.onmessage = async ({ data }) => {
   }
 };
 
-async function load({ id, model, rewardHead, gpu = true }) {
+async function load({ id, model, rewardHead, gpu = 'auto' }) {
   if (aborts.size) throw new Error('an answer is being generated: stop it before loading another model');
   await init();
   const progress = (file) => (loaded, total, fromCache) =>

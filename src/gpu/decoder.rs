@@ -320,8 +320,9 @@ impl GpuDecoder {
             return Err(Error::InvalidInput("forward needs at least one token".into()));
         }
         if self.len + tokens.len() > capacity {
-            return Err(Error::InvalidInput(format!(
-                "GPU context full: {} cached + {} new tokens exceed its {capacity} positions; start a new conversation",
+            // A GPU error: the caller goes on on the CPU, whose cache is the model's context.
+            return Err(Error::Gpu(format!(
+                "GPU context full: {} cached + {} new tokens exceed its {capacity} positions",
                 self.len,
                 tokens.len()
             )));

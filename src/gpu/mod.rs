@@ -145,7 +145,11 @@ impl Gpu {
     /// Whether the adapter is a CPU running shaders (lavapipe, SwiftShader): one workgroup
     /// runs on one core, so kernels use small workgroups to keep every core busy.
     pub fn is_software(&self) -> bool {
-        self.adapter.device_type == wgpu::DeviceType::Cpu
+        // Browsers say so only through `isFallbackAdapter` (a CPU device type in wgpu), and
+        // not always: the names of the software renderers tell the rest.
+        const SOFTWARE: [&str; 5] = ["swiftshader", "llvmpipe", "lavapipe", "basic render", "warp"];
+        let name = self.adapter.name.to_lowercase();
+        self.adapter.device_type == wgpu::DeviceType::Cpu || SOFTWARE.iter().any(|s| name.contains(s))
     }
 
     /// An error if the device has reported one since it was opened: results are not to be trusted.
