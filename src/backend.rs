@@ -87,10 +87,13 @@ impl SmallModel {
         let cpu = |gguf: &[u8], reason: String| -> Result<Self> { Ok(Self::cpu(cpu_decoder(gguf)?, reason)) };
         match (choice, gpu) {
             (GpuChoice::Off, _) => cpu(&gguf, "the GPU is turned off (gpu=off)".into()),
-            (GpuChoice::Auto, Some(gpu)) if gpu.is_software() => cpu(
-                &gguf,
-                format!("the only GPU adapter, {}, is a software renderer, slower than the CPU path (gpu=force uses it anyway)", gpu.adapter.name),
-            ),
+            (GpuChoice::Auto, Some(gpu)) if gpu.is_software() => {
+                let name = match gpu.adapter.name.as_str() {
+                    "" => String::new(),
+                    name => format!(" ({name})"),
+                };
+                cpu(&gguf, format!("the only GPU adapter{name} is a software renderer, slower than the CPU path (gpu=force uses it anyway)"))
+            }
             (GpuChoice::Auto, gpu @ Some(_)) => Self::load_calibrated(gguf, content, gpu).await,
             (_, gpu) => Self::load(gguf, content, gpu).await,
         }

@@ -223,8 +223,8 @@ async function loadEngine() {
     $('download-label').textContent = `${(sum / 2 ** 20).toFixed(1)} of ${(totalBytes / 2 ** 20).toFixed(1)} MiB${fromCache ? ' (from the browser cache)' : ''}`;
     $('download-progress').value = sum / totalBytes;
   };
+  const choice = gpuChoice();
   try {
-    const choice = gpuChoice();
     const spec = { model: config.model, rewardHead: config.rewardHead, gpu: choice.gpu, onProgress };
     if (assistant) await assistant.reload(spec);
     else assistant = await Assistant.load({ ...spec, cloud: config.cloud });
