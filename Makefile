@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 
-.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-slow bench bench-browser bench-serve reward-data reward-head eval-humaneval
+.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-slow bench bench-gpu bench-browser bench-serve reward-data reward-head eval-humaneval
 PORT ?= 8080
 HYBRID := ./target/debug/hybrid
 # Mesa's Vulkan drivers (the GPU tests) complain on every device open without a runtime dir.
@@ -98,6 +98,16 @@ test-slow:
 ## Prefill/decode speed against llama.cpp for the three models.
 bench:
 	for m in smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b; do $(CARGO) run --quiet -- bench decode --model $$m; done
+
+## Our GPU backend against llama.cpp's Vulkan build on whatever GPU wgpu finds (lavapipe without
+## one), both browser models, with per-kernel profiles: one JSON array in target/bench-gpu.json,
+## within BENCH_GPU_SECONDS. On a machine with a GPU, set XDG_RUNTIME_DIR as for the tests.
+BENCH_GPU_SECONDS ?= 1800
+bench-gpu: models
+	$(CARGO) build --quiet
+	timeout $(BENCH_GPU_SECONDS) bash -c 'echo "["; sep=""; for m in smollm2-135m qwen2.5-coder-0.5b; do \
+	  echo "$$sep"; $(HYBRID) bench decode --model $$m --gpu --gpu-only --profile --repeats 2 --gen-tokens 32 --json || exit 1; sep=","; done; echo "]"' \
+	  > target/bench-gpu.json.part && mv target/bench-gpu.json.part target/bench-gpu.json && echo "wrote target/bench-gpu.json"
 
 ## Our engine in headless Chromium (wasm CPU) against wllama on the same GGUF, both browser models.
 bench-browser: setup pkg

@@ -44,6 +44,8 @@ pub struct Calibration {
     pub cpu_tok_s: f64,
 }
 
+// One per loaded model: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Cpu(Decoder),
     Gpu(GpuDecoder),

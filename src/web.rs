@@ -6,12 +6,11 @@
 //! the files, hash checks, the cloud's URL, key and timeout (the loop gets a `fetch`
 //! function), and abort (the per-token callback answers whether to go on). The engine only
 //! ever sees bytes and JSON, so its interface is small and the worker is its only caller.
-use crate::cloud::{Completion, CompletionRequest};
 use crate::backend::{GpuChoice, SmallModel};
+use crate::cloud::{Completion, CompletionRequest};
 use crate::generate::{CloudTransport, HybridConfig, HybridLoop, TokenEvent};
 use crate::gpu::Gpu;
 use crate::model::chat::{ChatTemplate, Message};
-use candle_core::quantized::gguf_file::Content;
 use crate::model::decoder::Decoder;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{gguf, speed};
@@ -19,6 +18,7 @@ use crate::policy::{Policy, PolicyKind};
 use crate::reward::RewardHead;
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::{Error, Result};
+use candle_core::quantized::gguf_file::Content;
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -148,8 +148,8 @@ impl Engine {
     /// template, ready for the assistant's reply.
     #[wasm_bindgen(js_name = encodeChat)]
     pub fn encode_chat(&self, messages_json: &str) -> std::result::Result<Vec<u32>, JsError> {
-        let messages: Vec<Message> = serde_json::from_str(messages_json)
-            .map_err(|e| JsError::new(&format!("messages must be a list of {{role, content}}: {e}")))?;
+        let messages: Vec<Message> =
+            serde_json::from_str(messages_json).map_err(|e| JsError::new(&format!("messages must be a list of {{role, content}}: {e}")))?;
         if messages.is_empty() {
             return Err(JsError::new("no messages: give the assistant something to answer"));
         }
@@ -165,9 +165,7 @@ impl Engine {
     pub fn bench(&self, prompt_tokens: usize, gen_tokens: usize, repeats: usize) -> js_sys::Promise {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let mut loaded = inner
-                .try_borrow_mut()
-                .map_err(|_| JsError::new("a generation is running on this engine: benchmark it when idle"))?;
+            let mut loaded = inner.try_borrow_mut().map_err(|_| JsError::new("a generation is running on this engine: benchmark it when idle"))?;
             let loaded = &mut *loaded;
             let prompt = speed::bench_prompt(&loaded.tokenizer, prompt_tokens).map_err(to_js)?;
             let result = speed::measure(&mut loaded.slm, &prompt, gen_tokens, repeats).await.map_err(to_js)?;
@@ -189,13 +187,7 @@ impl Engine {
     /// (rejecting on a network error or timeout); `on_event(json: string) -> boolean |
     /// Promise<boolean>` gets each token and answers whether to go on. Resolves to the
     /// statistics as JSON.
-    pub fn generate(
-        &self,
-        prompt: Vec<u32>,
-        options: &str,
-        cloud_fetch: Option<js_sys::Function>,
-        on_event: js_sys::Function,
-    ) -> js_sys::Promise {
+    pub fn generate(&self, prompt: Vec<u32>, options: &str, cloud_fetch: Option<js_sys::Function>, on_event: js_sys::Function) -> js_sys::Promise {
         let inner = self.inner.clone();
         let options = options.to_string();
         wasm_bindgen_futures::future_to_promise(async move {
@@ -212,8 +204,7 @@ async fn run_generation(
     cloud_fetch: Option<js_sys::Function>,
     on_event: js_sys::Function,
 ) -> Result<String> {
-    let options: GenerateOptions =
-        serde_json::from_str(options).map_err(|e| Error::InvalidInput(format!("generate options: {e}")))?;
+    let options: GenerateOptions = serde_json::from_str(options).map_err(|e| Error::InvalidInput(format!("generate options: {e}")))?;
     let kind: PolicyKind = options.policy.parse()?;
     let policy = Policy::new(kind, options.threshold, options.seed)?;
     let mut cloud = match (kind.may_consult(), cloud_fetch, options.cloud_model) {
@@ -221,9 +212,8 @@ async fn run_generation(
         (true, _, None) => return Err(Error::InvalidInput("the policy consults the cloud: set cloudModel".into())),
         _ => None,
     };
-    let mut guard = inner
-        .try_borrow_mut()
-        .map_err(|_| Error::InvalidInput("a generation is already running on this engine: wait for it or abort it".into()))?;
+    let mut guard =
+        inner.try_borrow_mut().map_err(|_| Error::InvalidInput("a generation is already running on this engine: wait for it or abort it".into()))?;
     let Loaded { slm, tokenizer, head, .. } = &mut *guard;
     let mut run = HybridLoop {
         slm,

@@ -206,3 +206,94 @@ fn the_logit_summary_holds_the_top_logits_and_the_whole_normaliser() {
     }
     check("tied", &tied);
 }
+
+/// `Y = X Wᵀ` in f64 for `tokens` rows of `x` (already as the kernels see it).
+fn reference(w: &[Vec<f32>], x: &[f32], tokens: usize) -> Vec<Vec<f64>> {
+    let cols = w[0].len();
+    (0..tokens).map(|t| w.iter().map(|row| row.iter().zip(&x[t * cols..]).map(|(a, b)| *a as f64 * *b as f64).sum()).collect()).collect()
+}
+
+#[test]
+fn stacked_matrices_write_each_output_with_its_bias_and_placement() {
+    use hybrid_assistant::gpu::bytes_of;
+    use hybrid_assistant::gpu::quant::{Batch, Output, Product, QuantizedInput};
+    let gpu = gpu();
+    let cols = 256;
+    // q, k, v as in a layer: different row counts, k and v into a cache at the step's position.
+    let (tq, tk, tv) = (quantized(24, cols, GgmlDType::Q4_1, 1), quantized(8, cols, GgmlDType::Q4_0, 2), quantized(8, cols, GgmlDType::Q4K, 3));
+    let m = GpuMatrix::stack(&gpu, "qkv", &[&tq, &tk, &tv]).unwrap().expect("one layout: stacked");
+    assert!(GpuMatrix::stack(&gpu, "mixed", &[&tq, &quantized(8, cols, GgmlDType::Q8_0, 4)]).unwrap().is_none(), "4-bit and 8-bit layouts do not stack");
+    let (tokens, pos) = (3, 5);
+    let x = values(tokens * cols, 9);
+    let bias_q: Vec<f32> = (0..24).map(|i| i as f32).collect();
+    let bias_q = gpu.storage("bias", bytes_of(&bias_q), wgpu::BufferUsages::COPY_SRC).unwrap();
+    let (yq, yk, yv) = (gpu.output("q", tokens * 24), gpu.output("k", (pos + tokens) * 8), gpu.output("v", (pos + tokens) * 8));
+    let batch = Batch::new(&gpu);
+    batch.write(&gpu, tokens, pos);
+    let xb = gpu.storage("x", bytes_of(&x), wgpu::BufferUsages::empty()).unwrap();
+    let input = QuantizedInput::new(&gpu, &xb, cols, tokens);
+    let cached = Product { at_position: true, ..Default::default() };
+    let outputs = [
+        Output { y: &yq, product: Product { bias: Some(&bias_q), ..Default::default() } },
+        Output { y: &yk, product: cached },
+        Output { y: &yv, product: cached },
+    ];
+    let ops = m.product_ops(&gpu, &input, &outputs, &batch).unwrap();
+    let mut run = vec![input.quantize()];
+    run.extend(ops.iter().map(|o| o.for_tokens(tokens)));
+    gpu.run(&run, tokens as u32);
+    let x = as_8_bit(&x);
+    let dq = |t: &QTensor| t.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+    let got_q = pollster::block_on(gpu.read_f32(&yq, tokens * 24)).unwrap();
+    let got_k = pollster::block_on(gpu.read_f32(&yk, (pos + tokens) * 8)).unwrap();
+    let got_v = pollster::block_on(gpu.read_f32(&yv, (pos + tokens) * 8)).unwrap();
+    for (name, got, want, rows, at, bias) in [
+        ("q", &got_q, reference(&dq(&tq), &x, tokens), 24, 0, true),
+        ("k", &got_k, reference(&dq(&tk), &x, tokens), 8, pos, false),
+        ("v", &got_v, reference(&dq(&tv), &x, tokens), 8, pos, false),
+    ] {
+        for t in 0..tokens {
+            for r in 0..rows {
+                let w = want[t][r] + if bias { r as f64 } else { 0.0 };
+                let g = got[(at + t) * rows + r] as f64;
+                assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{name} token {t} row {r}: GPU {g}, CPU {w}");
+            }
+        }
+    }
+    assert!(got_k[..pos * 8].iter().all(|&v| v == 0.0), "k's earlier positions untouched");
+}
+
+#[test]
+fn gate_and_up_stacked_give_silu_gate_times_up() {
+    use hybrid_assistant::gpu::bytes_of;
+    use hybrid_assistant::gpu::quant::{Batch, Output, Product, QuantizedInput};
+    let gpu = gpu();
+    let (rows, cols) = (37, 256);
+    for dtype in [GgmlDType::Q4_1, GgmlDType::Q6K] {
+        let (tg, tu) = (quantized(rows, cols, dtype, 5), quantized(rows, cols, dtype, 6));
+        let m = GpuMatrix::stack_gated(&gpu, "gate_up", &tg, &tu).unwrap().expect("same layout");
+        for tokens in [1, 5] {
+            let x = values(tokens * cols, 2);
+            let xb = gpu.storage("x", bytes_of(&x), wgpu::BufferUsages::empty()).unwrap();
+            let input = QuantizedInput::new(&gpu, &xb, cols, tokens);
+            let y = gpu.output("y", tokens * rows);
+            let batch = Batch::new(&gpu);
+            batch.write(&gpu, tokens, 0);
+            let ops = m.product_ops(&gpu, &input, &[Output { y: &y, product: Product::default() }], &batch).unwrap();
+            let mut run = vec![input.quantize()];
+            run.extend(ops.iter().map(|o| o.for_tokens(tokens)));
+            gpu.run(&run, tokens as u32);
+            let got = pollster::block_on(gpu.read_f32(&y, tokens * rows)).unwrap();
+            let x = as_8_bit(&x);
+            let dq = |t: &QTensor| t.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+            let (g, u) = (reference(&dq(&tg), &x, tokens), reference(&dq(&tu), &x, tokens));
+            for t in 0..tokens {
+                for r in 0..rows {
+                    let want = g[t][r] / (1.0 + (-g[t][r]).exp()) * u[t][r];
+                    let got = got[t * rows + r] as f64;
+                    assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{dtype:?} {tokens} tokens, token {t} row {r}: GPU {got}, CPU {want}");
+                }
+            }
+        }
+    }
+}

@@ -141,7 +141,8 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         }
     };
     let ratio = |a: Option<&Speed>, b: Option<&Speed>, f: fn(&Speed) -> f64| a.zip(b).map(|(a, b)| round2(f(a) / f(b)));
-    let (prefill, decode): (fn(&Speed) -> f64, fn(&Speed) -> f64) = (|s| s.prefill_tok_s, |s| s.decode_tok_s);
+    type Metric = fn(&Speed) -> f64;
+    let (prefill, decode): (Metric, Metric) = (|s| s.prefill_tok_s, |s| s.decode_tok_s);
     let report = Report {
         model: args.model.clone(),
         threads,
@@ -235,7 +236,13 @@ fn profile_gpu(path: &Path, prompt_tokens: usize) -> anyhow::Result<GpuProfile> 
         })
         .collect::<Result<_>>()?;
     walls.sort_by(f64::total_cmp);
-    Ok(GpuProfile { timer: timer.into(), decode: by_kind(&decode, 1), prefill: by_kind(&chunk, CHUNK), prefill_tokens: CHUNK, decode_wall_ms: round3(walls[4]) })
+    Ok(GpuProfile {
+        timer: timer.into(),
+        decode: by_kind(&decode, 1),
+        prefill: by_kind(&chunk, CHUNK),
+        prefill_tokens: CHUNK,
+        decode_wall_ms: round3(walls[4]),
+    })
 }
 
 /// Op times summed per kind, largest first, with achieved bandwidth and arithmetic rate.

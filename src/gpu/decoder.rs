@@ -185,7 +185,8 @@ impl GpuDecoder {
             // K and V go straight into the layer's cache at the step's positions.
             let cached = |bias| Product { bias, at_position: true, ..Default::default() };
             let residual = [output(&x, Product { accumulate: true, ..Default::default() })];
-            let qkv_outputs = [output(&q, Product { bias: bq.as_ref(), ..Default::default() }), output(&k_cache, cached(bk.as_ref())), output(&v_cache, cached(bv.as_ref()))];
+            let qkv_outputs =
+                [output(&q, Product { bias: bq.as_ref(), ..Default::default() }), output(&k_cache, cached(bk.as_ref())), output(&v_cache, cached(bv.as_ref()))];
             // Matrices that cannot be stacked (different layouts) each get their own product.
             let mut products = |stacked: Option<GpuMatrix>, each: &[(&QTensor, &str, Output)]| -> Result<Vec<MatOp>> {
                 if let Some(m) = stacked {
@@ -221,7 +222,15 @@ impl GpuDecoder {
                     .op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table), (2, &k_step)], Groups::per_token(across(c.n_head_kv * half)))
                     .named("rope"),
                 attention: gpu
-                    .op(gpu.pipeline(&format!("attention-{hd}"), || format!("const HD4: u32 = {}u;\n{PARAMS}\n{}", hd / 4, include_str!("attention.wgsl")), "attention"), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)], Groups::per_token(c.n_head as u32))
+                    .op(
+                        gpu.pipeline(
+                            &format!("attention-{hd}"),
+                            || format!("const HD4: u32 = {}u;\n{PARAMS}\n{}", hd / 4, include_str!("attention.wgsl")),
+                            "attention",
+                        ),
+                        &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)],
+                        Groups::per_token(c.n_head as u32),
+                    )
                     .named("attention"),
                 o: wo.product_ops(&gpu, &attention_in, &residual, &batch)?,
                 ffn_norm: normed_in.normed_op(&gpu, &x, &ffn_norm_w, c.rms_eps),
@@ -246,7 +255,8 @@ impl GpuDecoder {
         let vocab = output_matrix.as_ref().unwrap_or(&embedding).rows;
         let logits = gpu.output("logits", vocab);
         let hidden_in = QuantizedInput::new(&gpu, &hidden, d, 1);
-        let output = output_matrix.as_ref().unwrap_or(&embedding).product_ops(&gpu, &hidden_in, &[Output { y: &logits, product: Product::default() }], &batch)?;
+        let output =
+            output_matrix.as_ref().unwrap_or(&embedding).product_ops(&gpu, &hidden_in, &[Output { y: &logits, product: Product::default() }], &batch)?;
         let (summarize, summary) = summary_op(&gpu, &logits, vocab);
         matrices.push(embedding);
         matrices.extend(output_matrix);
@@ -321,11 +331,7 @@ impl GpuDecoder {
         }
         if self.len + tokens.len() > capacity {
             // A GPU error: the caller goes on on the CPU, whose cache is the model's context.
-            return Err(Error::Gpu(format!(
-                "GPU context full: {} cached + {} new tokens exceed its {capacity} positions",
-                self.len,
-                tokens.len()
-            )));
+            return Err(Error::Gpu(format!("GPU context full: {} cached + {} new tokens exceed its {capacity} positions", self.len, tokens.len())));
         }
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
             return Err(Error::InvalidInput(format!("token id {bad} is outside the vocabulary of {} ids", self.vocab)));

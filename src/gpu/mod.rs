@@ -183,7 +183,7 @@ impl Gpu {
     /// A storage buffer holding `bytes`, padded to whole u32s; refuses what the device cannot bind.
     pub fn storage(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
         let size = bytes.len().div_ceil(4).max(1) * 4;
-        if size as u64 > self.limits.max_storage_buffer_binding_size as u64 {
+        if size as u64 > self.limits.max_storage_buffer_binding_size {
             return Err(Error::Gpu(format!(
                 "{label} needs {size} bytes in one binding, this adapter binds at most {} ({}); run on the CPU",
                 self.limits.max_storage_buffer_binding_size, self.adapter.name
