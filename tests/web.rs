@@ -94,7 +94,7 @@ async fn generate_ids(engine: &Engine, backend: &str, expected: &serde_json::Val
     });
     let done = engine.generate(prompt, r#"{"policy":"never","maxTokens":16}"#, None, on_event.as_ref().unchecked_ref::<js_sys::Function>().clone());
     let stats: serde_json::Value = serde_json::from_str(&JsFuture::from(done).await.unwrap().as_string().unwrap()).unwrap();
-    assert_eq!((stats["tokens"].as_u64(), stats["backend"].as_str()), (Some(16), Some(backend)));
+    assert_eq!((stats["tokens"].as_u64(), stats["backend"].as_str()), (Some(16), Some(backend)), "{stats}");
     let ids = ids.borrow().clone();
     ids
 }

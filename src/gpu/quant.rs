@@ -424,8 +424,10 @@ impl GpuMatrix {
         }
         gpu.queue.submit([encoder.finish()]);
         let weight_bytes = (self.chunks * 16 * self.layout.level_words() + self.chunks / 2 * 16) as u64;
-        // Every output binding is bound: unused ones to the first output.
-        let y = |i: usize| outputs.get(i).unwrap_or(&outputs[0]).y;
+        // Every output binding is bound; unused ones to buffers of their own (WebGPU forbids
+        // two writable bindings of one buffer in a dispatch).
+        let unused = [gpu.output("unused output", 1), gpu.output("unused output", 1)];
+        let y = |i: usize| outputs.get(i).map_or_else(|| &unused[i - 1], |o| o.y);
         let kind = match (self.gated, self.segments.len()) {
             (true, _) => "gated ",
             (false, 1) => "",
