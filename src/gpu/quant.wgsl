@@ -181,53 +181,6 @@ fn dot_q8(q: vec4<u32>, x: vec4<u32>) -> i32 {
   return dot4I8Packed(q.x, x.x) + dot4I8Packed(q.y, x.y) + dot4I8Packed(q.z, x.z) + dot4I8Packed(q.w, x.w);
 }
 
-// One pair of chunks of a prefill's tile in f32: levels unpacked once per tile and
-// multiplied with FMAs. `dot4I8Packed` has no instruction on a CPU's SIMD lanes (lavapipe,
-// SwiftShader); unpacked, each weight level serves TT tokens and each input level R rows.
-fn product_pair_f32(acc: ptr<function, array<array<f32, TT>, R>>, rows: array<u32, R>, p: u32, xl: array<array<vec4<u32>, 4>, TT>, xs: array<vec4<f32>, TT>) {
-  // The rows' level words of the pair: 4-bit, word c of chunk c; 8-bit, word 2c + h of its
-  // half h.
-  var q: array<array<vec4<u32>, 4>, R>;
-  for (var r = 0u; r < R; r++) {
-    for (var i = 0u; i < 2u * (LAYOUT + 1u); i++) {
-      q[r][i] = w[(rows[r] * dims.chunks + 2u * p) * (LAYOUT + 1u) + i];
-    }
-  }
-  // Σ level·x per row and token for each 16-value half of the pair's chunks: (chunk 0 first
-  // half, second half, chunk 1 first half, second half).
-  var sums: array<array<vec4<f32>, TT>, R>;
-  for (var half = 0u; half < 4u; half++) {
-    for (var k = 0u; k < 4u; k++) {
-      var x: array<vec4<f32>, TT>;
-      for (var t = 0u; t < TT; t++) {
-        x[t] = vec4<f32>(unpack4xI8(xl[t][half][k]));
-      }
-      for (var r = 0u; r < R; r++) {
-        var l: vec4<f32>;
-        if (LAYOUT == Q4) {
-          l = vec4<f32>(unpack4xU8((q[r][half / 2u][k] >> (4u * (half % 2u))) & NIBBLES));
-        } else {
-          l = vec4<f32>(unpack4xI8(q[r][half][k]));
-        }
-        for (var t = 0u; t < TT; t++) {
-          sums[r][t][half] += dot(l, x[t]);
-        }
-      }
-    }
-  }
-  for (var r = 0u; r < R; r++) {
-    let s = scales_of(rows[r], p);
-    for (var t = 0u; t < TT; t++) {
-      let v = sums[r][t];
-      if (LAYOUT == Q4) {
-        (*acc)[r][t] += s.x * xs[t].x * (v.x + v.y) + s.y * xs[t].y + s.z * xs[t].z * (v.z + v.w) + s.w * xs[t].w;
-      } else {
-        (*acc)[r][t] += xs[t].x * (s.x * v.x + s.y * v.y) + xs[t].z * (s.z * v.z + s.w * v.w);
-      }
-    }
-  }
-}
-
 // Y = X Wᵀ: a thread computes R neighbouring rows for TT neighbouring tokens (workgroup y is
 // the tile of tokens), stepping through the row a pair of chunks at a time: each input word
 // it loads serves R rows, each weight word TT tokens.
@@ -258,10 +211,6 @@ fn product(@builtin(global_invocation_id) gid: vec3<u32>) {
       let b = x_base[t] + 4u * p;
       xl[t] = array<vec4<u32>, 4>(xq[b], xq[b + 1u], xq[b + 2u], xq[b + 3u]);
       xs[t] = bitcast<vec4<f32>>(xq[x_base[t] + dims.chunks * 2u + p]);
-    }
-    if (TT > 1u) {
-      product_pair_f32(&acc, rows, p, xl, xs);
-      continue;
     }
     for (var r = 0u; r < R; r++) {
       let s = scales_of(rows[r], p);
