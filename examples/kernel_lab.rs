@@ -1,9 +1,9 @@
 //! A bench for trying a matrix-vector kernel shape before it goes into `src/gpu/quant.wgsl`:
 //! times one WGSL file on random data on the default adapter (lavapipe here).
 //!   cargo run --example kernel_lab -- FILE.wgsl ROWS COLS WORKGROUPS_X WORDS_PER_ROW [WORKGROUPS_Y]
-//! The shader's entry is `main`, with bindings 0 `w` (u32 words), 1 `x` (f32, or a 64 KiB
-//! uniform if it declares `var<uniform> x`), 2 `y` (f32 out), 3 a uniform `{rows, cols,
-//! words, pad}`.
+//! The shader's entry is `main`, with bindings 0 `w` (u32 words), 1 `x` (f32, or a uniform
+//! as large as the device binds if it declares `var<uniform> x`), 2 `y` (f32 out), 3 a
+//! uniform `{rows, cols, words, pad}`.
 use hybrid_assistant::gpu::{bytes_of, Gpu, Groups};
 
 fn main() {
@@ -18,10 +18,11 @@ fn main() {
     let w: Vec<u32> = (0..rows * words_per_row).map(|i| (i as u32).wrapping_mul(2654435761)).collect();
     let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 * 0.1).collect();
     let wb = gpu.storage("w", bytes_of(&w), wgpu::BufferUsages::empty()).unwrap();
-    // A shader that declares `var<uniform> x` gets x in a 64 KiB uniform buffer.
+    // A shader that declares `var<uniform> x` gets x in a uniform buffer as large as the
+    // device binds (the shader's array must fit it).
     let xb = if source.contains("var<uniform> x") {
         let mut padded = x.clone();
-        padded.resize(16384, 0.0);
+        padded.resize(gpu.limits.max_uniform_buffer_binding_size as usize / 4, 0.0);
         gpu.uniform("x", bytes_of(&padded))
     } else {
         gpu.storage("x", bytes_of(&x), wgpu::BufferUsages::empty()).unwrap()

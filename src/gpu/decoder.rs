@@ -157,6 +157,9 @@ impl GpuDecoder {
         let norm_params = Params { n: d as u32, eps: c.rms_eps, ..Default::default() };
         let silu_params = gpu.uniform("silu", &Params { n: c.n_ff as u32, ..Default::default() }.bytes());
         let across = |n: usize| (n as u32).div_ceil(64);
+        // The head size is a constant of the attention kernel: its loops over a head unroll.
+        let attention =
+            gpu.pipeline(&format!("attention-{hd}"), || format!("const HD4: u32 = {}u;\n{PARAMS}\n{}", hd / 4, include_str!("attention.wgsl")), "attention");
 
         let normed_in = QuantizedInput::for_norms(&gpu, d, CHUNK);
         let attention_in = QuantizedInput::new(&gpu, &att, c.n_head * hd, CHUNK);
@@ -190,8 +193,9 @@ impl GpuDecoder {
             // Matrices that cannot be stacked (different layouts) each get their own product.
             let mut products = |stacked: Option<GpuMatrix>, each: &[(&QTensor, &str, Output)]| -> Result<Vec<MatOp>> {
                 if let Some(m) = stacked {
-                    let outputs: Vec<Output> = each.iter().map(|e| e.2).collect();
-                    let ops = m.product_ops(&gpu, &normed_in, &outputs[..outputs.len().min(m.outputs())], &batch)?;
+                    // A gated pair writes one output, the first (silu(gate)·up into `gate`).
+                    let outputs: Vec<Output> = each.iter().map(|e| e.2).take(m.outputs()).collect();
+                    let ops = m.product_ops(&gpu, &normed_in, &outputs, &batch)?;
                     matrices.push(m);
                     return Ok(ops);
                 }
@@ -222,15 +226,7 @@ impl GpuDecoder {
                     .op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table), (2, &k_step)], Groups::per_token(across(c.n_head_kv * half)))
                     .named("rope"),
                 attention: gpu
-                    .op(
-                        gpu.pipeline(
-                            &format!("attention-{hd}"),
-                            || format!("const HD4: u32 = {}u;\n{PARAMS}\n{}", hd / 4, include_str!("attention.wgsl")),
-                            "attention",
-                        ),
-                        &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)],
-                        Groups::per_token(c.n_head as u32),
-                    )
+                    .op(attention.clone(), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)], Groups::per_token(c.n_head as u32))
                     .named("attention"),
                 o: wo.product_ops(&gpu, &attention_in, &residual, &batch)?,
                 ffn_norm: normed_in.normed_op(&gpu, &x, &ffn_norm_w, c.rms_eps),

@@ -113,8 +113,6 @@ impl Gpu {
             max_storage_buffer_binding_size: available.max_storage_buffer_binding_size,
             max_buffer_size: available.max_buffer_size,
             max_storage_buffers_per_shader_stage: available.max_storage_buffers_per_shader_stage.min(10),
-            // WebGPU's default: activations read through a uniform binding.
-            max_uniform_buffer_binding_size: available.max_uniform_buffer_binding_size.min(1 << 16),
             ..wgpu::Limits::downlevel_defaults()
         };
         // Timestamps, where the adapter has them, time each kernel for `--profile`.

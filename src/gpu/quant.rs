@@ -232,6 +232,11 @@ fn chunks_of(cols: usize) -> usize {
     cols.div_ceil(2 * CHUNK_VALUES) * 2
 }
 
+/// Bytes of a row in a layout: its levels, then a 16-byte word of scales per pair of chunks.
+fn row_bytes(layout: Layout, chunks: usize) -> usize {
+    chunks * 16 * layout.level_words() + chunks / 2 * 16
+}
+
 /// An input of `cols` values per token quantized to 8 bits, as the products read it
 /// (`quantize.wgsl`): per token, each chunk's 32 levels, then per pair of chunks their
 /// `(scale, scale · Σ levels)`; and the op that fills it from the f32 rows.
@@ -244,32 +249,38 @@ pub struct QuantizedInput {
 impl QuantizedInput {
     /// For up to `tokens` rows of `x`, `cols` floats apart.
     pub fn new(gpu: &Gpu, x: &wgpu::Buffer, cols: usize, tokens: usize) -> Self {
-        let chunks = chunks_of(cols);
-        let words_per_token = (chunks * 2 + chunks / 2) * 4;
-        let buffer = gpu.output("quantized input", tokens * words_per_token);
-        let params = gpu.uniform("quantize", bytes_of(&[cols as u32, chunks as u32, cols as u32, 0]));
-        let pipeline = gpu.pipeline("quantize", || QUANTIZE.to_string(), "quantize");
-        let groups = (chunks as u32).div_ceil(64);
+        let mut input = Self::for_norms(gpu, cols, tokens);
+        let groups = (chunks_of(cols) as u32).div_ceil(64);
         // One row (the final hidden state) whatever the step's token count.
         let groups = if tokens == 1 { Groups::fixed(groups, 1) } else { Groups::per_token(groups) };
-        let quantize = gpu.op(pipeline, &[(0, x), (1, &buffer), (2, &params)], groups).named("quantize");
-        Self { buffer, cols, quantize: Some(quantize) }
+        let params = input.params(gpu, 0.0);
+        let quantize = gpu.op(input.kernel(gpu, "quantize"), &[(0, x), (1, &input.buffer), (2, &params)], groups).named("quantize");
+        input.quantize = Some(quantize);
+        input
     }
 
     /// An input filled only by `normed_op`s: the residual stream RMS-normed (each layer its
     /// own norm weights) before a layer's products.
     pub fn for_norms(gpu: &Gpu, cols: usize, tokens: usize) -> Self {
-        let words_per_token = (chunks_of(cols) * 2 + chunks_of(cols) / 2) * 4;
-        Self { buffer: gpu.output("normed input", tokens * words_per_token), cols, quantize: None }
+        // Per token: two 16-byte words of levels per chunk, one of scales per pair.
+        let chunks = chunks_of(cols);
+        Self { buffer: gpu.output("quantized input", tokens * (chunks * 2 + chunks / 2) * 4), cols, quantize: None }
     }
 
     /// An op filling this input with `x`'s rows RMS-normed with `weight` (norm and quantization
     /// in one dispatch).
     pub fn normed_op(&self, gpu: &Gpu, x: &wgpu::Buffer, weight: &wgpu::Buffer, eps: f32) -> Op {
-        let chunks = chunks_of(self.cols);
-        let params = gpu.uniform("quantize", bytes_of(&[self.cols as u32, chunks as u32, self.cols as u32, eps.to_bits()]));
-        let pipeline = gpu.pipeline("quantize", || QUANTIZE.to_string(), "norm_quantize");
-        gpu.op(pipeline, &[(0, x), (1, &self.buffer), (2, &params), (3, weight)], Groups::per_token(1)).named("norm+quantize")
+        let params = self.params(gpu, eps);
+        gpu.op(self.kernel(gpu, "norm_quantize"), &[(0, x), (1, &self.buffer), (2, &params), (3, weight)], Groups::per_token(1)).named("norm+quantize")
+    }
+
+    /// `QuantizeParams` of quantize.wgsl, for rows of x `cols` floats apart.
+    fn params(&self, gpu: &Gpu, eps: f32) -> wgpu::Buffer {
+        gpu.uniform("quantize", bytes_of(&[self.cols as u32, chunks_of(self.cols) as u32, self.cols as u32, eps.to_bits()]))
+    }
+
+    fn kernel(&self, gpu: &Gpu, entry: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
+        gpu.pipeline("quantize", || QUANTIZE.to_string(), entry)
     }
 
     /// The op that fills it from the rows it was built for (not one `for_norms`).
@@ -344,8 +355,7 @@ impl GpuMatrix {
         };
         let rows = order.len();
         let chunks = chunks_of(cols);
-        // Levels and scales of a row, in bytes.
-        let row_bytes = chunks * 16 * layout.level_words() + chunks / 2 * 16;
+        let row_bytes = row_bytes(layout, chunks);
         let limit = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size) as usize;
         let rows_per_part = if gated { (limit / row_bytes / 2 * 2).max(2) } else { (limit / row_bytes).max(1) };
         let parts = (0..rows)
@@ -411,19 +421,25 @@ impl GpuMatrix {
             flags[i] = u32::from(o.product.bias.is_some()) | (u32::from(o.product.accumulate) << 1) | (u32::from(o.product.at_position) << 2);
         }
         // One bias value per output row, side by side (zeros where a matrix has none; the
-        // kernel reads them only where a flag says so), copied together once.
-        let total: usize = self.segments.iter().sum();
-        let bias = gpu.output("bias", total);
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let mut at = 0u64;
-        for (o, &rows) in outputs.iter().zip(&self.segments) {
-            if let Some(b) = o.product.bias {
-                encoder.copy_buffer_to_buffer(b, 0, &bias, at, rows as u64 * 4);
+        // kernel reads them only where a flag says so), copied together once. Without any, a
+        // placeholder: the binding must be bound.
+        let bias = match outputs.iter().any(|o| o.product.bias.is_some()) {
+            false => gpu.output("no bias", 1),
+            true => {
+                let bias = gpu.output("bias", self.segments.iter().sum());
+                let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                let mut at = 0u64;
+                for (o, &rows) in outputs.iter().zip(&self.segments) {
+                    if let Some(b) = o.product.bias {
+                        encoder.copy_buffer_to_buffer(b, 0, &bias, at, rows as u64 * 4);
+                    }
+                    at += rows as u64 * 4;
+                }
+                gpu.queue.submit([encoder.finish()]);
+                bias
             }
-            at += rows as u64 * 4;
-        }
-        gpu.queue.submit([encoder.finish()]);
-        let weight_bytes = (self.chunks * 16 * self.layout.level_words() + self.chunks / 2 * 16) as u64;
+        };
+        let weight_bytes = row_bytes(self.layout, self.chunks) as u64;
         // Every output binding is bound; unused ones to buffers of their own (WebGPU forbids
         // two writable bindings of one buffer in a dispatch).
         let unused = [gpu.output("unused output", 1), gpu.output("unused output", 1)];
