@@ -201,6 +201,14 @@ impl Slm for SmallModel {
         }
     }
 
+    fn truncate(&mut self, len: usize) {
+        self.context.truncate(len);
+        match &mut self.backend {
+            Backend::Cpu(d) => d.cache_mut().truncate(len),
+            Backend::Gpu(g) => g.truncate(len),
+        }
+    }
+
     async fn forward(&mut self, tokens: &[u32]) -> Result<SlmStep> {
         let step = match &mut self.backend {
             Backend::Cpu(d) => d.forward(tokens)?.into(),

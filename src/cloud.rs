@@ -36,6 +36,17 @@ pub struct CompletionRequest {
     pub return_token_ids: bool,
     pub cache_prompt: bool,
     pub stream: bool,
+    /// OpenAI legacy: the answer starts with the prompt's tokens, each with its logprob and
+    /// top alternatives (how a consult verifies the small model's tokens).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub echo: bool,
+    /// Our server's extension: echo (and score) only the prompt's positions from this one on,
+    /// reusing its cached prefix before it. Other engines ignore it and echo everything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo_from: Option<usize>,
+    /// vLLM: name tokens `token_id:N`, so alternatives carry ids, not only text.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub return_tokens_as_token_ids: bool,
 }
 
 impl CompletionRequest {
@@ -53,7 +64,20 @@ impl CompletionRequest {
             return_token_ids: true,
             cache_prompt: true,
             stream: false,
+            echo: false,
+            echo_from: None,
+            return_tokens_as_token_ids: false,
         }
+    }
+
+    /// The same consult, also asking for the scores of the prompt's positions from `from` on
+    /// (the local tokens since the last consult), with the top `alternatives` of each.
+    pub fn scoring(mut self, from: usize, alternatives: usize) -> Self {
+        self.echo = true;
+        self.echo_from = Some(from);
+        self.return_tokens_as_token_ids = true;
+        self.logprobs = Some(self.logprobs.unwrap_or(0).max(alternatives).max(1));
+        self
     }
 }
 
@@ -169,8 +193,71 @@ pub struct TopToken {
     pub logprob: f32,
 }
 
-/// Reads a completion response body of any supported engine into its generated tokens.
+/// Reads a completion response body of any supported engine into its generated tokens
+/// (echoed prompt tokens, if any, are left out: see [`echoed`]).
 pub fn normalize(body: &serde_json::Value) -> Result<Vec<CloudToken>> {
+    read(body).map(|(_, tokens)| tokens)
+}
+
+/// The prompt positions a response echoed with their scores (`echo` + `logprobs` in the
+/// legacy shape, or vLLM's `prompt_logprobs`), in prompt order; `None` when it has none.
+pub fn echoed(body: &serde_json::Value) -> Result<Option<Vec<EchoEntry>>> {
+    read(body).map(|(echo, _)| echo)
+}
+
+/// One echoed prompt position as an engine reported it. The legacy shape names the token
+/// there (an id with `token_id:N` names); vLLM's `prompt_logprobs` gives only alternatives,
+/// among them the token itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EchoEntry {
+    pub id: Option<u32>,
+    pub logprob: Option<f32>,
+    pub top: Vec<TopToken>,
+}
+
+/// The cloud's verdict on one prompt position: the log-probability of the token there and
+/// the top alternatives, best first, with ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PositionScore {
+    pub id: u32,
+    pub logprob: Option<f32>,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Lines the echoed entries up with `prompt` and returns the scores of positions `from..`:
+/// engines that honour `echo_from` echo just those, others the whole prompt.
+pub fn position_scores(echo: &[EchoEntry], prompt: &[u32], from: usize) -> Result<Vec<PositionScore>> {
+    let tail = prompt.len().saturating_sub(from);
+    let entries = match echo.len() {
+        n if n == tail => echo,
+        n if n == prompt.len() => &echo[from.min(n)..],
+        n => {
+            return Err(Error::Cloud(format!(
+                "the cloud echoed {n} prompt tokens, but the prompt has {} and {tail} were asked for: it does not score prompts as OpenAI's `echo` does",
+                prompt.len()
+            )))
+        }
+    };
+    entries
+        .iter()
+        .zip(&prompt[from..])
+        .enumerate()
+        .map(|(i, (entry, &id))| {
+            let position = from + i;
+            if entry.id.is_some_and(|e| e != id) {
+                return Err(Error::Cloud(format!("the cloud echoed token {:?} at position {position}, where the prompt has {id}", entry.id)));
+            }
+            let top = entry.top.iter().map(|t| t.id.map(|tid| (tid, t.logprob))).collect::<Option<Vec<(u32, f32)>>>().ok_or_else(|| {
+                Error::Cloud("the cloud's scores name tokens by text only; ask with return_tokens_as_token_ids (vLLM) so they carry ids".into())
+            })?;
+            let logprob = entry.logprob.or_else(|| top.iter().find(|t| t.0 == id).map(|t| t.1));
+            Ok(PositionScore { id, logprob, top })
+        })
+        .collect()
+}
+
+/// Echoed prompt entries and generated tokens, whatever engine's shape.
+fn read(body: &serde_json::Value) -> Result<(Option<Vec<EchoEntry>>, Vec<CloudToken>)> {
     let bad = |what: &str| Error::Cloud(format!("unexpected completion response: {what}"));
     if let Some(error) = body.get("error") {
         let message = error.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
@@ -178,64 +265,106 @@ pub fn normalize(body: &serde_json::Value) -> Result<Vec<CloudToken>> {
     }
     // llama.cpp's native /completion.
     if let Some(probs) = body.get("completion_probabilities") {
-        return content_entries(probs).map_err(|e| bad(&e));
+        return Ok((None, content_entries(probs).map_err(|e| bad(&e))?));
     }
-    let choice = body
-        .get("choices")
-        .and_then(|c| c.get(0))
-        .ok_or_else(|| bad("no choices[0]"))?;
+    let choice = body.get("choices").and_then(|c| c.get(0)).ok_or_else(|| bad("no choices[0]"))?;
+    let prompt_logprobs = match choice.get("prompt_logprobs").filter(|p| !p.is_null()) {
+        Some(p) => Some(vllm_prompt_logprobs(p).map_err(|e| bad(&format!("prompt_logprobs: {e}")))?),
+        None => None,
+    };
     let logprobs = choice.get("logprobs").filter(|l| !l.is_null());
     if let Some(content) = logprobs.and_then(|l| l.get("content")) {
-        return content_entries(content).map_err(|e| bad(&e));
+        return Ok((prompt_logprobs, content_entries(content).map_err(|e| bad(&e))?));
     }
+    let completion_tokens = body.pointer("/usage/completion_tokens").and_then(|n| n.as_u64()).map(|n| n as usize);
     let choice: Choice = serde_json::from_value(choice.clone()).map_err(|e| bad(&e.to_string()))?;
-    legacy_tokens(&choice).map_err(|e| bad(&e))
+    let (echo, tokens) = legacy_tokens(&choice, completion_tokens).map_err(|e| bad(&e))?;
+    Ok((prompt_logprobs.or(echo), tokens))
 }
 
 /// vLLM/SGLang: ids from `token_ids` or from `token_id:N` strings, texts and logprobs from
-/// the legacy lists.
-fn legacy_tokens(choice: &Choice) -> std::result::Result<Vec<CloudToken>, String> {
+/// the legacy lists. With `echo` the lists start with the prompt's entries: as many as the
+/// lists hold beyond the generated tokens (`token_ids`, else usage's completion tokens).
+fn legacy_tokens(choice: &Choice, completion_tokens: Option<usize>) -> std::result::Result<(Option<Vec<EchoEntry>>, Vec<CloudToken>), String> {
     let lp = choice.logprobs.clone().unwrap_or_default();
-    let ids: Vec<u32> = match (&choice.token_ids, lp.tokens.is_empty()) {
+    let entries = lp.tokens.len();
+    let generated = match &choice.token_ids {
+        Some(ids) if ids.len() <= entries || entries == 0 => ids.len(),
+        _ => completion_tokens.unwrap_or(entries).min(entries),
+    };
+    let echoed = entries.saturating_sub(generated);
+    let top_of = |i: usize| -> Vec<TopToken> {
+        let mut top: Vec<TopToken> = lp
+            .top_logprobs
+            .get(i)
+            .cloned()
+            .flatten()
+            .unwrap_or_default()
+            .0
+            .into_iter()
+            .map(|(text, logprob)| TopToken { id: token_id_string(&text), text, logprob })
+            .collect();
+        // A JSON object's order is not guaranteed to survive parsing: rank by logprob.
+        top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+        top
+    };
+    let echo = (echoed > 0).then(|| {
+        (0..echoed).map(|i| EchoEntry { id: token_id_string(&lp.tokens[i]), logprob: lp.token_logprobs.get(i).copied().flatten(), top: top_of(i) }).collect()
+    });
+    let ids: Vec<u32> = match (&choice.token_ids, entries == 0) {
         (Some(ids), _) => ids.clone(),
-        (None, false) => lp
-            .tokens
+        (None, false) => lp.tokens[echoed..]
             .iter()
             .map(|t| token_id_string(t).ok_or_else(|| format!("token {t:?} carries no id")))
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| format!("{e}; ask with return_token_ids (vLLM) so the response carries token ids"))?,
-        (None, true) => {
-            return Err("no token ids; ask with return_token_ids (vLLM) or use a server that reports ids".into())
-        }
+        (None, true) => return Err("no token ids; ask with return_token_ids (vLLM) or use a server that reports ids".into()),
     };
-    if !lp.tokens.is_empty() && lp.tokens.len() != ids.len() {
-        return Err(format!("{} token ids but {} logprob entries", ids.len(), lp.tokens.len()));
+    if entries != 0 && generated != ids.len() {
+        return Err(format!("{} token ids but {generated} logprob entries", ids.len()));
     }
-    Ok(ids
+    let tokens = ids
         .iter()
         .enumerate()
         .map(|(i, &id)| {
-            let text = match lp.tokens.get(i) {
+            let at = echoed + i;
+            let text = match lp.tokens.get(at) {
                 Some(t) if token_id_string(t).is_none() => t.clone(),
                 // Without per-token texts, the whole text belongs to a single token.
-                _ if ids.len() == 1 => choice.text.clone(),
+                _ if ids.len() == 1 && echoed == 0 => choice.text.clone(),
                 _ => String::new(),
             };
-            let mut top: Vec<TopToken> = lp
-                .top_logprobs
-                .get(i)
-                .cloned()
-                .flatten()
-                .unwrap_or_default()
-                .0
-                .into_iter()
-                .map(|(text, logprob)| TopToken { id: token_id_string(&text), text, logprob })
-                .collect();
-            // A JSON object's order is not guaranteed to survive parsing: rank by logprob.
-            top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
-            CloudToken { id, text, logprob: lp.token_logprobs.get(i).copied().flatten(), top }
+            CloudToken { id, text, logprob: lp.token_logprobs.get(at).copied().flatten(), top: top_of(at) }
         })
-        .collect())
+        .collect();
+    Ok((echo, tokens))
+}
+
+/// vLLM's `prompt_logprobs`: per prompt position `null` (the first) or
+/// `{"<id>": {"logprob", "rank", "decoded_token"}}` holding the token there and the top ones.
+fn vllm_prompt_logprobs(value: &serde_json::Value) -> std::result::Result<Vec<EchoEntry>, String> {
+    #[derive(Deserialize)]
+    struct Scored {
+        logprob: f32,
+        #[serde(default)]
+        decoded_token: Option<String>,
+    }
+    let positions: Vec<Option<std::collections::HashMap<String, Scored>>> = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    positions
+        .into_iter()
+        .map(|position| {
+            let mut top = position
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, s)| {
+                    let id: u32 = id.parse().map_err(|_| format!("key {id:?} is not a token id"))?;
+                    Ok(TopToken { id: Some(id), text: s.decoded_token.unwrap_or_default(), logprob: s.logprob })
+                })
+                .collect::<std::result::Result<Vec<_>, String>>()?;
+            top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob).then(a.id.cmp(&b.id)));
+            Ok(EchoEntry { id: None, logprob: None, top })
+        })
+        .collect()
 }
 
 /// vLLM's `return_tokens_as_token_ids` spelling of a token.
@@ -304,6 +433,8 @@ pub struct CloudClient {
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub tokens: Vec<CloudToken>,
+    /// The prompt positions the cloud echoed with their scores, when asked (`echo`).
+    pub echo: Option<Vec<EchoEntry>>,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
     pub bytes_up: usize,
@@ -313,11 +444,7 @@ pub struct Completion {
 #[cfg(not(target_arch = "wasm32"))]
 impl CloudClient {
     pub fn new(config: CloudConfig) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(config.timeout))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+        let agent = ureq::Agent::config_builder().timeout_global(Some(config.timeout)).http_status_as_error(false).build().new_agent();
         Self { config, agent }
     }
 
@@ -334,9 +461,7 @@ impl CloudClient {
         if let Some(key) = &self.config.api_key {
             call = call.header("Authorization", &format!("Bearer {key}"));
         }
-        let mut response = call
-            .send(body.as_bytes())
-            .map_err(|e| Error::Cloud(format!("cannot reach the cloud at {url}: {e}")))?;
+        let mut response = call.send(body.as_bytes()).map_err(|e| Error::Cloud(format!("cannot reach the cloud at {url}: {e}")))?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
@@ -360,10 +485,11 @@ impl Completion {
             let message = json.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or(text);
             return Err(Error::Cloud(format!("the cloud at {url} answered HTTP {status}: {message}")));
         }
-        let tokens = normalize(&json)?;
+        let (echo, tokens) = read(&json)?;
         let response: Option<CompletionResponse> = serde_json::from_value(json).ok();
         Ok(Completion {
             tokens,
+            echo,
             finish_reason: response.as_ref().and_then(|r| r.choices.first()?.finish_reason.clone()),
             usage: response.and_then(|r| r.usage),
             bytes_up,

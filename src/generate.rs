@@ -1,19 +1,23 @@
 //! The hybrid decoding loop, the same code natively and in the browser: the small model
 //! proposes a token, the reward head scores it, the policy keeps it or asks the cloud for the
 //! next token(s) given the whole prefix, and whatever is emitted is fed back to the small
-//! model. The decision comes before a token enters the small model's KV cache, so nothing is
-//! ever rolled back. A cloud that fails, is slow or refuses leaves the small model's token in
-//! place (marked `fallback`); after repeated failures consults pause and are retried later.
+//! model. Every consult also verifies (`verify.rs`): the cloud scores the local tokens since
+//! the previous consult, and where it disagrees the small model's KV cache is rolled back,
+//! the later tokens are withdrawn (an event every consumer handles) and the cloud's token
+//! takes their place. A cloud that fails, is slow or refuses leaves the small model's token
+//! in place (marked `fallback`, still unchecked); after repeated failures consults pause and
+//! are retried later.
 //!
 //! Only the transport of the cloud call ([`CloudTransport`]) and the model backend ([`Slm`])
 //! differ between native and wasm; the loop is `async` so the browser can await `fetch`.
 //! `hybrid generate` is this loop with the `never` policy.
-use crate::cloud::{Completion, CompletionRequest, Prompt};
+use crate::cloud::{Completion, CompletionRequest, PositionScore, Prompt};
 use crate::model::decoder::{Decoder, Step};
 use crate::model::tokenizer::{TextStream, Tokenizer};
 use crate::policy::{Policy, Signals};
 use crate::reward::RewardHead;
 use crate::sampler::{Sampler, TopLogits};
+use crate::verify::{Pending, Verdict};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::time::Duration;
@@ -25,6 +29,8 @@ use web_time::Instant;
 pub trait Slm {
     /// Forgets the previous conversation (empties the KV cache).
     fn reset(&mut self);
+    /// Forgets every cached token from position `len` on (a verification's rollback).
+    fn truncate(&mut self, len: usize);
     /// Runs new tokens after the cached ones; the step predicts the token after the last.
     async fn forward(&mut self, tokens: &[u32]) -> Result<SlmStep>;
     /// The input embedding of a token (the reward head reads it).
@@ -48,6 +54,10 @@ impl From<Step> for SlmStep {
 impl Slm for Decoder {
     fn reset(&mut self) {
         self.cache_mut().clear();
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.cache_mut().truncate(len);
     }
 
     async fn forward(&mut self, tokens: &[u32]) -> Result<SlmStep> {
@@ -103,6 +113,22 @@ pub struct TokenEvent {
     /// The small model's probability of this token, when known: not for the cloud's second
     /// and later tokens of a consult, nor for one outside the small model's top tokens.
     pub slm_prob: Option<f32>,
+}
+
+/// What the loop tells its consumer, in order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum LoopEvent {
+    Token(TokenEvent),
+    /// The answer's tokens from index `withdraw_from` on are taken back: the cloud disagreed
+    /// there. The next token event is the correction.
+    Withdraw {
+        withdraw_from: usize,
+    },
+    /// The answer's tokens before index `verified_to` are checked by the cloud.
+    Verified {
+        verified_to: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -174,11 +200,21 @@ pub struct HybridConfig {
     /// Tokens one consult asks the cloud for (1 as in the paper; more saves round trips).
     pub consult_tokens: usize,
     pub backoff: BackoffConfig,
+    /// Each consult also checks the local tokens since the previous one (`--no-verify` turns
+    /// it off: consults then only answer).
+    pub verify: bool,
+    /// The `verify` policy consults after at most this many unchecked local tokens.
+    pub verify_every: usize,
+    /// Alternatives the cloud returns per checked position (sampling's residual reads them).
+    pub verify_alternatives: usize,
 }
+
+/// Default of `verify_every` (the web app reads it through the engine's defaults).
+pub const DEFAULT_VERIFY_EVERY: usize = 32;
 
 impl Default for HybridConfig {
     fn default() -> Self {
-        Self { max_tokens: 256, consult_tokens: 1, backoff: BackoffConfig::default() }
+        Self { max_tokens: 256, consult_tokens: 1, backoff: BackoffConfig::default(), verify: true, verify_every: DEFAULT_VERIFY_EVERY, verify_alternatives: 5 }
     }
 }
 
@@ -192,6 +228,14 @@ pub struct HybridStats {
     /// Consults sent (successful or not).
     pub consults: usize,
     pub fallbacks: usize,
+    /// Local tokens the cloud checked and kept.
+    pub verified_tokens: usize,
+    /// Checks that found a token the cloud would not have chosen (each a rollback).
+    pub corrections: usize,
+    /// Local tokens taken back by those corrections.
+    pub withdrawn_tokens: usize,
+    /// Local tokens of the final answer no consult checked.
+    pub unverified_tokens: usize,
     pub failed_consults: usize,
     /// Consults the policy wanted while consults were paused (each a fallback, no request).
     pub skipped_consults: usize,
@@ -224,6 +268,10 @@ impl HybridStats {
             cloud_tokens: 0,
             consults: 0,
             fallbacks: 0,
+            verified_tokens: 0,
+            corrections: 0,
+            withdrawn_tokens: 0,
+            unverified_tokens: 0,
             failed_consults: 0,
             skipped_consults: 0,
             bytes_up: 0,
@@ -274,6 +322,10 @@ impl HybridStats {
             "cloud_share": (self.cloud_share() * 1e4).round() / 1e4,
             "consults": self.consults,
             "fallbacks": self.fallbacks,
+            "verified_tokens": self.verified_tokens,
+            "corrections": self.corrections,
+            "withdrawn_tokens": self.withdrawn_tokens,
+            "unverified_tokens": self.unverified_tokens,
             "failed_consults": self.failed_consults,
             "skipped_consults": self.skipped_consults,
             "bytes_up": self.bytes_up,
@@ -289,6 +341,12 @@ impl HybridStats {
             "last_cloud_error": self.last_cloud_error,
         })
     }
+}
+
+/// Whether a failed consult was the engine refusing the request (HTTP 4xx, as
+/// `Completion::from_http` words it) rather than the network or the server failing.
+fn is_refusal(e: &Error) -> bool {
+    matches!(e, Error::Cloud(m) if m.contains(" answered HTTP 4"))
 }
 
 /// Nearest-rank percentile of unsorted values; 0 for none.
@@ -316,9 +374,19 @@ pub struct HybridLoop<'a, M: Slm, C: CloudTransport> {
 }
 
 /// The tokens one consult supplied; `ended` when the cloud chose to end the answer after them.
+/// `scores`: the cloud's scores of the checked positions, when it was asked for them.
 struct CloudAnswer {
     ids: Vec<u32>,
     ended: bool,
+    scores: Option<Result<Vec<PositionScore>>>,
+}
+
+/// One token of the answer so far, as verification needs it.
+struct Emitted {
+    id: u32,
+    source: Source,
+    /// The small model's distribution it was drawn from (local and fallback tokens).
+    q: Vec<(u32, f32)>,
 }
 
 /// Type for a loop without a cloud (`hybrid generate`, the `never` policy).
@@ -336,22 +404,34 @@ impl CloudTransport for NoCloud {
 
 impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
     /// Generates after `prompt` (token ids, e.g. a rendered chat template) on a fresh KV cache,
-    /// awaiting `on_event` for each emitted token; returning `false` from it stops generation.
-    /// It is async so the browser can yield to its event loop there (that is how an abort
-    /// message reaches a worker busy generating).
-    pub async fn run(&mut self, prompt: &[u32], mut on_event: impl AsyncFnMut(&TokenEvent) -> bool) -> Result<HybridStats> {
+    /// awaiting `on_event` for each event (tokens, withdrawals, checks); returning `false`
+    /// from it stops generation. It is async so the browser can yield to its event loop there
+    /// (that is how an abort message reaches a worker busy generating).
+    pub async fn run(&mut self, prompt: &[u32], mut on_event: impl AsyncFnMut(&LoopEvent) -> bool) -> Result<HybridStats> {
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty: give the model some text".into()));
         }
         if self.policy.kind().needs_reward() && self.head.is_none() {
             return Err(Error::InvalidInput(
-                "the reward policy needs a reward head (`--reward-head FILE`, default assets/reward/); or pick maxprob, entropy, random, never or always".into(),
+                "the reward policy needs a reward head (`--reward-head FILE`, default assets/reward/); or pick maxprob, entropy, random, verify, never or always".into(),
             ));
+        }
+        let lossless = self.policy.kind().lossless();
+        if lossless && !self.config.verify {
+            return Err(Error::InvalidInput("the verify policy checks every token: it cannot run with verification off (drop --no-verify)".into()));
         }
         let started = Instant::now();
         let mut stats = HybridStats::new(prompt.len());
         let mut backoff = Backoff::new(self.config.backoff);
         let mut context = prompt.to_vec();
+        let mut answer: Vec<Emitted> = Vec::new();
+        // Tokens of `answer` before this index are checked (or came from the cloud).
+        let mut checked = 0;
+        // Set when the cloud turns out not to score prompts: gated policies stop asking.
+        let mut scoring_unavailable = false;
+        // The consumer asked to stop while local tokens were unchecked: under the verify
+        // policy one more consult checks them first (and a correction goes on generating).
+        let mut stop_requested = false;
         let mut text = TextStream::new(self.tokenizer);
 
         self.slm.reset();
@@ -368,26 +448,106 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
             };
             let signals = Signals { reward, top1_prob: features.top1_p, entropy: features.entropy };
             let slm_prob = Some(features.log_p.exp());
+            let unchecked = answer.len() - checked;
+            // The verify policy checks every token before the answer ends: the last one and an
+            // end proposal are the cloud's call, and a stretch never grows past `verify_every`.
+            let forced = lossless
+                && (stop_requested
+                    || unchecked >= self.config.verify_every.max(1)
+                    || self.tokenizer.is_eog(proposal)
+                    || stats.tokens + 1 >= self.config.max_tokens);
 
             // What this position emits: the proposal, or the cloud's token(s).
             let mut emitted: Vec<TokenEvent> = Vec::new();
             let mut cloud_ended = false;
             let local = |source| TokenEvent { id: proposal, text: String::new(), source, reward, slm_prob };
-            if !self.policy.consult(&signals)? {
+            if !forced && !self.policy.consult(&signals)? {
                 emitted.push(local(Source::Local));
             } else {
                 let budget = (self.config.max_tokens - stats.tokens).min(self.config.consult_tokens.max(1));
-                match self.consult(&context, budget, &mut backoff, started, &mut stats).await {
-                    Some(answer) => {
-                        for (i, &id) in answer.ids.iter().enumerate() {
-                            // The small model's view of the first cloud token is known; of later ones it is not.
-                            let slm_prob = if i == 0 { step.top.log_prob(id).map(f32::exp) } else { None };
-                            let reward = if i == 0 { reward } else { None };
-                            emitted.push(TokenEvent { id, text: String::new(), source: Source::Cloud, reward, slm_prob });
-                        }
-                        cloud_ended = answer.ended;
+                let score_from = (self.config.verify && unchecked > 0 && !scoring_unavailable).then_some(prompt.len() + checked);
+                match self.consult(&context, budget, score_from, &mut backoff, started, &mut stats).await {
+                    None if stop_requested => {
+                        stats.stop = StopReason::Stopped;
+                        break 'generation;
                     }
                     None => emitted.push(local(Source::Fallback)),
+                    Some(cloud) => {
+                        let pending: Vec<Pending> = answer[checked..].iter().map(|e| Pending { id: e.id, q: e.q.clone() }).collect();
+                        let sampler = &mut self.sampler;
+                        let checks = cloud.scores.map(|scores| scores.and_then(|scores| crate::verify::check(&pending, &scores, sampler)));
+                        let mut scored = false;
+                        let verdict = match checks {
+                            None => Verdict::Accepted,
+                            Some(Ok(verdict)) => {
+                                scored = true;
+                                verdict
+                            }
+                            Some(Err(e)) if lossless => {
+                                stats.tail = text.finish();
+                                return Err(Error::Cloud(format!(
+                                    "the verify policy needs the cloud to score the answer's tokens, and it did not ({e}); the answer so far stays unchecked"
+                                )));
+                            }
+                            Some(Err(e)) => {
+                                stats.last_cloud_error = Some(format!("{e}; consults go on without checking the local tokens"));
+                                scoring_unavailable = true;
+                                Verdict::Accepted
+                            }
+                        };
+                        match verdict {
+                            Verdict::Accepted => {
+                                if scored {
+                                    stats.verified_tokens += unchecked;
+                                    checked = answer.len();
+                                    if !on_event(&LoopEvent::Verified { verified_to: checked }).await {
+                                        stats.stop = StopReason::Stopped;
+                                        break 'generation;
+                                    }
+                                }
+                                if stop_requested {
+                                    stats.stop = StopReason::Stopped;
+                                    break 'generation;
+                                }
+                                for (i, &id) in cloud.ids.iter().enumerate() {
+                                    // The small model's view of the first cloud token is known; of later ones it is not.
+                                    let slm_prob = if i == 0 { step.top.log_prob(id).map(f32::exp) } else { None };
+                                    let reward = if i == 0 { reward } else { None };
+                                    emitted.push(TokenEvent { id, text: String::new(), source: Source::Cloud, reward, slm_prob });
+                                }
+                                cloud_ended = cloud.ended;
+                            }
+                            Verdict::Rejected { index, token } => {
+                                stop_requested = false;
+                                let at = checked + index;
+                                stats.verified_tokens += index;
+                                stats.corrections += 1;
+                                for e in answer.drain(at..) {
+                                    stats.withdrawn_tokens += 1;
+                                    stats.tokens -= 1;
+                                    match e.source {
+                                        Source::Cloud => stats.cloud_tokens -= 1,
+                                        Source::Fallback => stats.fallbacks -= 1,
+                                        Source::Local => {}
+                                    }
+                                }
+                                checked = at;
+                                context.truncate(prompt.len() + at);
+                                self.slm.truncate(context.len());
+                                // The text stream holds back split characters: replay what is kept.
+                                text = TextStream::new(self.tokenizer);
+                                for e in &answer {
+                                    text.push(e.id);
+                                }
+                                if !on_event(&LoopEvent::Withdraw { withdraw_from: at }).await {
+                                    stats.stop = StopReason::Stopped;
+                                    break 'generation;
+                                }
+                                let slm_prob = None;
+                                emitted.push(TokenEvent { id: token, text: String::new(), source: Source::Cloud, reward: None, slm_prob });
+                            }
+                        }
+                    }
                 }
             }
 
@@ -404,10 +564,22 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
                     Source::Fallback => stats.fallbacks += 1,
                     Source::Local => {}
                 }
+                let q = match event.source {
+                    Source::Cloud => Vec::new(),
+                    _ => self.sampler.distribution(&step.top),
+                };
+                answer.push(Emitted { id: event.id, source: event.source, q });
+                if event.source == Source::Cloud && checked + 1 == answer.len() {
+                    checked = answer.len();
+                }
                 fed.push(event.id);
-                if !on_event(&event).await {
-                    stats.stop = StopReason::Stopped;
-                    break 'generation;
+                if !on_event(&LoopEvent::Token(event)).await {
+                    if !lossless || checked == answer.len() {
+                        stats.stop = StopReason::Stopped;
+                        break 'generation;
+                    }
+                    stop_requested = true;
+                    break;
                 }
             }
             context.extend_from_slice(&fed);
@@ -423,18 +595,21 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
             stats.decode_secs += t.elapsed().as_secs_f64();
             stats.decode_steps += 1;
         }
+        stats.unverified_tokens = answer[checked..].iter().filter(|e| e.source != Source::Cloud).count();
         stats.tail = text.finish();
         Ok(stats)
     }
 
-    /// Asks the cloud for up to `budget` tokens after `context`. `None` when the consult failed,
-    /// was refused or skipped by the back-off: the caller keeps its own token.
+    /// Asks the cloud for up to `budget` tokens after `context` and, with `score_from`, for
+    /// its scores of `context[score_from..]`. `None` when the consult failed, was refused or
+    /// skipped by the back-off: the caller keeps its own token.
     /// Engines leave the end-of-generation token out of the answer and say `finish_reason:
     /// "stop"` instead: then the answer ends there (possibly with no tokens at all).
     async fn consult(
         &mut self,
         context: &[u32],
         budget: usize,
+        score_from: Option<usize>,
         backoff: &mut Backoff,
         started: Instant,
         stats: &mut HybridStats,
@@ -447,9 +622,16 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
             stats.skipped_consults += 1;
             return None;
         }
-        let request = CompletionRequest::consult(cloud.model(), Prompt::Ids(context.to_vec()), budget, 1);
+        let plain = CompletionRequest::consult(cloud.model(), Prompt::Ids(context.to_vec()), budget, 1);
         let t = Instant::now();
-        let answer = cloud.complete(&request).await;
+        let (answer, refused) = match score_from {
+            None => (cloud.complete(&plain).await, None),
+            Some(from) => match cloud.complete(&plain.clone().scoring(from, self.config.verify_alternatives)).await {
+                // An engine that refuses to score prompts still answers the consult.
+                Err(e) if is_refusal(&e) => (cloud.complete(&plain).await, Some(e)),
+                answer => (answer, None),
+            },
+        };
         stats.consult_ms.push(t.elapsed().as_secs_f64() * 1e3);
         stats.consults += 1;
         stats.cloud_prompt_tokens += context.len();
@@ -462,12 +644,19 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
             }
             let ids: Vec<u32> = c.tokens.iter().map(|t| t.id).take(budget).collect();
             let ended = c.finish_reason.as_deref() == Some("stop") && ids.len() < budget;
+            let scores = score_from.map(|from| match (refused, &c.echo) {
+                (Some(e), _) => Err(Error::Cloud(format!("the cloud refused to score the prompt's tokens ({e})"))),
+                (None, Some(echo)) => crate::cloud::position_scores(echo, context, from),
+                (None, None) => {
+                    Err(Error::Cloud("the cloud returned no scores of the prompt's tokens (`echo` with `logprobs`): use hybrid serve or vLLM".into()))
+                }
+            });
             match ids.iter().find(|&&id| id as usize >= vocab) {
                 _ if ids.is_empty() && !ended => Err(Error::Cloud("the cloud answered with no tokens".into())),
                 Some(bad) => Err(Error::Cloud(format!(
                     "the cloud answered token id {bad}, outside the small model's vocabulary of {vocab}: the two models must share a tokenizer"
                 ))),
-                None => Ok(CloudAnswer { ids, ended }),
+                None => Ok(CloudAnswer { ids, ended, scores }),
             }
         });
         match checked {

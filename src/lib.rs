@@ -9,6 +9,7 @@ pub mod model;
 pub mod generate;
 pub mod gpu;
 pub mod policy;
+pub mod verify;
 pub mod reward;
 pub mod sampler;
 #[cfg(not(target_arch = "wasm32"))]

@@ -8,6 +8,9 @@
 //!   threshold.
 //! - `random`: consult with probability `threshold`, from a seeded generator.
 //! - `never` / `always`: small model only / cloud only.
+//! - `verify`: lossless. Gates like `maxprob`, and the loop adds consults so that every local
+//!   token is checked before the answer ends (at least every `verify_every` tokens, and at
+//!   its end): the answer is the cloud model's own.
 //!
 //! For the probability-like policies (reward, maxprob, random) the threshold lies in [0,1]
 //! and a higher one consults more often: 0 never, 1 always. The entropy threshold is in nats
@@ -25,10 +28,11 @@ pub enum PolicyKind {
     Random,
     Never,
     Always,
+    Verify,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 6] = [Self::Reward, Self::MaxProb, Self::Entropy, Self::Random, Self::Never, Self::Always];
+    pub const ALL: [PolicyKind; 7] = [Self::Reward, Self::MaxProb, Self::Entropy, Self::Random, Self::Never, Self::Always, Self::Verify];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,6 +42,7 @@ impl PolicyKind {
             Self::Random => "random",
             Self::Never => "never",
             Self::Always => "always",
+            Self::Verify => "verify",
         }
     }
 
@@ -49,6 +54,11 @@ impl PolicyKind {
     /// Whether the policy can ever consult (so needs a cloud).
     pub fn may_consult(self) -> bool {
         self != Self::Never
+    }
+
+    /// Whether every local token must be checked by the cloud before the answer ends.
+    pub fn lossless(self) -> bool {
+        self == Self::Verify
     }
 }
 
@@ -97,12 +107,10 @@ impl Policy {
         };
         if !valid {
             return Err(Error::InvalidInput(match kind {
-                PolicyKind::Entropy => format!(
-                    "entropy threshold {threshold} is not a number of nats ≥ 0; tokens whose entropy exceeds it are sent to the cloud"
-                ),
-                _ => format!(
-                    "threshold {threshold} is outside [0, 1] for the {kind} policy; higher consults the cloud more often (0: never, 1: always)"
-                ),
+                PolicyKind::Entropy => {
+                    format!("entropy threshold {threshold} is not a number of nats ≥ 0; tokens whose entropy exceeds it are sent to the cloud")
+                }
+                _ => format!("threshold {threshold} is outside [0, 1] for the {kind} policy; higher consults the cloud more often (0: never, 1: always)"),
             }));
         }
         Ok(Self { kind, threshold, rng: StdRng::seed_from_u64(seed) })
@@ -120,19 +128,18 @@ impl Policy {
     /// never consults and 1 always does, scores of exactly 0 or 1 included.
     pub fn consult(&mut self, signals: &Signals) -> Result<bool> {
         let t = self.threshold;
-        let probability_like = matches!(self.kind, PolicyKind::Reward | PolicyKind::MaxProb | PolicyKind::Random);
+        let probability_like = matches!(self.kind, PolicyKind::Reward | PolicyKind::MaxProb | PolicyKind::Random | PolicyKind::Verify);
         Ok(match self.kind {
             PolicyKind::Never => false,
             PolicyKind::Always => true,
             _ if probability_like && t <= 0.0 => false,
             _ if probability_like && t >= 1.0 => true,
             PolicyKind::Reward => {
-                let reward = signals.reward.ok_or_else(|| {
-                    Error::InvalidInput("the reward policy needs a reward head; load one or pick another policy".into())
-                })?;
+                let reward =
+                    signals.reward.ok_or_else(|| Error::InvalidInput("the reward policy needs a reward head; load one or pick another policy".into()))?;
                 reward < t
             }
-            PolicyKind::MaxProb => signals.top1_prob < t,
+            PolicyKind::MaxProb | PolicyKind::Verify => signals.top1_prob < t,
             PolicyKind::Entropy => signals.entropy > t,
             PolicyKind::Random => self.rng.random::<f32>() < t,
         })
@@ -188,8 +195,7 @@ mod tests {
 
     #[test]
     fn a_higher_threshold_never_consults_less() {
-        let cases: Vec<Signals> =
-            (0..50).map(|i| i as f32 / 49.0).map(|x| signals(x, 1.0 - x * 0.9, x * 8.0)).collect();
+        let cases: Vec<Signals> = (0..50).map(|i| i as f32 / 49.0).map(|x| signals(x, 1.0 - x * 0.9, x * 8.0)).collect();
         for kind in [PolicyKind::Reward, PolicyKind::MaxProb] {
             let mut last = 0;
             for t in [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0] {
@@ -233,7 +239,7 @@ mod tests {
         let e = Policy::new(PolicyKind::Entropy, -1.0, 0).unwrap_err().to_string();
         assert!(e.contains("nats"), "{e}");
         let e = "cheap".parse::<PolicyKind>().unwrap_err().to_string();
-        assert!(e.contains("reward, maxprob, entropy, random, never, always"), "{e}");
+        assert!(e.contains("reward, maxprob, entropy, random, never, always, verify"), "{e}");
         assert_eq!("MaxProb".parse::<PolicyKind>().unwrap(), PolicyKind::MaxProb);
         let no_head = Signals { reward: None, top1_prob: 0.5, entropy: 1.0 };
         let e = Policy::new(PolicyKind::Reward, 0.5, 0).unwrap().consult(&no_head).unwrap_err().to_string();

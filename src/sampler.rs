@@ -47,9 +47,57 @@ impl Sampler {
         self.draw(top.ids.iter().copied().zip(top.logits.iter().copied()).collect())
     }
 
+    /// What [`sample_top`](Self::sample_top) draws from: (id, probability) summing to 1,
+    /// most likely first; greedy is the top token with probability 1. Verification of a
+    /// sampled token reads it (speculative sampling's q).
+    pub fn distribution(&self, top: &TopLogits) -> Vec<(u32, f32)> {
+        if self.config.temperature <= 0.0 {
+            return vec![(top.argmax(), 1.0)];
+        }
+        let candidates: Vec<(u32, f32)> = top.ids.iter().copied().zip(top.logits.iter().copied()).collect();
+        let (order, probs, cut, kept) = self.nucleus(&candidates);
+        order[..cut].iter().map(|&k| (candidates[k].0, probs[k] / kept)).collect()
+    }
+
+    pub fn config(&self) -> SamplerConfig {
+        self.config
+    }
+
+    /// A uniform draw in [0, 1) from the sampler's generator.
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random::<f32>()
+    }
+
+    /// A token from (id, weight) pairs, in proportion to the weights (which need not sum to 1).
+    pub fn pick(&mut self, weighted: &[(u32, f32)]) -> u32 {
+        let total: f32 = weighted.iter().map(|w| w.1.max(0.0)).sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for &(id, w) in weighted {
+            r -= w.max(0.0);
+            if r <= 0.0 {
+                return id;
+            }
+        }
+        weighted.last().map_or(0, |w| w.0)
+    }
+
     /// Temperature softmax over `candidates` (id, logit), then the smallest most likely set
     /// whose mass reaches `top_p`, then a draw from it.
     fn draw(&mut self, candidates: Vec<(u32, f32)>) -> u32 {
+        let (order, probs, cut, kept) = self.nucleus(&candidates);
+        let mut r = self.rng.random::<f32>() * kept;
+        for &k in &order[..cut] {
+            r -= probs[k];
+            if r <= 0.0 {
+                return candidates[k].0;
+            }
+        }
+        candidates[order[cut - 1]].0
+    }
+
+    /// The temperature softmax of `candidates`, their order (most likely first, lower id on
+    /// ties), how many of that order top-p keeps, and the mass they hold.
+    fn nucleus(&self, candidates: &[(u32, f32)]) -> (Vec<usize>, Vec<f32>, usize, f32) {
         let logits: Vec<f32> = candidates.iter().map(|&(_, l)| l).collect();
         let probs = softmax(&logits, self.config.temperature);
         let mut order: Vec<usize> = (0..probs.len()).collect();
@@ -63,14 +111,7 @@ impl Sampler {
                 break;
             }
         }
-        let mut r = self.rng.random::<f32>() * kept;
-        for &k in &order[..cut] {
-            r -= probs[k];
-            if r <= 0.0 {
-                return candidates[k].0;
-            }
-        }
-        candidates[order[cut - 1]].0
+        (order, probs, cut, kept)
     }
 }
 

@@ -8,7 +8,7 @@
 //! ever sees bytes and JSON, so its interface is small and the worker is its only caller.
 use crate::backend::{GpuChoice, SmallModel};
 use crate::cloud::{Completion, CompletionRequest};
-use crate::generate::{CloudTransport, HybridConfig, HybridLoop, TokenEvent};
+use crate::generate::{CloudTransport, HybridConfig, HybridLoop, LoopEvent};
 use crate::gpu::Gpu;
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::decoder::Decoder;
@@ -71,6 +71,11 @@ pub struct GenerateOptions {
     pub top_p: f32,
     pub seed: u64,
     pub consult_tokens: usize,
+    /// Consults also check the local tokens since the previous one (withdrawing what the
+    /// cloud would not have written).
+    pub verify: bool,
+    /// The verify policy consults after at most this many unchecked local tokens.
+    pub verify_every: usize,
     /// The model name to send to the cloud; required when the policy may consult.
     pub cloud_model: Option<String>,
     /// Shown in error messages about the cloud.
@@ -87,6 +92,8 @@ impl Default for GenerateOptions {
             top_p: 1.0,
             seed: 0,
             consult_tokens: 1,
+            verify: true,
+            verify_every: crate::generate::DEFAULT_VERIFY_EVERY,
             cloud_model: None,
             cloud_url: "the cloud".into(),
         }
@@ -222,9 +229,15 @@ async fn run_generation(
         cloud: cloud.as_mut(),
         policy,
         sampler: Sampler::new(SamplerConfig { temperature: options.temperature, top_p: options.top_p, seed: options.seed }),
-        config: HybridConfig { max_tokens: options.max_tokens, consult_tokens: options.consult_tokens, ..Default::default() },
+        config: HybridConfig {
+            max_tokens: options.max_tokens,
+            consult_tokens: options.consult_tokens,
+            verify: options.verify,
+            verify_every: options.verify_every,
+            ..Default::default()
+        },
     };
-    let stats = run.run(prompt, async |event: &TokenEvent| emit(&on_event, event).await).await?;
+    let stats = run.run(prompt, async |event: &LoopEvent| emit(&on_event, event).await).await?;
     let mut summary = stats.summary();
     // Bytes of an unfinished character at the end, for the page to append.
     summary["tail"] = stats.tail.into();
@@ -234,9 +247,10 @@ async fn run_generation(
     Ok(summary.to_string())
 }
 
-/// Hands one token to JavaScript and awaits its answer: `false` (or a rejection) stops.
-async fn emit(on_event: &js_sys::Function, event: &TokenEvent) -> bool {
-    let json = serde_json::to_string(event).expect("a token event serialises");
+/// Hands one event (a token, `{withdraw_from}` or `{verified_to}`) to JavaScript and awaits
+/// its answer: `false` (or a rejection) stops.
+async fn emit(on_event: &js_sys::Function, event: &LoopEvent) -> bool {
+    let json = serde_json::to_string(event).expect("a loop event serialises");
     let Ok(answer) = on_event.call1(&JsValue::NULL, &JsValue::from_str(&json)) else { return false };
     let answer = match answer.dyn_into::<js_sys::Promise>() {
         Ok(promise) => match JsFuture::from(promise).await {

@@ -19,12 +19,7 @@ fn top(id: Option<u32>, text: &str, logprob: f32) -> TopToken {
 fn expected(with_top_ids: bool) -> Vec<CloudToken> {
     let id = |i| with_top_ids.then_some(i);
     vec![
-        CloudToken {
-            id: 1879,
-            text: " world".into(),
-            logprob: Some(-0.3125),
-            top: vec![top(id(1879), " world", -0.3125), top(id(1052), " there", -1.875)],
-        },
+        CloudToken { id: 1879, text: " world".into(), logprob: Some(-0.3125), top: vec![top(id(1879), " world", -0.3125), top(id(1052), " there", -1.875)] },
         CloudToken { id: 0, text: "!".into(), logprob: Some(-1.25), top: vec![top(id(0), "!", -1.25), top(id(11), ",", -1.4375)] },
     ]
 }
@@ -76,4 +71,81 @@ fn garbage_is_a_clear_error() {
     assert!(err.contains("unexpected completion response"), "{err}");
     let err = normalize(&serde_json::json!({"choices": [{"logprobs": {"content": [{"token": "x"}]}}]})).unwrap_err().to_string();
     assert!(err.contains("id"), "{err}");
+}
+
+/// An echo answer in the legacy shape with `token_id:N` names: prompt [7, 8, 9] echoed from
+/// position `from`, then one generated token (vLLM and our server).
+fn legacy_echo(from: usize) -> serde_json::Value {
+    let prompt = [7u32, 8, 9];
+    let mut tokens = vec![];
+    let mut lps = vec![];
+    let mut tops = vec![];
+    for p in from..3 {
+        tokens.push(format!("token_id:{}", prompt[p]));
+        if p == 0 {
+            lps.push(serde_json::Value::Null);
+            tops.push(serde_json::Value::Null);
+        } else {
+            lps.push(serde_json::json!(-0.5 * p as f32));
+            // The cloud's favourite at position 2 is 4, not the prompt's 9.
+            let best = if p == 2 { 4 } else { prompt[p] };
+            tops.push(serde_json::json!({format!("token_id:{best}"): -0.1, format!("token_id:{}", prompt[p]): -0.5 * p as f32}));
+        }
+    }
+    tokens.push("token_id:5".into());
+    lps.push(serde_json::json!(-0.2));
+    tops.push(serde_json::json!({"token_id:5": -0.2}));
+    serde_json::json!({"choices": [{"text": "", "token_ids": [5], "finish_reason": "length",
+        "logprobs": {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": vec![0; 4 - from]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+}
+
+#[test]
+fn echoed_prompt_scores_are_split_from_the_answer_and_lined_up_with_the_prompt() {
+    use hybrid_assistant::cloud::{echoed, position_scores};
+    for from in [0, 1] {
+        let body = legacy_echo(from);
+        // The generated token alone, whatever was echoed before it.
+        assert_eq!(normalize(&body).unwrap().iter().map(|t| t.id).collect::<Vec<_>>(), vec![5]);
+        let echo = echoed(&body).unwrap().unwrap();
+        assert_eq!(echo.len(), 3 - from);
+        // Asked from position 1: an engine that honours echo_from (from = 1) and one that
+        // echoes everything (from = 0) give the same scores.
+        let scores = position_scores(&echo, &[7, 8, 9], 1).unwrap();
+        assert_eq!(scores.iter().map(|s| s.id).collect::<Vec<_>>(), vec![8, 9]);
+        assert_eq!(scores[0].top[0].0, 8);
+        assert_eq!(scores[1].top[0], (4, -0.1));
+        assert_eq!(scores[1].logprob, Some(-1.0));
+    }
+    let echo = echoed(&legacy_echo(0)).unwrap().unwrap();
+    let e = position_scores(&echo, &[7, 8, 9, 10, 11], 3).unwrap_err().to_string();
+    assert!(e.contains("echoed 3 prompt tokens"), "{e}");
+    let e = position_scores(&echo, &[7, 6, 9], 1).unwrap_err().to_string();
+    assert!(e.contains("at position 1"), "{e}");
+    // No echo at all: none.
+    assert!(echoed(&fixture("vllm_completion.json")).unwrap().is_none());
+}
+
+#[test]
+fn vllm_prompt_logprobs_are_read_as_scores() {
+    use hybrid_assistant::cloud::{echoed, position_scores};
+    let mut body = fixture("vllm_completion.json");
+    body["choices"][0]["prompt_logprobs"] = serde_json::json!([null,
+        {"8": {"logprob": -0.3, "rank": 1, "decoded_token": "b"}},
+        {"4": {"logprob": -0.2, "rank": 1, "decoded_token": "x"}, "9": {"logprob": -2.5, "rank": 3, "decoded_token": "c"}}]);
+    let echo = echoed(&body).unwrap().unwrap();
+    let scores = position_scores(&echo, &[7, 8, 9], 1).unwrap();
+    assert_eq!(scores[0].top, vec![(8, -0.3)]);
+    assert_eq!(scores[1].top, vec![(4, -0.2), (9, -2.5)]);
+    assert_eq!(scores[1].logprob, Some(-2.5));
+}
+
+#[test]
+fn scores_named_by_text_only_ask_for_token_ids() {
+    use hybrid_assistant::cloud::{echoed, position_scores};
+    let mut body = legacy_echo(1);
+    body["choices"][0]["logprobs"]["top_logprobs"][0] = serde_json::json!({"b": -0.1});
+    let echo = echoed(&body).unwrap().unwrap();
+    let e = position_scores(&echo, &[7, 8, 9], 1).unwrap_err().to_string();
+    assert!(e.contains("return_tokens_as_token_ids"), "{e}");
 }

@@ -7,7 +7,7 @@ mod common;
 
 use common::server::{completion, Server};
 use hybrid_assistant::cloud::{CloudClient, CloudConfig, Completion, CompletionRequest};
-use hybrid_assistant::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, NoCloud, Source, TokenEvent};
+use hybrid_assistant::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud, Source, TokenEvent};
 use hybrid_assistant::model::decoder::{Kernels, LoadOptions};
 use hybrid_assistant::model::Model;
 use hybrid_assistant::policy::{Policy, PolicyKind};
@@ -41,7 +41,9 @@ fn run<C: CloudTransport>(model: &mut Model, cloud: Option<&mut C>, policy: Poli
     };
     let mut events = Vec::new();
     let stats = pollster::block_on(hybrid.run(&prompt, async |e| {
-        events.push(e.clone());
+        if let LoopEvent::Token(t) = e {
+            events.push(t.clone());
+        }
         true
     }))
     .unwrap();
@@ -55,7 +57,8 @@ fn ids(events: &[TokenEvent]) -> Vec<u32> {
 /// The server's own greedy answer to the same chat prompt.
 fn cloud_greedy(server: &Server, model: &Model) -> Vec<u32> {
     let prompt = model.tokenizer.encode(&model.chat_prompt(PROMPT).unwrap()).unwrap();
-    let body = completion(server, json!({"model": "smollm2-135m", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "return_token_ids": true})).json();
+    let body =
+        completion(server, json!({"model": "smollm2-135m", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "return_token_ids": true})).json();
     body["choices"][0]["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 

@@ -1,17 +1,16 @@
 //! `hybrid`: the command-line front of hybrid-assistant.
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use hybrid_assistant::fetch::Fetcher;
 use hybrid_assistant::cloud::{CloudClient, CloudConfig};
-use hybrid_assistant::generate::{HybridConfig, HybridLoop, HybridStats, NoCloud, Source, TokenEvent};
+use hybrid_assistant::fetch::Fetcher;
+use hybrid_assistant::generate::{HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud, Source};
 use hybrid_assistant::model::decoder::{Kernels, LoadOptions};
 use hybrid_assistant::model::Model;
 use hybrid_assistant::policy::{Policy, PolicyKind};
-use hybrid_assistant::reward::RewardHead;
 use hybrid_assistant::registry::Registry;
+use hybrid_assistant::reward::RewardHead;
 use hybrid_assistant::sampler::{Sampler, SamplerConfig};
 use std::io::Write;
-
 
 #[derive(Parser)]
 #[command(name = "hybrid", version, about = "A small local language model that asks a large cloud model only for the tokens it is unsure of")]
@@ -89,11 +88,12 @@ struct ChatArgs {
     cloud_model: String,
     #[arg(long, env = "HYBRID_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// reward, maxprob, entropy, random, never or always.
+    /// reward, maxprob, entropy, random, never, always, or verify (lossless: the answer is the
+    /// cloud model's own, most tokens still made locally).
     #[arg(long, default_value = "reward")]
     policy: PolicyKind,
-    /// Consult when the reward (maxprob: top-1 probability) is below it, when entropy (nats)
-    /// is above it, or at this rate (random).
+    /// Consult when the reward (maxprob, verify: top-1 probability) is below it, when entropy
+    /// (nats) is above it, or at this rate (random).
     #[arg(long, default_value_t = hybrid_assistant::reward::DEFAULT_THRESHOLD)]
     threshold: f32,
     /// Cloud tokens one consult returns.
@@ -112,9 +112,20 @@ struct ChatArgs {
     /// One JSON object per token, then a statistics line.
     #[arg(long)]
     json: bool,
-    /// Seeds the random policy.
+    /// Seeds the random policy and sampling.
     #[arg(long, default_value_t = SamplerConfig::default().seed)]
     seed: u64,
+    /// 0 is greedy; above it, consults check sampled tokens by speculative sampling.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Consults only answer: they do not check the local tokens since the previous one.
+    #[arg(long)]
+    no_verify: bool,
+    /// The verify policy consults after at most this many unchecked local tokens.
+    #[arg(long, default_value_t = hybrid_assistant::generate::DEFAULT_VERIFY_EVERY)]
+    verify_every: usize,
 }
 
 #[derive(clap::Args)]
@@ -250,8 +261,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         sampler: Sampler::new(SamplerConfig { temperature: args.temperature, top_p: args.top_p, seed: args.seed }),
         config: HybridConfig { max_tokens: args.max_tokens, ..Default::default() },
     };
-    let mut out = TokenPrinter::new(args.json, false);
-    let stats = pollster::block_on(run.run(&prompt, async |event| out.token(event)))?;
+    let mut out = TokenPrinter::new(args.json, false, false);
+    let stats = pollster::block_on(run.run(&prompt, async |event| out.event(event)))?;
     if args.json {
         let s = stats.summary();
         let keys = ["done", "tokens", "prompt_tokens", "prefill_tok_s", "stop"];
@@ -260,13 +271,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         out.line(&serde_json::Value::Object(line))?;
     } else {
         out.finish(&stats)?;
-        eprintln!(
-            "[{} prompt tokens at {:.1} tok/s, {} tokens at {:.1} tok/s]",
-            stats.prompt_tokens,
-            stats.prefill_tok_s(),
-            stats.tokens,
-            stats.local_tok_s()
-        );
+        eprintln!("[{} prompt tokens at {:.1} tok/s, {} tokens at {:.1} tok/s]", stats.prompt_tokens, stats.prefill_tok_s(), stats.tokens, stats.local_tok_s());
     }
     Ok(())
 }
@@ -298,12 +303,7 @@ fn reward_report(args: &hybrid_assistant::train::fit::ReportArgs) -> Result<()> 
 }
 
 fn print_gates(c: &hybrid_assistant::train::fit::GateComparison) {
-    println!(
-        "{} positions of {} prompts, {:.2}% where the cloud's greedy token differs:",
-        c.positions,
-        c.prompts,
-        c.disagreement * 100.0
-    );
+    println!("{} positions of {} prompts, {:.2}% where the cloud's greedy token differs:", c.positions, c.prompts, c.disagreement * 100.0);
     println!("{:<12} {:>8} {:>24} {:>24}", "gate", "ROC-AUC", "consult to flag 90%", "consult to flag 75%");
     let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}%", v * 100.0));
     for g in &c.gates {
@@ -344,23 +344,42 @@ fn chat(args: ChatArgs) -> Result<()> {
         head: head.as_ref(),
         cloud: args.policy.may_consult().then_some(&mut client),
         policy: Policy::new(args.policy, args.threshold, args.seed)?,
-        sampler: Sampler::new(SamplerConfig::default()),
-        config: HybridConfig { max_tokens: args.max_tokens, consult_tokens: args.consult_tokens, ..Default::default() },
+        sampler: Sampler::new(SamplerConfig { temperature: args.temperature, top_p: args.top_p, seed: args.seed }),
+        config: HybridConfig {
+            max_tokens: args.max_tokens,
+            consult_tokens: args.consult_tokens,
+            verify: !args.no_verify,
+            verify_every: args.verify_every,
+            ..Default::default()
+        },
     };
     let colour = !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut out = TokenPrinter::new(args.json, colour);
-    let stats = pollster::block_on(run.run(&prompt, async |event| out.token(event)))?;
+    // A pipe cannot take text back: it gets only checked text (and the rest at the end).
+    let hold = !args.json && !colour && !args.no_verify && args.policy.may_consult();
+    let mut out = TokenPrinter::new(args.json, colour, hold);
+    let stats = match pollster::block_on(run.run(&prompt, async |event| out.event(event))) {
+        Ok(stats) => stats,
+        Err(e) => {
+            // What was generated stays on screen (held text included) above the error.
+            let _ = out.write_upto(usize::MAX).and_then(|_| writeln!(out.out));
+            return Err(e.into());
+        }
+    };
     if args.json {
         out.line(&stats.summary())?;
     } else {
         out.finish(&stats)?;
         eprintln!(
-            "[{} tokens, {} from the cloud ({:.1}%) in {} consults, {} fallbacks; local {:.1} tok/s; consult p50 {:.0} ms p95 {:.0} ms{}]",
+            "[{} tokens, {} from the cloud ({:.1}%) in {} consults, {} fallbacks; {} checked, {} corrections withdrew {}, {} unchecked; local {:.1} tok/s; consult p50 {:.0} ms p95 {:.0} ms{}]",
             stats.tokens,
             stats.cloud_tokens,
             stats.cloud_share() * 100.0,
             stats.consults,
             stats.fallbacks,
+            stats.verified_tokens,
+            stats.corrections,
+            stats.withdrawn_tokens,
+            stats.unverified_tokens,
             stats.local_tok_s(),
             stats.consult_ms_percentile(50.0),
             stats.consult_ms_percentile(95.0),
@@ -390,30 +409,80 @@ fn load_head(path: &std::path::Path) -> Result<RewardHead> {
 }
 
 /// Writes tokens to stdout as they come: text (cloud and fallback tokens coloured on a
-/// terminal) or one JSON object per token. A closed pipe (e.g. `| head`) ends generation.
+/// terminal, withdrawn text erased) or one JSON object per event. With `hold`, text is
+/// written once the cloud has checked it (a pipe cannot take text back). A closed pipe
+/// (e.g. `| head`) ends generation.
 struct TokenPrinter {
     out: std::io::StdoutLock<'static>,
     json: bool,
     colour: bool,
+    hold: bool,
+    /// The text of each answer token so far, and how many of them are written.
+    pieces: Vec<String>,
+    written: usize,
 }
 
 impl TokenPrinter {
-    fn new(json: bool, colour: bool) -> Self {
-        Self { out: std::io::stdout().lock(), json, colour }
+    fn new(json: bool, colour: bool, hold: bool) -> Self {
+        Self { out: std::io::stdout().lock(), json, colour, hold, pieces: Vec::new(), written: 0 }
     }
 
-    fn token(&mut self, event: &TokenEvent) -> bool {
-        let written = match (self.json, self.colour, event.source) {
-            (true, ..) => writeln!(
-                self.out,
-                "{}",
-                serde_json::json!({"id": event.id, "text": event.text, "source": event.source, "reward": event.reward})
-            ),
-            (false, true, Source::Cloud) => write!(self.out, "\x1b[1;36m{}\x1b[0m", event.text),
-            (false, true, Source::Fallback) => write!(self.out, "\x1b[33m{}\x1b[0m", event.text),
-            _ => write!(self.out, "{}", event.text),
+    fn event(&mut self, event: &LoopEvent) -> bool {
+        let written = match (self.json, event) {
+            (true, LoopEvent::Token(t)) => {
+                writeln!(self.out, "{}", serde_json::json!({"id": t.id, "text": t.text, "source": t.source, "reward": t.reward}))
+            }
+            (true, other) => writeln!(self.out, "{}", serde_json::to_string(other).expect("events serialise")),
+            (false, LoopEvent::Token(t)) => {
+                self.pieces.push(t.text.clone());
+                match self.hold {
+                    true => Ok(()),
+                    false => self.write_piece(t.source),
+                }
+            }
+            (false, LoopEvent::Verified { verified_to }) if self.hold => self.write_upto(*verified_to),
+            (false, LoopEvent::Verified { .. }) => Ok(()),
+            (false, LoopEvent::Withdraw { withdraw_from }) => self.withdraw(*withdraw_from),
         };
         written.and_then(|_| self.out.flush()).is_ok()
+    }
+
+    fn write_piece(&mut self, source: Source) -> std::io::Result<()> {
+        let text = self.pieces.last().expect("pushed");
+        self.written = self.pieces.len();
+        match (self.colour, source) {
+            (true, Source::Cloud) => write!(self.out, "\x1b[1;36m{text}\x1b[0m"),
+            (true, Source::Fallback) => write!(self.out, "\x1b[33m{text}\x1b[0m"),
+            _ => write!(self.out, "{text}"),
+        }
+    }
+
+    fn write_upto(&mut self, end: usize) -> std::io::Result<()> {
+        let end = end.min(self.pieces.len());
+        if end > self.written {
+            write!(self.out, "{}", self.pieces[self.written..end].concat())?;
+            self.written = end;
+        }
+        Ok(())
+    }
+
+    /// Takes back the text of tokens `from..`: on a terminal it is erased (up to the start of
+    /// the lines it spans); held text was never written.
+    fn withdraw(&mut self, from: usize) -> std::io::Result<()> {
+        let from = from.min(self.pieces.len());
+        let shown = self.written.max(from);
+        let erased: String = self.pieces[from..shown].concat();
+        self.pieces.truncate(from);
+        self.written = self.written.min(from);
+        if erased.is_empty() || !self.colour {
+            return Ok(());
+        }
+        let kept = self.pieces.concat();
+        let column = kept.rsplit('\n').next().unwrap_or("").chars().count();
+        match erased.matches('\n').count() {
+            0 => write!(self.out, "\x1b[{}D\x1b[K", erased.chars().count()),
+            lines => write!(self.out, "\x1b[{lines}F{}\x1b[J", if column > 0 { format!("\x1b[{column}C") } else { String::new() }),
+        }
     }
 
     fn line(&mut self, value: &serde_json::Value) -> Result<()> {
@@ -421,6 +490,7 @@ impl TokenPrinter {
     }
 
     fn finish(&mut self, stats: &HybridStats) -> Result<()> {
+        self.write_upto(self.pieces.len())?;
         Ok(writeln!(self.out, "{}", stats.tail)?)
     }
 }

@@ -16,7 +16,7 @@ use super::humaneval::{instruction, load_problems, Problem};
 use super::plot::{line_plot, HLine, PlotSpec, Series};
 use super::sandbox;
 use crate::cloud::{CloudClient, CloudConfig};
-use crate::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, NoCloud};
+use crate::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud};
 use crate::model::decoder::{Kernels, LoadOptions};
 use crate::model::Model;
 use crate::policy::{Policy, PolicyKind};
@@ -47,7 +47,11 @@ pub struct HumanEvalArgs {
     /// Thresholds per policy, `POLICY=T` (repeat a policy for several); a bare number applies
     /// to every listed policy whose threshold is a probability (reward, maxprob, random). The
     /// default is the README table's settings, so a plain run resumes and extends that table.
-    #[arg(long, value_delimiter = ',', default_value = "reward=0.6,reward=0.7,reward=0.85,maxprob=0.65,maxprob=0.75,maxprob=0.9,entropy=0.4,entropy=0.65,random=0.04")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "reward=0.6,reward=0.7,reward=0.85,maxprob=0.65,maxprob=0.75,maxprob=0.9,entropy=0.4,entropy=0.65,random=0.04"
+    )]
     pub thresholds: Vec<String>,
     #[arg(long, default_value_t = 1)]
     pub consult_tokens: usize,
@@ -146,14 +150,14 @@ pub struct SettingSummary {
 /// SLM-only and cloud-only first, then each listed policy at each of its thresholds.
 fn settings(args: &HumanEvalArgs) -> anyhow::Result<Vec<Setting>> {
     let consult_tokens = args.consult_tokens;
-    let mut all = vec![
-        Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens },
-        Setting { policy: PolicyKind::Always, threshold: 1.0, consult_tokens },
-    ];
+    let mut all =
+        vec![Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens }, Setting { policy: PolicyKind::Always, threshold: 1.0, consult_tokens }];
     for item in &args.thresholds {
         let (policies, value) = match item.split_once('=') {
             Some((p, v)) => (vec![p.parse::<PolicyKind>()?], v),
-            None => (args.policies.iter().copied().filter(|p| matches!(p, PolicyKind::Reward | PolicyKind::MaxProb | PolicyKind::Random)).collect(), item.as_str()),
+            None => {
+                (args.policies.iter().copied().filter(|p| matches!(p, PolicyKind::Reward | PolicyKind::MaxProb | PolicyKind::Random)).collect(), item.as_str())
+            }
         };
         let threshold: f32 = value.trim().parse().with_context(|| format!("--thresholds: `{item}` is not POLICY=NUMBER or NUMBER"))?;
         for policy in policies.into_iter().filter(|p| args.policies.contains(p) && p.may_consult() && *p != PolicyKind::Always) {
@@ -181,9 +185,10 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
     }
     let head_path = match (&args.reward_head, settings.iter().any(|s| s.policy.needs_reward())) {
         (Some(path), _) => Some(path.clone()),
-        (None, true) => Some(crate::reward::shipped_head(&args.slm).with_context(|| {
-            format!("no reward head ships for {}; pass --reward-head FILE or leave `reward` out of --policies", args.slm)
-        })?),
+        (None, true) => Some(
+            crate::reward::shipped_head(&args.slm)
+                .with_context(|| format!("no reward head ships for {}; pass --reward-head FILE or leave `reward` out of --policies", args.slm))?,
+        ),
         (None, false) => None,
     };
     let (head, head_sha256) = match &head_path {
@@ -194,10 +199,7 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
         None => (None, None),
     };
     // Answers of another reward head are stale: they are redone (and replaced in summaries).
-    let mut records: Vec<AnswerRecord> = read_records(&answers_path)?
-        .into_iter()
-        .filter(|r| r.head_sha256.is_none() || r.head_sha256 == head_sha256)
-        .collect();
+    let mut records: Vec<AnswerRecord> = read_records(&answers_path)?.into_iter().filter(|r| r.head_sha256.is_none() || r.head_sha256 == head_sha256).collect();
     let done: HashSet<(String, String)> = records.iter().map(|r| (r.setting.clone(), r.task_id.clone())).collect();
 
     let mut slm = Model::load(&crate::eval::resolve_model(&args.slm)?).with_context(|| format!("loading {}", args.slm))?;
@@ -284,11 +286,7 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
             }
             eprintln!(
                 "{} {:<16} {:<6} {:>3} tokens, {:>2} from the cloud",
-                problem.task_id,
-                record.setting,
-                record.outcome,
-                record.tokens,
-                record.cloud_tokens
+                problem.task_id, record.setting, record.outcome, record.tokens, record.cloud_tokens
             );
             writeln!(file, "{}", serde_json::to_string(&record)?)?;
             file.flush()?;
@@ -312,15 +310,21 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
 }
 
 /// Runs one answer, ending it when its first code block closes (the rest is prose the test
-/// never reads).
+/// never reads). Withdrawn tokens leave the answer.
 fn answer_with<M: crate::generate::Slm, C: CloudTransport>(run: &mut HybridLoop<'_, M, C>, prompt: &[u32]) -> anyhow::Result<(String, HybridStats)> {
-    let mut answer = String::new();
-    let stats = pollster::block_on(run.run(prompt, async |event| {
-        answer.push_str(&event.text);
-        !code_block_closed(&answer)
+    let mut pieces: Vec<String> = Vec::new();
+    let stats = pollster::block_on(run.run(prompt, async |event| match event {
+        LoopEvent::Token(token) => {
+            pieces.push(token.text.clone());
+            !code_block_closed(&pieces.concat())
+        }
+        LoopEvent::Withdraw { withdraw_from } => {
+            pieces.truncate(*withdraw_from);
+            true
+        }
+        LoopEvent::Verified { .. } => true,
     }))?;
-    answer.push_str(&stats.tail);
-    Ok((answer, stats))
+    Ok((pieces.concat() + &stats.tail, stats))
 }
 
 /// Whether the answer's first fenced code block has been closed by a fence line.
@@ -363,10 +367,8 @@ fn read_records(path: &Path) -> anyhow::Result<Vec<AnswerRecord>> {
 
 /// Figures per configuration over the problems that every configuration has answered.
 pub fn summarise(settings: &[Setting], records: &[AnswerRecord], problems: &[Problem]) -> Vec<SettingSummary> {
-    let by_key: BTreeMap<(String, String), &AnswerRecord> =
-        records.iter().map(|r| ((r.setting.clone(), r.task_id.clone()), r)).collect();
-    let common: Vec<&Problem> =
-        problems.iter().filter(|p| settings.iter().all(|s| by_key.contains_key(&(s.key(), p.task_id.clone())))).collect();
+    let by_key: BTreeMap<(String, String), &AnswerRecord> = records.iter().map(|r| ((r.setting.clone(), r.task_id.clone()), r)).collect();
+    let common: Vec<&Problem> = problems.iter().filter(|p| settings.iter().all(|s| by_key.contains_key(&(s.key(), p.task_id.clone())))).collect();
     let mut out: Vec<SettingSummary> = settings
         .iter()
         .map(|s| {
@@ -410,8 +412,7 @@ pub fn summarise(settings: &[Setting], records: &[AnswerRecord], problems: &[Pro
 fn plot(summaries: &[SettingSummary], args: &HumanEvalArgs) -> String {
     let mut series: Vec<Series> = Vec::new();
     for policy in &args.policies {
-        let mut points: Vec<(f64, f64)> =
-            summaries.iter().filter(|s| s.policy == *policy).map(|s| (s.cloud_share * 100.0, s.pass_at_1 * 100.0)).collect();
+        let mut points: Vec<(f64, f64)> = summaries.iter().filter(|s| s.policy == *policy).map(|s| (s.cloud_share * 100.0, s.pass_at_1 * 100.0)).collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         series.push(Series { name: policy.to_string(), points });
     }
@@ -485,7 +486,8 @@ mod tests {
 
     #[test]
     fn the_summary_counts_gap_share_and_both_costs_on_problems_all_settings_answered() {
-        let problem = |id: &str| Problem { task_id: id.into(), prompt: String::new(), canonical_solution: String::new(), test: String::new(), entry_point: "f".into() };
+        let problem =
+            |id: &str| Problem { task_id: id.into(), prompt: String::new(), canonical_solution: String::new(), test: String::new(), entry_point: "f".into() };
         let problems = [problem("a"), problem("b"), problem("c")];
         let settings = [
             Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens: 1 },

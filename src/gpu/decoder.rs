@@ -318,6 +318,11 @@ impl GpuDecoder {
         self.len = 0;
     }
 
+    /// Forgets the positions from `len` on (they are overwritten by the next step).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Runs `tokens` after the cached positions, [`CHUNK`] at a time; the step predicts the
     /// token after the last.
     pub async fn forward(&mut self, tokens: &[u32]) -> Result<SlmStep> {
