@@ -47,6 +47,9 @@ pub struct CompletionRequest {
     /// vLLM: name tokens `token_id:N`, so alternatives carry ids, not only text.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub return_tokens_as_token_ids: bool,
+    /// vLLM's: only requests with the same salt share cached prefixes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_salt: Option<String>,
 }
 
 impl CompletionRequest {
@@ -67,6 +70,7 @@ impl CompletionRequest {
             echo: false,
             echo_from: None,
             return_tokens_as_token_ids: false,
+            cache_salt: None,
         }
     }
 

@@ -207,6 +207,9 @@ pub struct HybridConfig {
     pub verify_every: usize,
     /// Alternatives the cloud returns per checked position (sampling's residual reads them).
     pub verify_alternatives: usize,
+    /// Sent as `cache_salt` (vLLM's and our server's): only requests with the same salt share
+    /// cached prefixes (the evaluation gives each setting its own).
+    pub cache_salt: Option<String>,
 }
 
 /// Default of `verify_every` (the web app reads it through the engine's defaults).
@@ -214,7 +217,15 @@ pub const DEFAULT_VERIFY_EVERY: usize = 32;
 
 impl Default for HybridConfig {
     fn default() -> Self {
-        Self { max_tokens: 256, consult_tokens: 1, backoff: BackoffConfig::default(), verify: true, verify_every: DEFAULT_VERIFY_EVERY, verify_alternatives: 5 }
+        Self {
+            max_tokens: 256,
+            consult_tokens: 1,
+            backoff: BackoffConfig::default(),
+            verify: true,
+            verify_every: DEFAULT_VERIFY_EVERY,
+            verify_alternatives: 5,
+            cache_salt: None,
+        }
     }
 }
 
@@ -622,7 +633,8 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
             stats.skipped_consults += 1;
             return None;
         }
-        let plain = CompletionRequest::consult(cloud.model(), Prompt::Ids(context.to_vec()), budget, 1);
+        let mut plain = CompletionRequest::consult(cloud.model(), Prompt::Ids(context.to_vec()), budget, 1);
+        plain.cache_salt.clone_from(&self.config.cache_salt);
         let t = Instant::now();
         let (answer, refused) = match score_from {
             None => (cloud.complete(&plain).await, None),

@@ -42,7 +42,7 @@ pub struct HumanEvalArgs {
     pub cloud_model: String,
     #[arg(long, env = "HYBRID_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    #[arg(long, value_delimiter = ',', default_value = "reward,maxprob,entropy,random")]
+    #[arg(long, value_delimiter = ',', default_value = "reward,maxprob,entropy,random,verify")]
     pub policies: Vec<PolicyKind>,
     /// Thresholds per policy, `POLICY=T` (repeat a policy for several); a bare number applies
     /// to every listed policy whose threshold is a probability (reward, maxprob, random). The
@@ -50,9 +50,16 @@ pub struct HumanEvalArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "reward=0.6,reward=0.7,reward=0.85,maxprob=0.65,maxprob=0.75,maxprob=0.9,entropy=0.4,entropy=0.65,random=0.04"
+        default_value = "reward=0.6,reward=0.7,reward=0.85,maxprob=0.65,maxprob=0.75,maxprob=0.9,entropy=0.4,entropy=0.65,random=0.04,verify=0.7"
     )]
     pub thresholds: Vec<String>,
+    /// Gated policies' consults only answer, as before verified consults (their rows keep
+    /// the plain `policy@t` names; verified rows are `policy@t+verify`).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// The verify policy consults after at most this many unchecked local tokens.
+    #[arg(long, default_value_t = crate::generate::DEFAULT_VERIFY_EVERY)]
+    pub verify_every: usize,
     #[arg(long, default_value_t = 1)]
     pub consult_tokens: usize,
     /// The reward head; default: the one shipped for --slm.
@@ -79,17 +86,27 @@ pub struct Setting {
     pub policy: PolicyKind,
     pub threshold: f32,
     pub consult_tokens: usize,
+    /// Consults check the local tokens since the previous one.
+    #[serde(default)]
+    pub verify: bool,
+    #[serde(default)]
+    pub verify_every: usize,
 }
 
 impl Setting {
     /// The name in tables and the answers file; runs with other `--consult-tokens` share the
     /// SLM-only and cloud-only answers and add their own hybrid ones.
     fn key(&self) -> String {
-        match (self.policy, self.consult_tokens) {
-            (PolicyKind::Never, _) => "slm-only".into(),
-            (PolicyKind::Always, _) => "cloud-only".into(),
-            (p, 1) => format!("{p}@{}", self.threshold),
-            (p, k) => format!("{p}@{}/k{k}", self.threshold),
+        let base = match self.policy {
+            PolicyKind::Never => return "slm-only".into(),
+            PolicyKind::Always => return "cloud-only".into(),
+            PolicyKind::Verify => format!("verify@{}/every{}", self.threshold, self.verify_every),
+            p if self.verify => format!("{p}@{}+verify", self.threshold),
+            p => format!("{p}@{}", self.threshold),
+        };
+        match self.consult_tokens {
+            1 => base,
+            k => format!("{base}/k{k}"),
         }
     }
 }
@@ -110,6 +127,16 @@ pub struct AnswerRecord {
     pub cloud_prompt_tokens: usize,
     pub cloud_cached_tokens: usize,
     pub cloud_completion_tokens: usize,
+    /// Verification: local tokens checked and kept, corrections, local tokens they withdrew,
+    /// local tokens of the answer left unchecked.
+    #[serde(default)]
+    pub verified_tokens: usize,
+    #[serde(default)]
+    pub corrections: usize,
+    #[serde(default)]
+    pub withdrawn_tokens: usize,
+    #[serde(default)]
+    pub unverified_tokens: usize,
     pub answer: String,
     /// sha256 of the reward head, for answers that used it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +153,11 @@ pub struct SettingSummary {
     pub pass_at_1: f64,
     pub cloud_share: f64,
     pub consults_per_100_tokens: f64,
+    /// Local tokens withdrawn by corrections, per 100 local tokens made (kept or withdrawn).
+    pub withdrawn_per_100_local: f64,
+    pub corrections: usize,
+    /// Answers identical to cloud-only's, character for character.
+    pub same_as_cloud_only: usize,
     /// Share of the SLM-only → cloud-only pass@1 gap this configuration recovers.
     pub gap_recovered: Option<f64>,
     /// Cloud work actually done: prompt tokens computed after prefix-cache hits (prefill,
@@ -150,8 +182,8 @@ pub struct SettingSummary {
 /// SLM-only and cloud-only first, then each listed policy at each of its thresholds.
 fn settings(args: &HumanEvalArgs) -> anyhow::Result<Vec<Setting>> {
     let consult_tokens = args.consult_tokens;
-    let mut all =
-        vec![Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens }, Setting { policy: PolicyKind::Always, threshold: 1.0, consult_tokens }];
+    let plain = |policy, threshold| Setting { policy, threshold, consult_tokens, verify: false, verify_every: 0 };
+    let mut all = vec![plain(PolicyKind::Never, 0.0), plain(PolicyKind::Always, 1.0)];
     for item in &args.thresholds {
         let (policies, value) = match item.split_once('=') {
             Some((p, v)) => (vec![p.parse::<PolicyKind>()?], v),
@@ -162,7 +194,9 @@ fn settings(args: &HumanEvalArgs) -> anyhow::Result<Vec<Setting>> {
         let threshold: f32 = value.trim().parse().with_context(|| format!("--thresholds: `{item}` is not POLICY=NUMBER or NUMBER"))?;
         for policy in policies.into_iter().filter(|p| args.policies.contains(p) && p.may_consult() && *p != PolicyKind::Always) {
             Policy::new(policy, threshold, 0)?;
-            all.push(Setting { policy, threshold, consult_tokens });
+            let verify = policy == PolicyKind::Verify || !args.no_verify;
+            let verify_every = if policy == PolicyKind::Verify { args.verify_every.max(1) } else { 0 };
+            all.push(Setting { verify, verify_every, ..plain(policy, threshold) });
         }
     }
     Ok(all)
@@ -213,6 +247,10 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
         false => None,
     };
     let needs_server = settings.iter().filter(|s| s.policy != PolicyKind::Never && s.policy != PolicyKind::Always).any(pending);
+    anyhow::ensure!(
+        !(args.no_verify && args.policies.contains(&PolicyKind::Verify)),
+        "--no-verify leaves the gated policies' consults unchecked; the verify policy always checks: leave `verify` out of --policies"
+    );
     let (_own_server, url) = match (&args.cloud, needs_server) {
         (Some(url), _) => (None, url.clone()),
         (None, true) => {
@@ -259,6 +297,10 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
                     (answer, stats)
                 }
                 _ => {
+                    // Each setting has its own prefix cache on the server (`cache_salt`): its
+                    // cloud work is counted from cold, not from another setting's consults.
+                    let config =
+                        HybridConfig { verify: setting.verify, verify_every: setting.verify_every.max(1), cache_salt: Some(setting.key()), ..config.clone() };
                     let mut run = HybridLoop {
                         slm: &mut slm.decoder,
                         tokenizer: &slm.tokenizer,
@@ -267,7 +309,7 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
                         cloud: setting.policy.may_consult().then_some(&mut client),
                         policy,
                         sampler: Sampler::new(Default::default()),
-                        config: config.clone(),
+                        config,
                     };
                     answer_with(&mut run, &prompt)?
                 }
@@ -354,6 +396,10 @@ fn score(problem: &Problem, setting: &Setting, answer: String, stats: &HybridSta
         cloud_prompt_tokens: stats.cloud_prompt_tokens,
         cloud_cached_tokens: stats.cloud_cached_tokens,
         cloud_completion_tokens: stats.cloud_completion_tokens,
+        verified_tokens: stats.verified_tokens,
+        corrections: stats.corrections,
+        withdrawn_tokens: stats.withdrawn_tokens,
+        unverified_tokens: stats.unverified_tokens,
         answer,
         head_sha256: None,
     })
@@ -381,6 +427,13 @@ pub fn summarise(settings: &[Setting], records: &[AnswerRecord], problems: &[Pro
             let decode = sum(|r| r.cloud_completion_tokens);
             let billed_prompt = sum(|r| r.cloud_prompt_tokens);
             let cloud_only = (only_prompt + only_answer).max(1) as f64;
+            let withdrawn = sum(|r| r.withdrawn_tokens);
+            let local_made = tokens - sum(|r| r.cloud_tokens).min(tokens) + withdrawn;
+            let same_as_cloud_only = common
+                .iter()
+                .zip(&rs)
+                .filter(|(p, r)| by_key.get(&("cloud-only".to_string(), p.task_id.clone())).is_some_and(|c| c.answer == r.answer))
+                .count();
             SettingSummary {
                 setting: s.key(),
                 policy: s.policy,
@@ -389,6 +442,9 @@ pub fn summarise(settings: &[Setting], records: &[AnswerRecord], problems: &[Pro
                 pass_at_1: rs.iter().filter(|r| r.passed).count() as f64 / n,
                 cloud_share: sum(|r| r.cloud_tokens) as f64 / tokens as f64,
                 consults_per_100_tokens: 100.0 * sum(|r| r.consults) as f64 / tokens as f64,
+                withdrawn_per_100_local: 100.0 * withdrawn as f64 / local_made.max(1) as f64,
+                corrections: sum(|r| r.corrections),
+                same_as_cloud_only,
                 gap_recovered: None,
                 cloud_prefill_tokens: prefill,
                 cloud_decode_tokens: decode,
@@ -412,9 +468,20 @@ pub fn summarise(settings: &[Setting], records: &[AnswerRecord], problems: &[Pro
 fn plot(summaries: &[SettingSummary], args: &HumanEvalArgs) -> String {
     let mut series: Vec<Series> = Vec::new();
     for policy in &args.policies {
-        let mut points: Vec<(f64, f64)> = summaries.iter().filter(|s| s.policy == *policy).map(|s| (s.cloud_share * 100.0, s.pass_at_1 * 100.0)).collect();
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.push(Series { name: policy.to_string(), points });
+        for verified in [false, true] {
+            let verified_row = |s: &&SettingSummary| s.setting.ends_with("+verify") || s.policy == PolicyKind::Verify;
+            let mut points: Vec<(f64, f64)> =
+                summaries.iter().filter(|s| s.policy == *policy && verified_row(s) == verified).map(|s| (s.cloud_share * 100.0, s.pass_at_1 * 100.0)).collect();
+            if points.is_empty() {
+                continue;
+            }
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let name = match (verified, *policy) {
+                (true, p) if p != PolicyKind::Verify => format!("{p} + verify"),
+                (_, p) => p.to_string(),
+            };
+            series.push(Series { name, points });
+        }
     }
     let widest = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(1.0f64, f64::max);
     let hline = |s: &SettingSummary, label: &str| HLine { label: format!("{label} {:.1}%", s.pass_at_1 * 100.0), y: s.pass_at_1 * 100.0 };
@@ -430,17 +497,19 @@ fn plot(summaries: &[SettingSummary], args: &HumanEvalArgs) -> String {
 }
 
 fn print_table(summaries: &[SettingSummary]) {
-    println!("| setting | problems | pass@1 | gap recovered | cloud tokens | consults /100 tok | cloud prefill / decode tokens | work vs cloud-only | decode vs cloud-only | billed vs cloud-only |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| setting | problems | pass@1 | gap recovered | cloud tokens | consults /100 tok | withdrawn /100 local | same as cloud-only | cloud prefill / decode tokens | work vs cloud-only | decode vs cloud-only | billed vs cloud-only |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in summaries {
         println!(
-            "| {} | {} | {:.1}% | {} | {:.1}% | {:.2} | {} / {} | {:.2}× | {:.2}× | {:.2}× |",
+            "| {} | {} | {:.1}% | {} | {:.1}% | {:.2} | {:.1} | {} | {} / {} | {:.2}× | {:.2}× | {:.2}× |",
             s.setting,
             s.problems,
             s.pass_at_1 * 100.0,
             s.gap_recovered.map_or("-".into(), |g| format!("{:.0}%", g * 100.0)),
             s.cloud_share * 100.0,
             s.consults_per_100_tokens,
+            s.withdrawn_per_100_local,
+            s.same_as_cloud_only,
             s.cloud_prefill_tokens,
             s.cloud_decode_tokens,
             s.work_vs_cloud_only,
@@ -479,6 +548,10 @@ mod tests {
             cloud_prompt_tokens: consults.iter().map(|c| c.0).sum(),
             cloud_cached_tokens: consults.iter().map(|c| c.1).sum(),
             cloud_completion_tokens: cloud,
+            verified_tokens: 0,
+            corrections: 0,
+            withdrawn_tokens: 0,
+            unverified_tokens: 0,
             answer: String::new(),
             head_sha256: None,
         }
@@ -490,9 +563,9 @@ mod tests {
             |id: &str| Problem { task_id: id.into(), prompt: String::new(), canonical_solution: String::new(), test: String::new(), entry_point: "f".into() };
         let problems = [problem("a"), problem("b"), problem("c")];
         let settings = [
-            Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens: 1 },
-            Setting { policy: PolicyKind::Always, threshold: 1.0, consult_tokens: 1 },
-            Setting { policy: PolicyKind::MaxProb, threshold: 0.5, consult_tokens: 1 },
+            Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens: 1, verify: false, verify_every: 0 },
+            Setting { policy: PolicyKind::Always, threshold: 1.0, consult_tokens: 1, verify: false, verify_every: 0 },
+            Setting { policy: PolicyKind::MaxProb, threshold: 0.5, consult_tokens: 1, verify: false, verify_every: 0 },
         ];
         let records = vec![
             record("slm-only", "a", false, 50, 0, &[]),
@@ -518,6 +591,8 @@ mod tests {
         assert!((s[2].billed_vs_cloud_only - 252.0 / 300.0).abs() < 1e-12);
         assert_eq!(s[2].decode_vs_cloud_only, 0.02);
         assert_eq!(s[1].billed_vs_cloud_only, 1.0);
-        assert_eq!(Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 4 }.key(), "reward@0.25/k4");
+        assert_eq!(Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 4, verify: false, verify_every: 0 }.key(), "reward@0.25/k4");
+        assert_eq!(Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 1, verify: true, verify_every: 0 }.key(), "reward@0.25+verify");
+        assert_eq!(Setting { policy: PolicyKind::Verify, threshold: 0.7, consult_tokens: 1, verify: true, verify_every: 32 }.key(), "verify@0.7/every32");
     }
 }
