@@ -213,7 +213,7 @@ pub struct HybridConfig {
 }
 
 /// Default of `verify_every` (the web app reads it through the engine's defaults).
-pub const DEFAULT_VERIFY_EVERY: usize = 32;
+pub const DEFAULT_VERIFY_EVERY: usize = 64;
 
 impl Default for HybridConfig {
     fn default() -> Self {
