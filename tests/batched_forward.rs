@@ -25,8 +25,7 @@ fn batched(decoder: &Decoder, prompts: &[Vec<u32>], steps: usize) -> Vec<(Vec<u3
     let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
     let mut out: Vec<(Vec<u32>, Vec<f32>)> = prompts.iter().map(|_| (vec![], vec![])).collect();
     for _ in 0..steps {
-        let mut batch: Vec<Sequence> =
-            caches.iter_mut().zip(&inputs).map(|(cache, tokens)| Sequence { cache, tokens }).collect();
+        let mut batch: Vec<Sequence> = caches.iter_mut().zip(&inputs).map(|(cache, tokens)| Sequence { cache, tokens }).collect();
         let steps = decoder.forward_batch(&mut batch).unwrap();
         for ((step, input), o) in steps.into_iter().zip(inputs.iter_mut()).zip(out.iter_mut()) {
             let id = argmax(&step.logits);
@@ -73,11 +72,8 @@ fn a_bad_sequence_fails_the_pass_and_leaves_every_cache_as_it_was() {
     let vocab = model.decoder.vocab_size() as u32;
     let (mut a, mut b) = (KvCache::default(), KvCache::default());
     model.decoder.forward_batch(&mut [Sequence { cache: &mut a, tokens: &[1, 2, 3] }]).unwrap();
-    let err = model
-        .decoder
-        .forward_batch(&mut [Sequence { cache: &mut a, tokens: &[4] }, Sequence { cache: &mut b, tokens: &[vocab] }])
-        .unwrap_err()
-        .to_string();
+    let err =
+        model.decoder.forward_batch(&mut [Sequence { cache: &mut a, tokens: &[4] }, Sequence { cache: &mut b, tokens: &[vocab] }]).unwrap_err().to_string();
     assert!(err.contains("outside the vocabulary"), "{err}");
     assert_eq!((a.len(), b.len()), (3, 0));
     let err = model.decoder.forward_batch(&mut [Sequence { cache: &mut b, tokens: &[] }]).unwrap_err().to_string();
@@ -90,8 +86,7 @@ fn a_bad_sequence_fails_the_pass_and_leaves_every_cache_as_it_was() {
 #[test]
 fn last_layer_on_the_last_rows_only_changes_no_bit() {
     let mut model = load("smollm2-135m");
-    let prompts: Vec<Vec<u32>> =
-        ["def fibonacci(n):\n    if n < 2:", "1, 2, 3, 4,"].iter().map(|t| model.tokenizer.encode(t).unwrap()).collect();
+    let prompts: Vec<Vec<u32>> = ["def fibonacci(n):\n    if n < 2:", "1, 2, 3, 4,"].iter().map(|t| model.tokenizer.encode(t).unwrap()).collect();
     for prompt in &prompts {
         model.decoder.cache_mut().clear();
         let every = model.decoder.forward_all(prompt).unwrap().pop().unwrap();
@@ -104,12 +99,47 @@ fn last_layer_on_the_last_rows_only_changes_no_bit() {
     }
     // Two sequences in one pass: each gets its own last row.
     let (mut a, mut b) = (KvCache::default(), KvCache::default());
-    let both = model
-        .decoder
-        .forward_batch(&mut [Sequence { cache: &mut a, tokens: &prompts[0] }, Sequence { cache: &mut b, tokens: &prompts[1] }])
-        .unwrap();
+    let both = model.decoder.forward_batch(&mut [Sequence { cache: &mut a, tokens: &prompts[0] }, Sequence { cache: &mut b, tokens: &prompts[1] }]).unwrap();
     for (prompt, step) in prompts.iter().zip(&both) {
         model.decoder.cache_mut().clear();
         assert_eq!(model.decoder.forward_all(prompt).unwrap().pop().unwrap().logits, step.logits, "batched last rows");
+    }
+}
+
+/// `forward_tails` (what prompt scoring runs): each sequence's last rows, trimmed in the last
+/// layer and batched with others, are exactly `forward_all`'s rows; bad tail counts are refused.
+#[test]
+fn tails_of_a_batch_equal_forward_all_bit_for_bit() {
+    let mut model = load("smollm2-135m");
+    let prompts: Vec<Vec<u32>> = ["def fibonacci(n):\n    if n < 2:", "1, 2, 3, 4,"].iter().map(|t| model.tokenizer.encode(t).unwrap()).collect();
+    let every: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|p| {
+            model.decoder.cache_mut().clear();
+            model.decoder.forward_all(p).unwrap().into_iter().map(|s| s.logits).collect()
+        })
+        .collect();
+    let tails = [3, 1];
+    let (mut a, mut b) = (KvCache::default(), KvCache::default());
+    let steps =
+        model.decoder.forward_tails(&mut [Sequence { cache: &mut a, tokens: &prompts[0] }, Sequence { cache: &mut b, tokens: &prompts[1] }], &tails).unwrap();
+    for ((got, want), &k) in steps.iter().zip(&every).zip(&tails) {
+        assert_eq!(got.len(), k);
+        for (g, w) in got.iter().zip(&want[want.len() - k..]) {
+            assert_eq!(&g.logits, w);
+        }
+    }
+    assert_eq!((a.len(), b.len()), (prompts[0].len(), prompts[1].len()));
+    // A pass split in two, with a tail in each part, as a prompt fed in chunks is.
+    let mut c = KvCache::default();
+    let (head, rest) = prompts[0].split_at(4);
+    let first = model.decoder.forward_tails(&mut [Sequence { cache: &mut c, tokens: head }], &[2]).unwrap();
+    let second = model.decoder.forward_tails(&mut [Sequence { cache: &mut c, tokens: rest }], &[rest.len()]).unwrap();
+    let split: Vec<&Vec<f32>> = first[0].iter().chain(&second[0]).map(|s| &s.logits).collect();
+    assert_eq!(split, every[0][2..].iter().collect::<Vec<_>>());
+    let mut d = KvCache::default();
+    for bad in [0, 3] {
+        let err = model.decoder.forward_tails(&mut [Sequence { cache: &mut d, tokens: &[1, 2] }], &[bad]).unwrap_err();
+        assert!(err.to_string().contains("ask for 1 to 2"), "{err}");
     }
 }

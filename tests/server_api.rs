@@ -1,7 +1,8 @@
 //! `hybrid serve` over real HTTP on 127.0.0.1, smollm2-135m as the cloud model: answers equal
 //! `hybrid generate`'s, prefix-cache hits change nothing, concurrent sessions each get their
 //! own answer, every bad input gets its 4xx, auth and CORS, the queue bound, streaming, stop
-//! strings, timeouts, model files with ranges, the native client, and a clean SIGTERM.
+//! strings, timeouts, model files with ranges, the native client, a clean SIGTERM, and prompt
+//! scoring (`echo` + `logprobs`, our `echo_from`) against the CPU decoder's own scores.
 #![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
@@ -125,10 +126,7 @@ fn concurrent_sessions_get_their_own_answers() {
     let health = call("GET", &format!("{}/health", server.url), &[], None).json();
     let engine = &health["engine"];
     // Batched: fewer forward passes than tokens generated.
-    assert!(
-        engine["forward_passes"].as_u64().unwrap() < engine["generated_tokens"].as_u64().unwrap(),
-        "no batching happened: {engine}"
-    );
+    assert!(engine["forward_passes"].as_u64().unwrap() < engine["generated_tokens"].as_u64().unwrap(), "no batching happened: {engine}");
 }
 
 #[test]
@@ -153,7 +151,6 @@ fn every_bad_input_gets_a_4xx_that_says_what_was_wrong() {
     assert_error(&c(json!({"prompt": "x", "max_tokens": 65})), 400, "between 1 and 64");
     assert_error(&c(json!({"prompt": "x", "n": 2})), 400, "`n`");
     assert_error(&c(json!({"prompt": "x", "best_of": 3})), 400, "best_of");
-    assert_error(&c(json!({"prompt": "x", "echo": true})), 400, "echo");
     assert_error(&c(json!({"prompt": "x", "suffix": "y"})), 400, "suffix");
     assert_error(&c(json!({"prompt": "x", "logprobs": 21})), 400, "logprobs");
     assert_error(&c(json!({"prompt": "x", "temperature": 2.5})), 400, "temperature");
@@ -194,11 +191,7 @@ fn cors_allows_listed_origins_and_the_servers_own_only() {
         call(
             "OPTIONS",
             &url,
-            &[
-                ("Origin", origin),
-                ("Access-Control-Request-Method", "POST"),
-                ("Access-Control-Request-Headers", "authorization, x-api-key, content-type"),
-            ],
+            &[("Origin", origin), ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", "authorization, x-api-key, content-type")],
             None,
         )
     };
@@ -271,12 +264,7 @@ fn streaming_matches_the_plain_answer_and_ends_with_done() {
     let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
     assert_eq!(text, plain["choices"][0]["text"].as_str().unwrap());
-    let streamed_ids: Vec<u32> = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["token_ids"].as_array())
-        .flatten()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
+    let streamed_ids: Vec<u32> = chunks.iter().filter_map(|c| c["choices"][0]["token_ids"].as_array()).flatten().map(|x| x.as_u64().unwrap() as u32).collect();
     assert_eq!(streamed_ids, ids(&plain));
     let finish: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
     assert_eq!(finish, vec![&json!("length")]);
@@ -392,4 +380,251 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
     assert!(status.success(), "{status:?}");
     // Nothing listens any more.
     assert!(std::net::TcpStream::connect(server.url.trim_start_matches("http://")).is_err());
+}
+
+/// The CPU decoder with the server's kernels.
+fn cpu_model() -> hybrid_assistant::model::Model {
+    use hybrid_assistant::model::decoder::{Kernels, LoadOptions};
+    let path = common::model_path("smollm2-135m");
+    hybrid_assistant::model::Model::load_with(&path, LoadOptions { kernels: Kernels::RowInvariant }).unwrap()
+}
+
+/// Teacher-forced log-softmax of `prompt[p]` given `prompt[..p]` for p >= 1, and each row's argmax.
+fn teacher_forced(model: &mut hybrid_assistant::model::Model, prompt: &[u32]) -> Vec<(f64, u32)> {
+    model.decoder.cache_mut().clear();
+    let steps = model.decoder.forward_all(prompt).unwrap();
+    steps
+        .iter()
+        .zip(&prompt[1..])
+        .map(|(step, &next)| {
+            let max = step.logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z = max + step.logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+            (step.logits[next as usize] as f64 - z, hybrid_assistant::sampler::argmax(&step.logits))
+        })
+        .collect()
+}
+
+fn scoring(prompt: &[u32], echo_from: Option<usize>, max_tokens: usize) -> Value {
+    let mut body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "echo": true, "logprobs": 5,
+        "return_token_ids": true, "return_tokens_as_token_ids": true});
+    if let Some(k) = echo_from {
+        body["echo_from"] = json!(k);
+    }
+    body
+}
+
+/// The echoed entries of an answer with `return_tokens_as_token_ids`: (id, logprob, best
+/// alternative) per entry, generated tokens included.
+fn entries(v: &Value) -> Vec<(u32, Option<f64>, Option<u32>)> {
+    let lp = &v["choices"][0]["logprobs"];
+    let id = |name: &str| name.strip_prefix("token_id:").unwrap().parse::<u32>().unwrap();
+    let tokens = lp["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), lp["token_logprobs"].as_array().unwrap().len());
+    assert_eq!(tokens.len(), lp["top_logprobs"].as_array().unwrap().len());
+    assert_eq!(tokens.len(), lp["text_offset"].as_array().unwrap().len());
+    (0..tokens.len())
+        .map(|i| {
+            let top = lp["top_logprobs"][i].as_object().map(|m| {
+                let best = m.iter().max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap())).unwrap();
+                id(best.0)
+            });
+            (id(tokens[i].as_str().unwrap()), lp["token_logprobs"][i].as_f64(), top)
+        })
+        .collect()
+}
+
+fn prompt_of(server: &Server, text: &str) -> Vec<u32> {
+    let v = completion(server, greedy(json!(text), 1)).json();
+    v["choices"][0]["prompt_token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn echo_scores_the_prompt_as_the_cpu_decoder_does() {
+    let server = Server::smollm2(&[]);
+    let mut model = cpu_model();
+    // Over 64 scored rows: the prompt is computed in several passes, its scores collected.
+    let text = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n";
+    let prompt = prompt_of(&server, &format!("{text}{}{text}# test\nfor i in range(10):\n    print(", text.replace("fibonacci", "fib")));
+    assert!(prompt.len() > 100, "{} tokens", prompt.len());
+    let expected = teacher_forced(&mut model, &prompt);
+    let v = completion(&server, scoring(&prompt, None, 3)).json();
+    let got = entries(&v);
+    let generated = ids(&v);
+    assert_eq!(generated.len(), 3);
+    assert_eq!(got.len(), prompt.len() + 3, "the echoed prompt, then the generated tokens");
+    assert_eq!(got.iter().map(|e| e.0).collect::<Vec<_>>(), [prompt.clone(), generated].concat());
+    assert_eq!((got[0].1, got[0].2), (None, None), "position 0 has no score");
+    assert!(v["choices"][0]["logprobs"]["top_logprobs"][0].is_null());
+    for (p, ((_, lp, top), (want, argmax))) in got[1..prompt.len()].iter().zip(&expected).enumerate() {
+        let lp = lp.unwrap();
+        assert!((lp - want).abs() < 1e-4, "position {}: {lp} vs {want}", p + 1);
+        assert_eq!(top.unwrap(), *argmax, "position {}: top-1", p + 1);
+    }
+    // The actual token is among the alternatives even when it is not in the top 5.
+    let tops = v["choices"][0]["logprobs"]["top_logprobs"].as_array().unwrap();
+    for (i, top) in tops.iter().enumerate().skip(1) {
+        assert!(top.as_object().unwrap().contains_key(&format!("token_id:{}", got[i].0)), "entry {i}");
+    }
+    assert_eq!(v["choices"][0]["prompt_token_ids"], json!(prompt));
+    assert_eq!(v["usage"]["prompt_tokens"], prompt.len());
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    // In a batch with other requests, scored or not, the same scores.
+    let url = format!("{}/v1/completions", server.url);
+    let bodies = [scoring(&prompt, Some(40), 3), greedy(json!(PROMPTS[2]), 8), scoring(&prompt[..50], None, 4)];
+    let handles: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || post_json(&url, &body).json())
+        })
+        .collect();
+    let answers: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let (tail, short) = (entries(&answers[0]), entries(&answers[2]));
+    assert_eq!(tail.len(), prompt.len() - 40 + 3);
+    for (e, g) in tail.iter().zip(&got[40..]) {
+        assert!(e.0 == g.0 && e.2 == g.2 && (e.1.unwrap() - g.1.unwrap()).abs() < 1e-4, "{e:?} vs {g:?}");
+    }
+    for (e, g) in short[1..50].iter().zip(&got[1..50]) {
+        assert!(e.0 == g.0 && e.2 == g.2 && (e.1.unwrap() - g.1.unwrap()).abs() < 1e-4, "{e:?} vs {g:?}");
+    }
+}
+
+#[test]
+fn echo_of_a_text_prompt_is_the_prompt_then_the_completion() {
+    let server = Server::smollm2(&[]);
+    let prompt = PROMPTS[0];
+    let plain = completion(&server, greedy(json!(prompt), 8)).json();
+    let mut body = greedy(json!(prompt), 8);
+    body["echo"] = json!(true);
+    let v = completion(&server, body).json();
+    let completion_text = plain["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), format!("{prompt}{completion_text}"));
+    assert_eq!(ids(&v), ids(&plain), "token_ids stay the generated ones");
+    let lp = &v["choices"][0]["logprobs"];
+    let n = plain["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    let tokens: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tokens[..n].concat(), prompt);
+    assert_eq!(lp["text_offset"][n], prompt.chars().count(), "the completion's offsets follow the prompt");
+    assert_eq!(lp["text_offset"][0], 0);
+    assert!(lp["token_logprobs"][0].is_null() && lp["token_logprobs"][1].is_f64());
+    // Without logprobs: the text only, no scores.
+    let v = completion(&server, json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "echo": true})).json();
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), format!("{prompt}{completion_text}"));
+    assert!(v["choices"][0]["logprobs"].is_null());
+}
+
+#[test]
+fn echo_from_echoes_and_scores_the_tail_only() {
+    let server = Server::smollm2(&["--kv-cache-mb", "0"]);
+    let prompt = prompt_of(&server, "import numpy as np\nimport matplotlib.pyplot as plt\n");
+    let full = entries(&completion(&server, scoring(&prompt, None, 2)).json());
+    for k in [0, 1, 5, prompt.len() - 1, prompt.len()] {
+        let v = completion(&server, scoring(&prompt, Some(k), 2)).json();
+        let got = entries(&v);
+        assert_eq!(got.len(), prompt.len() - k + 2, "echo_from {k}");
+        for (i, (g, f)) in got.iter().zip(&full[k..]).enumerate() {
+            assert_eq!(g.0, f.0, "echo_from {k}, entry {i}");
+            assert_eq!(g.2, f.2, "echo_from {k}, entry {i}");
+            match (g.1, f.1) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-4, "echo_from {k}, entry {i}: {a} vs {b}"),
+                (a, b) => assert_eq!(a, b, "echo_from {k}, entry {i}"),
+            }
+        }
+        assert_eq!(v["choices"][0]["logprobs"]["text_offset"][0], 0, "echo_from {k}: the text starts at the echo");
+    }
+}
+
+#[test]
+fn echo_from_on_an_extended_prompt_reuses_the_cached_prefix() {
+    let cached = Server::smollm2(&[]);
+    let fresh = Server::smollm2(&["--kv-cache-mb", "0"]);
+    let first = prompt_of(&cached, "def fibonacci(n):\n    if n < 2:");
+    // The next consult: the first prompt, then local tokens since; score those.
+    let mut next = first.clone();
+    next.extend(prompt_of(&fresh, "\n        return n\n    return fib"));
+    let body = scoring(&next, Some(first.len()), 1);
+    let a = completion(&cached, body.clone()).json();
+    let b = completion(&fresh, body).json();
+    assert_eq!(a["usage"]["prompt_tokens_details"]["cached_tokens"], first.len() - 1, "{a}");
+    assert_eq!(b["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let (ea, eb) = (entries(&a), entries(&b));
+    assert_eq!(ea.len(), next.len() - first.len() + 1);
+    for (x, y) in ea.iter().zip(&eb) {
+        assert_eq!((x.0, x.2), (y.0, y.2));
+        assert!((x.1.unwrap() - y.1.unwrap()).abs() < 1e-4, "{x:?} vs {y:?}");
+    }
+    // Plain echo scores from position 1, so it can reuse nothing; the answer is the same.
+    let c = completion(&cached, scoring(&next, None, 1)).json();
+    assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(ids(&c), ids(&a));
+}
+
+#[test]
+fn max_tokens_0_with_echo_scores_without_generating() {
+    let server = Server::smollm2(&[]);
+    let prompt = PROMPTS[1];
+    let v = completion(&server, json!({"prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 2, "return_token_ids": true})).json();
+    let c = &v["choices"][0];
+    assert_eq!(c["finish_reason"], "length");
+    assert_eq!(c["text"], prompt);
+    assert_eq!(c["token_ids"], json!([]));
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    let n = c["prompt_token_ids"].as_array().unwrap().len();
+    assert_eq!(c["logprobs"]["tokens"].as_array().unwrap().len(), n);
+    // The prompt was computed and kept: the next consult on it reuses it.
+    let again = completion(&server, greedy(c["prompt_token_ids"].clone(), 1)).json();
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], n - 1);
+}
+
+#[test]
+fn streaming_with_echo_sends_the_prompt_first() {
+    let server = Server::smollm2(&[]);
+    let prompt = prompt_of(&server, PROMPTS[3]);
+    let plain = completion(&server, scoring(&prompt, Some(2), 6)).json();
+    let mut body = scoring(&prompt, Some(2), 6);
+    body["stream"] = json!(true);
+    let a = completion(&server, body);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let data: Vec<&str> = a.body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let first = &chunks[0]["choices"][0];
+    assert_eq!(first["prompt_token_ids"], json!(prompt));
+    assert_eq!(first["token_ids"], json!([]));
+    assert_eq!(first["logprobs"]["tokens"].as_array().unwrap().len(), prompt.len() - 2);
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(text, plain["choices"][0]["text"].as_str().unwrap());
+    let streamed: Vec<Value> = chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array()).flatten().cloned().collect();
+    assert_eq!(json!(streamed), plain["choices"][0]["logprobs"]["token_logprobs"]);
+}
+
+#[test]
+fn bad_echo_requests_get_400s_naming_the_parameter() {
+    let server = Server::smollm2(&["--max-tokens-cap", "64"]);
+    let c = |body: Value| completion(&server, body);
+    let param = |a: &common::server::Answer| a.json()["error"]["param"].clone();
+    let a = c(json!({"prompt": vec![1; 8193], "echo": true, "max_tokens": 0}));
+    assert_error(&a, 400, "context");
+    assert_eq!(param(&a), "prompt");
+    // A full context can be scored, but not continued.
+    let a = c(json!({"prompt": vec![1; 8192], "echo": true, "echo_from": 8192, "max_tokens": 1}));
+    assert_error(&a, 400, "context");
+    let a = c(json!({"prompt": vec![1; 8190], "echo": true, "max_tokens": 3}));
+    assert_error(&a, 400, "lower max_tokens");
+    assert_eq!(param(&a), "max_tokens");
+    let a = c(json!({"prompt": "x", "echo": true, "logprobs": 21}));
+    assert_error(&a, 400, "between 0 and 20");
+    assert_eq!(param(&a), "logprobs");
+    let a = c(json!({"prompt": [1, 2, 3], "echo": true, "echo_from": 4}));
+    assert_error(&a, 400, "3 tokens");
+    assert_eq!(param(&a), "echo_from");
+    let a = c(json!({"prompt": [1, 2, 3], "echo_from": 1}));
+    assert_error(&a, 400, "needs `echo: true`");
+    assert_eq!(param(&a), "echo_from");
+    let a = c(json!({"prompt": [1, 2, 3], "echo": false, "echo_from": 1}));
+    assert_eq!(param(&a), "echo_from");
+    let a = c(json!({"prompt": "x", "max_tokens": 0}));
+    assert_error(&a, 400, "0 only with `echo: true`");
+    assert_eq!(param(&a), "max_tokens");
+    assert_error(&c(json!({"prompt": "x", "echo_from": -1, "echo": true})), 400, "echo_from");
 }

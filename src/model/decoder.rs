@@ -114,20 +114,12 @@ impl Decoder {
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load_with(path: &std::path::Path, options: LoadOptions) -> Result<Self> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::File {
-            path: path.to_path_buf(),
-            message: format!("cannot open model file: {e}"),
-        })?;
+        let mut file = std::fs::File::open(path).map_err(|e| Error::File { path: path.to_path_buf(), message: format!("cannot open model file: {e}") })?;
         let content = super::gguf::read_content(&mut file)?;
         Self::from_gguf(&content, &mut file, &Device::Cpu, options)
     }
 
-    pub fn from_gguf<R: Read + Seek>(
-        content: &Content,
-        reader: &mut R,
-        device: &Device,
-        options: LoadOptions,
-    ) -> Result<Self> {
+    pub fn from_gguf<R: Read + Seek>(content: &Content, reader: &mut R, device: &Device, options: LoadOptions) -> Result<Self> {
         let weight = |t: QTensor| QWeight::new(t, options.kernels);
         let config = ModelConfig::from_gguf(content)?;
         let mut qtensor = |name: &str| tensor(content, reader, name, device);
@@ -212,7 +204,21 @@ impl Decoder {
         self.run_batch(batch, Outputs::LastOfEach)
     }
 
-    fn run_batch(&self, batch: &mut [Sequence<'_>], outputs: Outputs) -> Result<Vec<Step>> {
+    /// Like [`forward_batch`](Self::forward_batch), but sequence `i` gets a `Step` for each of
+    /// its last `tails[i]` new tokens (at least its last one, at most all of them), in order:
+    /// scoring a prompt's tail costs the vocabulary projection of those rows only.
+    pub fn forward_tails(&self, batch: &mut [Sequence<'_>], tails: &[usize]) -> Result<Vec<Vec<Step>>> {
+        if tails.len() != batch.len() {
+            return Err(Error::InvalidInput(format!("{} tail counts for {} sequences; pass one per sequence", tails.len(), batch.len())));
+        }
+        if let Some((seq, &k)) = batch.iter().zip(tails).find(|(s, &k)| k == 0 || k > s.tokens.len()) {
+            return Err(Error::InvalidInput(format!("a sequence of {} new tokens cannot get logits for its last {k}: ask for 1 to {0}", seq.tokens.len())));
+        }
+        let mut steps = self.run_batch(batch, Outputs::Tails(tails))?.into_iter();
+        Ok(tails.iter().map(|&k| steps.by_ref().take(k).collect()).collect())
+    }
+
+    fn run_batch(&self, batch: &mut [Sequence<'_>], outputs: Outputs<'_>) -> Result<Vec<Step>> {
         let row = self.config.n_head_kv * self.config.head_dim;
         for seq in batch.iter_mut() {
             seq.cache.prepare(self.config.n_layer, row);
@@ -235,16 +241,9 @@ impl Decoder {
 
     /// Self-attention of layer `l` for every sequence of the batch; `x` holds the rows of
     /// all sequences in batch order, at `positions`. Every row's keys and values go into the
-    /// caches; the output has a row for each input row, or with `last_only` one per sequence.
-    fn attention(
-        &self,
-        layer: &Layer,
-        l: usize,
-        x: &Tensor,
-        positions: &[usize],
-        batch: &mut [Sequence<'_>],
-        last_only: bool,
-    ) -> Result<Tensor> {
+    /// caches; the output has a row for each input row, or with `tails` each sequence's last
+    /// `tails[i]` rows only.
+    fn attention(&self, layer: &Layer, l: usize, x: &Tensor, positions: &[usize], batch: &mut [Sequence<'_>], tails: Option<&[usize]>) -> Result<Tensor> {
         let cfg = &self.config;
         let (rows, hd) = (x.dim(0)?, cfg.head_dim);
         let flat = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
@@ -257,16 +256,17 @@ impl Decoder {
         }
         let mut out = Vec::with_capacity(rows * q_row);
         let mut first = 0;
-        for seq in batch.iter_mut() {
+        for (i, seq) in batch.iter_mut().enumerate() {
             let n = seq.tokens.len();
             let cache = &mut seq.cache.layers[l];
             cache.k.extend_from_slice(&k[first * kv_row..(first + n) * kv_row]);
             cache.v.extend_from_slice(&v[first * kv_row..(first + n) * kv_row]);
-            let queries = if last_only { first + n - 1..first + n } else { first..first + n };
+            let kept = tails.map_or(n, |t| t[i]);
+            let queries = first + n - kept..first + n;
             out.extend(attend(cfg, &q[queries.start * q_row..queries.end * q_row], &positions[queries], cache));
             first += n;
         }
-        let out_rows = if last_only { batch.len() } else { rows };
+        let out_rows = tails.map_or(rows, |t| t.iter().sum());
         layer.o.forward(&Tensor::from_vec(out, (out_rows, q_row), &self.device)?)
     }
 
@@ -309,24 +309,29 @@ impl Decoder {
         result
     }
 
-    fn forward_rows(&self, batch: &mut [Sequence<'_>], starts: &[usize], outputs: Outputs) -> Result<Vec<Step>> {
+    fn forward_rows(&self, batch: &mut [Sequence<'_>], starts: &[usize], outputs: Outputs<'_>) -> Result<Vec<Step>> {
         let cfg = &self.config;
         let tokens: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        let positions: Vec<usize> =
-            batch.iter().zip(starts).flat_map(|(s, &start)| start..start + s.tokens.len()).collect();
+        let positions: Vec<usize> = batch.iter().zip(starts).flat_map(|(s, &start)| start..start + s.tokens.len()).collect();
         let ids = Tensor::new(tokens.as_slice(), &self.device)?;
         let mut x = self.embedding.embedding(&ids)?; // (rows, n_embd)
         let eps = cfg.rms_eps;
+        let tails: Vec<usize> = match outputs {
+            Outputs::LastOfEach => vec![1; batch.len()],
+            Outputs::Every => batch.iter().map(|s| s.tokens.len()).collect(),
+            Outputs::Tails(tails) => tails.to_vec(),
+        };
+        let every_row = tails.iter().sum::<usize>() == tokens.len();
         // Only the rows that get logits need the last layer past its keys and values (a 12-token
         // consult computes 1 row there, not 12). Only where that cannot change their bits.
-        let trim_last_layer = outputs == Outputs::LastOfEach && self.row_invariant;
+        let trim_last_layer = !every_row && self.row_invariant;
         let n_layer = self.layers.len();
         for (l, layer) in self.layers.iter().enumerate() {
-            let last_only = trim_last_layer && l + 1 == n_layer;
+            let trim = trim_last_layer && l + 1 == n_layer;
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let a = self.attention(layer, l, &h, &positions, batch, last_only)?;
-            if last_only {
-                x = last_of_each(&x, batch)?;
+            let a = self.attention(layer, l, &h, &positions, batch, trim.then_some(tails.as_slice()))?;
+            if trim {
+                x = tails_of_each(&x, batch, &tails)?;
             }
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
@@ -339,25 +344,29 @@ impl Decoder {
             x = (x + f)?;
         }
         // Usually only each sequence's last position needs logits: skip the vocabulary projection for the rest.
-        let last = match outputs {
-            Outputs::Every => x,
-            Outputs::LastOfEach if trim_last_layer => x,
-            Outputs::LastOfEach => last_of_each(&x, batch)?,
+        let kept = match every_row || trim_last_layer {
+            true => x,
+            false => tails_of_each(&x, batch, &tails)?,
         };
-        let hidden = candle_nn::ops::rms_norm(&last, &self.output_norm, eps)?;
+        let hidden = candle_nn::ops::rms_norm(&kept, &self.output_norm, eps)?;
         let logits = self.output.forward(&hidden)?;
         let (logits, hidden) = (logits.to_vec2::<f32>()?, hidden.to_vec2::<f32>()?);
         Ok(logits.into_iter().zip(hidden).map(|(logits, hidden)| Step { logits, hidden }).collect())
     }
 }
 
-/// The rows of `x` (all sequences' rows in batch order) that are each sequence's last.
-fn last_of_each(x: &Tensor, batch: &[Sequence<'_>]) -> Result<Tensor> {
+/// The rows of `x` (all sequences' rows in batch order) that are each sequence's last
+/// `tails[i]`.
+fn tails_of_each(x: &Tensor, batch: &[Sequence<'_>], tails: &[usize]) -> Result<Tensor> {
     Ok(match batch {
-        [one] => x.narrow(0, one.tokens.len() - 1, 1)?,
+        [one] => x.narrow(0, one.tokens.len() - tails[0], tails[0])?,
         _ => {
             let mut end = 0u32;
-            let rows: Vec<u32> = batch.iter().map(|s| { end += s.tokens.len() as u32; end - 1 }).collect();
+            let mut rows = Vec::with_capacity(tails.iter().sum());
+            for (s, &k) in batch.iter().zip(tails) {
+                end += s.tokens.len() as u32;
+                rows.extend(end - k as u32..end);
+            }
             x.index_select(&Tensor::new(rows.as_slice(), x.device())?, 0)?
         }
     })
@@ -392,9 +401,11 @@ fn on_worker<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
 
 /// Which rows of a forward pass get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outputs {
+enum Outputs<'a> {
     LastOfEach,
     Every,
+    /// Each sequence's last `tails[i]` rows.
+    Tails(&'a [usize]),
 }
 
 /// One sequence's part of a batched forward pass.
@@ -402,4 +413,3 @@ pub struct Sequence<'a> {
     pub cache: &'a mut KvCache,
     pub tokens: &'a [u32],
 }
-

@@ -1,8 +1,9 @@
 //! The OpenAI-compatible routes: `POST /v1/completions` (plain and streamed), `GET /v1/models`,
 //! `GET /health`, and the one place where errors become OpenAI-shaped JSON responses.
-use super::engine::{Event, Failure, Finish, GeneratedToken, Job};
+use super::engine::{Event, Failure, Finish, GeneratedToken, Job, PromptScore};
 use super::AppState;
 use crate::cloud::{Choice, CompletionResponse, LegacyLogprobs, PromptTokensDetails, TopMap, Usage};
+use crate::model::tokenizer::Utf8Stream;
 use crate::sampler::SamplerConfig;
 use axum::body::Body;
 use axum::extract::State;
@@ -44,10 +45,7 @@ impl ApiError {
     }
 
     fn unsupported(param: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            param: Some(param),
-            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "unsupported_parameter", message)
-        }
+        Self { param: Some(param), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "unsupported_parameter", message) }
     }
 }
 
@@ -65,7 +63,12 @@ impl IntoResponse for ApiError {
 }
 
 /// The request body. Fields other engines accept and we do not use are ignored, as vLLM does;
-/// the ones whose absence would change the answer (`n`, `best_of`, `echo`, `suffix`) are refused.
+/// the ones whose absence would change the answer (`n`, `best_of`, `suffix`) are refused.
+///
+/// `echo` with `logprobs` scores the prompt as OpenAI's legacy API and vLLM do. `echo_from: K`
+/// is our extension: only prompt positions `K..` are echoed and scored, so a consult that
+/// verifies its last few tokens reuses the cached prefix before them (other engines ignore the
+/// field and echo the whole prompt).
 #[derive(Debug, Deserialize)]
 struct CompletionBody {
     model: Option<String>,
@@ -83,6 +86,7 @@ struct CompletionBody {
     n: Option<u64>,
     best_of: Option<u64>,
     echo: Option<bool>,
+    echo_from: Option<u64>,
     suffix: Option<String>,
 }
 
@@ -106,6 +110,8 @@ struct Request {
     sampler: SamplerConfig,
     stop: Vec<String>,
     logprobs: Option<usize>,
+    /// With `echo`, the first prompt position echoed (None: no echo).
+    echo_from: Option<usize>,
     return_token_ids: bool,
     tokens_as_ids: bool,
     stream: bool,
@@ -134,9 +140,8 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut stream = body.into_data_stream();
     let (mut kept, mut total) = (Vec::new(), 0usize);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_body", format!("cannot read the request body: {e}"))
-        })?;
+        let chunk =
+            chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_body", format!("cannot read the request body: {e}")))?;
         total += chunk.len();
         if total <= limit {
             kept.extend_from_slice(&chunk);
@@ -164,6 +169,7 @@ fn start_completion(app: &AppState, body: &[u8]) -> Result<(Request, UnboundedRe
         sampler: request.sampler,
         stop: request.stop.clone(),
         logprobs: request.logprobs,
+        echo_from: request.echo_from,
         deadline: Instant::now() + app.request_timeout,
         events: tx,
     };
@@ -217,15 +223,26 @@ fn parse_request(app: &AppState, body: &[u8]) -> Result<Request, ApiError> {
     if b.best_of.unwrap_or(1) != 1 {
         return Err(ApiError::unsupported("best_of", "`best_of` other than 1 is not supported"));
     }
-    if b.echo.unwrap_or(false) {
-        return Err(ApiError::unsupported("echo", "`echo` is not supported: the prompt is yours already"));
-    }
     if b.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::unsupported("suffix", "`suffix` (fill-in-the-middle) is not supported"));
     }
+    let echo = b.echo.unwrap_or(false);
     let prompt = prompt_ids(app, b.prompt.as_ref())?;
+    let max_tokens = match b.max_tokens {
+        None => DEFAULT_MAX_TOKENS.min(app.max_tokens_cap),
+        // Scoring the prompt only, as OpenAI and vLLM allow.
+        Some(0) if echo => 0,
+        Some(m) if m >= 1 && m <= app.max_tokens_cap as u64 => m as usize,
+        Some(m) => {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!("`max_tokens` must be between 1 and {} on this server (0 only with `echo: true`, to score the prompt), got {m}", app.max_tokens_cap),
+            ))
+        }
+    };
     let context = app.context_length;
-    if prompt.len() >= context {
+    // A generated token needs a position after the prompt's.
+    if prompt.len() + usize::from(max_tokens > 0) > context {
         return Err(ApiError {
             param: Some("prompt"),
             ..ApiError::new(
@@ -236,16 +253,6 @@ fn parse_request(app: &AppState, body: &[u8]) -> Result<Request, ApiError> {
             )
         });
     }
-    let max_tokens = match b.max_tokens {
-        None => DEFAULT_MAX_TOKENS.min(app.max_tokens_cap),
-        Some(m) if m >= 1 && m <= app.max_tokens_cap as u64 => m as usize,
-        Some(m) => {
-            return Err(ApiError::invalid(
-                "max_tokens",
-                format!("`max_tokens` must be between 1 and {} on this server, got {m}", app.max_tokens_cap),
-            ))
-        }
-    };
     if prompt.len() + max_tokens > context {
         return Err(ApiError {
             param: Some("max_tokens"),
@@ -270,10 +277,24 @@ fn parse_request(app: &AppState, body: &[u8]) -> Result<Request, ApiError> {
         return Err(ApiError::invalid("top_p", format!("`top_p` must be in (0, 1], got {top_p}")));
     }
     let logprobs = match b.logprobs {
-        Some(k) if k > MAX_LOGPROBS => {
-            return Err(ApiError::invalid("logprobs", format!("`logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}")))
-        }
+        Some(k) if k > MAX_LOGPROBS => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}"))),
         k => k.map(|k| k as usize),
+    };
+    let echo_from = match (echo, b.echo_from) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(ApiError::invalid("echo_from", "`echo_from` needs `echo: true`: it says from which prompt position on the prompt is echoed and scored"))
+        }
+        (true, None) => Some(0),
+        (true, Some(k)) => match usize::try_from(k).ok().filter(|&k| k <= prompt.len()) {
+            Some(k) => Some(k),
+            None => {
+                return Err(ApiError::invalid(
+                    "echo_from",
+                    format!("`echo_from` is {k}, past the end of the prompt, which is {0} tokens: send 0 to {0}", prompt.len()),
+                ))
+            }
+        },
     };
     let stop = match b.stop {
         None => vec![],
@@ -291,6 +312,7 @@ fn parse_request(app: &AppState, body: &[u8]) -> Result<Request, ApiError> {
         sampler: SamplerConfig { temperature, top_p, seed: b.seed.unwrap_or_else(rand::random) },
         stop,
         logprobs,
+        echo_from,
         return_token_ids: b.return_token_ids.unwrap_or(false),
         tokens_as_ids: b.return_tokens_as_token_ids.unwrap_or(false),
         stream,
@@ -304,15 +326,9 @@ fn prompt_ids(app: &AppState, prompt: Option<&serde_json::Value>) -> Result<Vec<
     use serde_json::Value;
     let ids = match prompt {
         None | Some(Value::Null) => return Err(ApiError::invalid("prompt", "`prompt` is required")),
-        Some(Value::String(text)) => app
-            .tokenizer
-            .encode(text)
-            .map_err(|e| ApiError::invalid("prompt", format!("the prompt cannot be tokenized: {e}")))?,
+        Some(Value::String(text)) => app.tokenizer.encode(text).map_err(|e| ApiError::invalid("prompt", format!("the prompt cannot be tokenized: {e}")))?,
         Some(Value::Array(items)) if items.iter().any(|v| v.is_string() || v.is_array()) => {
-            return Err(ApiError::unsupported(
-                "prompt",
-                "batched prompts (a list of strings or of id lists) are not supported: send one request per prompt",
-            ))
+            return Err(ApiError::unsupported("prompt", "batched prompts (a list of strings or of id lists) are not supported: send one request per prompt"))
         }
         Some(Value::Array(items)) => {
             let vocab = app.tokenizer.vocab_size();
@@ -320,19 +336,11 @@ fn prompt_ids(app: &AppState, prompt: Option<&serde_json::Value>) -> Result<Vec<
                 .iter()
                 .map(|v| match v.as_u64() {
                     Some(id) if (id as usize) < vocab => Ok(id as u32),
-                    _ => Err(ApiError::invalid(
-                        "prompt",
-                        format!("prompt token {v} is not a token id of this model (ids are 0 to {})", vocab - 1),
-                    )),
+                    _ => Err(ApiError::invalid("prompt", format!("prompt token {v} is not a token id of this model (ids are 0 to {})", vocab - 1))),
                 })
                 .collect::<Result<Vec<u32>, _>>()?
         }
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "prompt",
-                format!("`prompt` must be a string or a list of token ids, got {}", json_kind(other)),
-            ))
-        }
+        Some(other) => return Err(ApiError::invalid("prompt", format!("`prompt` must be a string or a list of token ids, got {}", json_kind(other)))),
     };
     if ids.is_empty() {
         return Err(ApiError::invalid("prompt", "the prompt is empty: send at least one token"));
@@ -380,30 +388,55 @@ impl Answer {
     /// Adds one token; returns its logprobs entry alone (for a stream chunk).
     fn push(&mut self, app: &AppState, request: &Request, token: &GeneratedToken) -> Option<LegacyLogprobs> {
         self.ids.push(token.id);
-        let offset = self.chars;
-        self.text.push_str(&token.text);
-        self.chars += token.text.chars().count();
+        let offset = self.push_text(&token.text);
         request.logprobs?;
-        let name = |id: u32| match request.tokens_as_ids {
-            true => format!("token_id:{id}"),
-            false => String::from_utf8_lossy(app.tokenizer.token_bytes(id)).into_owned(),
-        };
-        let mut top = TopMap(token.top.iter().map(|&(id, lp)| (name(id), lp)).collect());
-        // As vLLM does, the chosen token is always among the alternatives.
-        if !token.top.iter().any(|&(id, _)| id == token.id) && !top.0.is_empty() {
-            top.0.push((name(token.id), token.logprob));
-        }
         let one = LegacyLogprobs {
-            tokens: vec![name(token.id)],
+            tokens: vec![token_name(app, request, token.id)],
             token_logprobs: vec![Some(token.logprob)],
-            top_logprobs: vec![Some(top)],
+            top_logprobs: vec![Some(top_map(app, request, &token.top, token.id, token.logprob))],
             text_offset: vec![offset],
         };
-        self.logprobs.tokens.extend(one.tokens.iter().cloned());
-        self.logprobs.token_logprobs.extend(one.token_logprobs.iter().copied());
-        self.logprobs.top_logprobs.extend(one.top_logprobs.iter().cloned());
-        self.logprobs.text_offset.extend(one.text_offset.iter().copied());
+        self.extend_logprobs(&one);
         Some(one)
+    }
+
+    /// Adds the echoed prompt, positions `echo_from..` with their `scores` (from position 1
+    /// on; position 0 has none); returns its text and logprobs alone (for a stream chunk).
+    fn push_echo(&mut self, app: &AppState, request: &Request, scores: &[PromptScore]) -> (String, Option<LegacyLogprobs>) {
+        let from = request.echo_from.unwrap_or(0);
+        let start = self.text.len();
+        let mut utf8 = Utf8Stream::default();
+        let mut echoed = LegacyLogprobs::default();
+        let mut scores = scores.iter();
+        for (p, &id) in request.prompt.iter().enumerate().skip(from) {
+            let offset = self.push_text(&utf8.push(app.tokenizer.token_bytes(id)));
+            if request.logprobs.is_none() {
+                continue;
+            }
+            let score = if p == 0 { None } else { scores.next() };
+            echoed.tokens.push(token_name(app, request, id));
+            echoed.token_logprobs.push(score.map(|s| s.logprob));
+            echoed.top_logprobs.push(score.map(|s| top_map(app, request, &s.top, id, s.logprob)));
+            echoed.text_offset.push(offset);
+        }
+        self.push_text(&utf8.finish());
+        self.extend_logprobs(&echoed);
+        (self.text[start..].to_string(), request.logprobs.map(|_| echoed))
+    }
+
+    /// Appends text; returns the character offset it starts at.
+    fn push_text(&mut self, text: &str) -> usize {
+        let offset = self.chars;
+        self.text.push_str(text);
+        self.chars += text.chars().count();
+        offset
+    }
+
+    fn extend_logprobs(&mut self, more: &LegacyLogprobs) {
+        self.logprobs.tokens.extend(more.tokens.iter().cloned());
+        self.logprobs.token_logprobs.extend(more.token_logprobs.iter().copied());
+        self.logprobs.top_logprobs.extend(more.top_logprobs.iter().cloned());
+        self.logprobs.text_offset.extend(more.text_offset.iter().copied());
     }
 
     fn usage(&self, request: &Request) -> Usage {
@@ -416,15 +449,25 @@ impl Answer {
     }
 
     fn response(&self, choices: Vec<Choice>, usage: Option<Usage>) -> CompletionResponse {
-        CompletionResponse {
-            id: self.id.clone(),
-            object: "text_completion".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-        }
+        CompletionResponse { id: self.id.clone(), object: "text_completion".into(), created: self.created, model: self.model.clone(), choices, usage }
     }
+}
+
+/// A token as `logprobs` names it: its text, or `token_id:N` when the request asks for ids.
+fn token_name(app: &AppState, request: &Request, id: u32) -> String {
+    match request.tokens_as_ids {
+        true => format!("token_id:{id}"),
+        false => String::from_utf8_lossy(app.tokenizer.token_bytes(id)).into_owned(),
+    }
+}
+
+/// The alternatives as `{name: logprob}`; as vLLM does, the actual token is always among them.
+fn top_map(app: &AppState, request: &Request, top: &[(u32, f32)], id: u32, logprob: f32) -> TopMap {
+    let mut map = TopMap(top.iter().map(|&(t, lp)| (token_name(app, request, t), lp)).collect());
+    if !top.iter().any(|&(t, _)| t == id) && !map.0.is_empty() {
+        map.0.push((token_name(app, request, id), logprob));
+    }
+    map
 }
 
 fn finish_reason(finish: Finish) -> String {
@@ -446,15 +489,14 @@ fn failure_error(failure: Failure, app: &AppState) -> ApiError {
     }
 }
 
-async fn collect_completion(
-    app: &AppState,
-    request: Request,
-    mut events: UnboundedReceiver<Event>,
-) -> Result<Response, ApiError> {
+async fn collect_completion(app: &AppState, request: Request, mut events: UnboundedReceiver<Event>) -> Result<Response, ApiError> {
     let mut answer = Answer::new(app);
     let finish = loop {
         match events.recv().await {
             Some(Event::Started { cached_tokens }) => answer.cached_tokens = cached_tokens,
+            Some(Event::Prompt { scores }) => {
+                answer.push_echo(app, &request, &scores);
+            }
             Some(Event::Token(token)) => {
                 answer.push(app, &request, &token);
             }
@@ -478,8 +520,10 @@ async fn collect_completion(
     Ok(Json(answer.response(vec![choice], Some(usage))).into_response())
 }
 
-/// Server-sent events: one chunk per token, a last chunk with the finish reason, the usage
-/// chunk if asked for, then `[DONE]`. Headers go out once the request holds a batch slot.
+/// Server-sent events: with echo first a chunk of the echoed prompt (its logprobs, and
+/// `prompt_token_ids` when ids are asked for), one chunk per token, a last chunk with the
+/// finish reason, the usage chunk if asked for, then `[DONE]`. Headers go out once the request
+/// holds a batch slot.
 async fn stream_completion(app: Arc<AppState>, request: Request, mut events: UnboundedReceiver<Event>) -> Response {
     let mut answer = Answer::new(&app);
     match events.recv().await {
@@ -513,17 +557,24 @@ async fn stream_completion(app: Arc<AppState>, request: Request, mut events: Unb
                     token_ids: s.request.return_token_ids.then(|| id.into_iter().collect()),
                     prompt_token_ids: None,
                 };
-                serde_json::to_string(&s.answer.response(vec![choice], None)).expect("responses serialise")
+                s.answer.response(vec![choice], None)
             };
+            let json = |r: CompletionResponse| serde_json::to_string(&r).expect("responses serialise");
             match s.events.recv().await {
+                Some(Event::Prompt { scores }) => {
+                    let (text, lp) = s.answer.push_echo(&s.app, &s.request, &scores);
+                    let mut response = chunk(&s, text, lp, None, None);
+                    response.choices[0].prompt_token_ids = s.request.return_token_ids.then(|| s.request.prompt.clone());
+                    s.queued.push_back(json(response));
+                }
                 Some(Event::Token(token)) => {
                     let lp = s.answer.push(&s.app, &s.request, &token);
-                    let data = chunk(&s, token.text, lp, Some(token.id), None);
+                    let data = json(chunk(&s, token.text, lp, Some(token.id), None));
                     s.queued.push_back(data);
                 }
                 Some(Event::Done { finish, tail }) => {
                     s.answer.text.push_str(&tail);
-                    let data = chunk(&s, tail, None, None, Some(finish));
+                    let data = json(chunk(&s, tail, None, None, Some(finish)));
                     s.queued.push_back(data);
                     if s.request.include_usage {
                         let usage = s.answer.usage(&s.request);

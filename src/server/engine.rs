@@ -15,6 +15,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// Most positions reserved ahead in a copied prefix cache.
 const PREFIX_ROOM_CAP: usize = 512;
+/// Most rows of one request that get logits in one pass: a scored prompt's chunk is cut
+/// shorter, so its logits (a vocabulary of floats per row) stay tens of MB, not hundreds.
+const LOGIT_ROWS_CAP: usize = 64;
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -36,17 +39,47 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Number of top alternatives to report per token (None: no logprobs at all).
     pub logprobs: Option<usize>,
+    /// Echo the prompt from this position on: an `Event::Prompt` comes before the first token,
+    /// with scores of those positions when `logprobs` is set. `max_tokens` may then be 0.
+    pub echo_from: Option<usize>,
     pub deadline: Instant,
     pub events: UnboundedSender<Event>,
+}
+
+impl Job {
+    /// The first prompt position that gets a score, if any does (position 0 never can).
+    fn scored_from(&self) -> Option<usize> {
+        match (self.echo_from, self.logprobs) {
+            (Some(from), Some(_)) => Some(from.max(1)),
+            _ => None,
+        }
+    }
+
+    /// The first prompt row whose logits are needed: the row before the first scored position
+    /// (row p's logits score position p + 1), else the last row (it predicts the first new token).
+    fn logits_from(&self) -> usize {
+        let last = self.prompt.len() - 1;
+        self.scored_from().map_or(last, |p| (p - 1).min(last))
+    }
 }
 
 #[derive(Debug)]
 pub enum Event {
     /// The request got a batch slot; this many prompt tokens came from the prefix cache.
-    Started { cached_tokens: usize },
+    Started {
+        cached_tokens: usize,
+    },
+    /// With echo: the prompt is computed; the scores of positions `scored_from..` in order
+    /// (empty without logprobs).
+    Prompt {
+        scores: Vec<PromptScore>,
+    },
     Token(GeneratedToken),
     /// The end; `tail` is text held back until now (a split character, a false stop start).
-    Done { finish: Finish, tail: String },
+    Done {
+        finish: Finish,
+        tail: String,
+    },
     Failed(Failure),
 }
 
@@ -58,6 +91,15 @@ pub struct GeneratedToken {
     /// Natural-log probability of `id` under the model's distribution (no temperature).
     pub logprob: f32,
     /// Top alternatives, best first (empty unless logprobs were asked for).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// How the model scores one prompt token given the tokens before it.
+#[derive(Debug, Clone)]
+pub struct PromptScore {
+    /// Natural-log probability of the prompt's token at this position.
+    pub logprob: f32,
+    /// Top alternatives, best first.
     pub top: Vec<(u32, f32)>,
 }
 
@@ -105,10 +147,7 @@ pub struct QueueFull;
 
 impl EngineHandle {
     pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
-        let admitted = self
-            .waiting
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| (w < self.max_queue).then_some(w + 1))
-            .is_ok();
+        let admitted = self.waiting.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| (w < self.max_queue).then_some(w + 1)).is_ok();
         if !admitted {
             return Err(QueueFull);
         }
@@ -138,21 +177,9 @@ pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig) 
     };
     let stats = Arc::new(Mutex::new(counters));
     let handle = EngineHandle { jobs, waiting: waiting.clone(), stats: stats.clone(), max_queue: config.max_queue };
-    let mut engine = Engine {
-        decoder,
-        tokenizer,
-        prefix_cache: PrefixCache::new(config.kv_cache_bytes),
-        config,
-        active: Vec::new(),
-        jobs: rx,
-        waiting,
-        stats,
-        counters,
-    };
-    std::thread::Builder::new()
-        .name("hybrid-engine".into())
-        .spawn(move || engine.run())
-        .expect("the engine thread starts");
+    let mut engine =
+        Engine { decoder, tokenizer, prefix_cache: PrefixCache::new(config.kv_cache_bytes), config, active: Vec::new(), jobs: rx, waiting, stats, counters };
+    std::thread::Builder::new().name("hybrid-engine".into()).spawn(move || engine.run()).expect("the engine thread starts");
     handle
 }
 
@@ -178,6 +205,8 @@ struct Running {
     /// Tokens still to feed: the uncached rest of the prompt, then each sampled token.
     pending: Vec<u32>,
     generated: usize,
+    /// Scores of the prompt positions computed so far (echo with logprobs).
+    scores: Vec<PromptScore>,
     sampler: Sampler,
     utf8: Utf8Stream,
     stop: StopText,
@@ -225,17 +254,21 @@ impl Engine {
             let _ = job.events.send(Event::Failed(Failure::Timeout));
             return;
         }
-        // At least the last prompt token is computed: its logits give the first new token.
+        // At least the last prompt token is computed: its logits give the first new token. A
+        // scored prompt computes every row whose logits score it, so a cached prefix is reused
+        // up to the row before its first scored position (plain echo scores from position 1,
+        // so it reuses nothing).
+        let logits_from = job.logits_from();
         let (reused, cache) = match self.prefix_cache.take_extended(&job.prompt) {
             // Extended in place; each forward pass reserves what it appends.
             Some((common, mut kv)) => {
-                let reused = common.min(job.prompt.len() - 1);
+                let reused = common.min(logits_from);
                 kv.truncate(reused);
                 (reused, kv)
             }
             None => match self.prefix_cache.lookup(&job.prompt) {
                 Some((common, kv)) => {
-                    let reused = common.min(job.prompt.len() - 1);
+                    let reused = common.min(logits_from);
                     // The copy gets room for the rest of the prompt and the answer, so the
                     // first passes do not move it again (a longer answer grows it as usual).
                     let room = (job.prompt.len() - reused + job.max_tokens).min(PREFIX_ROOM_CAP);
@@ -255,6 +288,7 @@ impl Engine {
             pending: job.prompt[reused..].to_vec(),
             cache,
             generated: 0,
+            scores: Vec::new(),
             sampler: Sampler::new(job.sampler),
             utf8: Utf8Stream::default(),
             stop: StopText::new(job.stop.clone()),
@@ -284,23 +318,27 @@ impl Engine {
     fn step(&mut self) {
         let mut budget = self.config.prefill_chunk.max(1);
         let mut rows: Vec<usize> = vec![0; self.active.len()];
+        // Per request, the rows at the end of its chunk that get logits.
+        let mut tails: Vec<usize> = vec![0; self.active.len()];
         let decoding = |r: &Running| r.generated > 0;
         for pass in [true, false] {
-            for (r, n) in self.active.iter().zip(rows.iter_mut()) {
+            for ((r, n), tail) in self.active.iter().zip(rows.iter_mut()).zip(tails.iter_mut()) {
                 if decoding(r) == pass && budget > 0 {
+                    let (start, from) = (r.fed.len(), r.job.logits_from());
                     *n = r.pending.len().min(budget).max(usize::from(pass));
+                    if !pass {
+                        *n = (*n).min(from.saturating_sub(start) + LOGIT_ROWS_CAP);
+                    }
+                    // A prompt chunk before `from` still computes its last row's logits.
+                    *tail = (start + *n).saturating_sub(start.max(from)).max(1);
                     budget = budget.saturating_sub(*n);
                 }
             }
         }
-        let mut batch: Vec<Sequence> = self
-            .active
-            .iter_mut()
-            .zip(&rows)
-            .filter(|(_, &n)| n > 0)
-            .map(|(r, &n)| Sequence { cache: &mut r.cache, tokens: &r.pending[..n] })
-            .collect();
-        let result = self.decoder.forward_batch(&mut batch);
+        let mut batch: Vec<Sequence> =
+            self.active.iter_mut().zip(&rows).filter(|(_, &n)| n > 0).map(|(r, &n)| Sequence { cache: &mut r.cache, tokens: &r.pending[..n] }).collect();
+        let tails: Vec<usize> = rows.iter().zip(&tails).filter(|(&n, _)| n > 0).map(|(_, &t)| t).collect();
+        let result = self.decoder.forward_tails(&mut batch, &tails);
         drop(batch);
         self.counters.forward_passes += 1;
         let steps = match result {
@@ -327,10 +365,34 @@ impl Engine {
             if n == 0 {
                 continue;
             }
-            let step = steps.next().expect("one step per sequence");
+            let rows = steps.next().expect("steps for each sequence");
             let r = &mut self.active[i];
+            let prompting = r.generated == 0;
+            if let (true, Some(from), Some(k)) = (prompting, r.job.scored_from(), r.job.logprobs) {
+                // Row q's logits score the prompt's token at q + 1.
+                let first = r.fed.len() + n - rows.len();
+                for (q, step) in (first..).zip(&rows) {
+                    if let Some(&next) = r.job.prompt.get(q + 1).filter(|_| q + 1 >= from) {
+                        let (logprob, top) = log_probs(&step.logits, next, k);
+                        r.scores.push(PromptScore { logprob, top });
+                    }
+                }
+            }
             r.fed.extend(r.pending.drain(..n));
-            if r.pending.is_empty() && self.sample_next(i, &step.logits) {
+            if !r.pending.is_empty() {
+                continue;
+            }
+            if prompting && r.job.echo_from.is_some() {
+                let scores = std::mem::take(&mut r.scores);
+                let _ = r.job.events.send(Event::Prompt { scores });
+            }
+            if prompting && r.job.max_tokens == 0 {
+                let _ = r.job.events.send(Event::Done { finish: Finish::Length, tail: String::new() });
+                finished.push(i);
+                continue;
+            }
+            let last = rows.last().expect("at least one row gets logits");
+            if self.sample_next(i, &last.logits) {
                 finished.push(i);
             }
         }
@@ -388,7 +450,8 @@ impl Engine {
 /// Log-probability of `id` and the `k` most likely tokens with theirs, from raw logits.
 pub fn log_probs(logits: &[f32], id: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    // Summed in f64: over a vocabulary of 150K terms an f32 sum drifts by 1e-4 and more.
+    let log_sum = max + logits.iter().map(|&l| f64::from((l - max).exp())).sum::<f64>().ln() as f32;
     let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     if k > 0 {
         for (i, &l) in logits.iter().enumerate() {
