@@ -106,6 +106,22 @@ fn prefix_cache_hits_give_the_same_answers_as_a_server_without_cache() {
 }
 
 #[test]
+fn a_cache_salt_keeps_prefixes_apart() {
+    let server = Server::smollm2(&[]);
+    let ask = |salt: Option<&str>| {
+        let mut body = greedy(json!(PROMPTS[0]), 1);
+        if let Some(salt) = salt {
+            body["cache_salt"] = json!(salt);
+        }
+        completion(&server, body).json()["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap()
+    };
+    assert_eq!(ask(Some("a")), 0);
+    assert_eq!(ask(Some("b")), 0, "another salt reused salt a's prefix");
+    assert_eq!(ask(None), 0, "no salt reused a salted prefix");
+    assert!(ask(Some("a")) > 0, "the same salt did not reuse its own prefix");
+}
+
+#[test]
 fn concurrent_sessions_get_their_own_answers() {
     let server = Server::smollm2(&["--kv-cache-mb", "0"]);
     let expected: Vec<Vec<u32>> = PROMPTS.iter().map(|p| ids(&completion(&server, greedy(json!(p), 16)).json())).collect();

@@ -68,7 +68,8 @@ impl IntoResponse for ApiError {
 /// `echo` with `logprobs` scores the prompt as OpenAI's legacy API and vLLM do. `echo_from: K`
 /// is our extension: only prompt positions `K..` are echoed and scored, so a consult that
 /// verifies its last few tokens reuses the cached prefix before them (other engines ignore the
-/// field and echo the whole prompt).
+/// field and echo the whole prompt). `cache_salt` (vLLM's): only requests with the same salt
+/// share cached prefixes.
 #[derive(Debug, Deserialize)]
 struct CompletionBody {
     model: Option<String>,
@@ -88,6 +89,7 @@ struct CompletionBody {
     echo: Option<bool>,
     echo_from: Option<u64>,
     suffix: Option<String>,
+    cache_salt: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +114,7 @@ struct Request {
     logprobs: Option<usize>,
     /// With `echo`, the first prompt position echoed (None: no echo).
     echo_from: Option<usize>,
+    cache_salt: String,
     return_token_ids: bool,
     tokens_as_ids: bool,
     stream: bool,
@@ -170,6 +173,7 @@ fn start_completion(app: &AppState, body: &[u8]) -> Result<(Request, UnboundedRe
         stop: request.stop.clone(),
         logprobs: request.logprobs,
         echo_from: request.echo_from,
+        cache_salt: request.cache_salt.clone(),
         deadline: Instant::now() + app.request_timeout,
         events: tx,
     };
@@ -313,6 +317,7 @@ fn parse_request(app: &AppState, body: &[u8]) -> Result<Request, ApiError> {
         stop,
         logprobs,
         echo_from,
+        cache_salt: b.cache_salt.unwrap_or_default(),
         return_token_ids: b.return_token_ids.unwrap_or(false),
         tokens_as_ids: b.return_tokens_as_token_ids.unwrap_or(false),
         stream,

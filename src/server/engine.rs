@@ -42,6 +42,9 @@ pub struct Job {
     /// Echo the prompt from this position on: an `Event::Prompt` comes before the first token,
     /// with scores of those positions when `logprobs` is set. `max_tokens` may then be 0.
     pub echo_from: Option<usize>,
+    /// Prefixes are shared only between requests with the same salt (vLLM's `cache_salt`;
+    /// empty: the common pool).
+    pub cache_salt: String,
     pub deadline: Instant,
     pub events: UnboundedSender<Event>,
 }
@@ -259,14 +262,14 @@ impl Engine {
         // up to the row before its first scored position (plain echo scores from position 1,
         // so it reuses nothing).
         let logits_from = job.logits_from();
-        let (reused, cache) = match self.prefix_cache.take_extended(&job.prompt) {
+        let (reused, cache) = match self.prefix_cache.take_extended(&job.cache_salt, &job.prompt) {
             // Extended in place; each forward pass reserves what it appends.
             Some((common, mut kv)) => {
                 let reused = common.min(logits_from);
                 kv.truncate(reused);
                 (reused, kv)
             }
-            None => match self.prefix_cache.lookup(&job.prompt) {
+            None => match self.prefix_cache.lookup(&job.cache_salt, &job.prompt) {
                 Some((common, kv)) => {
                     let reused = common.min(logits_from);
                     // The copy gets room for the rest of the prompt and the answer, so the
@@ -436,7 +439,7 @@ impl Engine {
     /// A finished request's KV cache goes to the prefix cache for the next consult.
     fn keep(&mut self, mut r: Running) {
         r.cache.trim_excess();
-        self.prefix_cache.insert(r.fed, r.cache);
+        self.prefix_cache.insert(&r.job.cache_salt, r.fed, r.cache);
     }
 
     /// Copies this thread's counters to where /health reads them, once per step.
