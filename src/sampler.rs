@@ -269,7 +269,7 @@ mod tests {
             assert!(la > lb || (la == lb && a < b), "{a}:{la} before {b}:{lb}");
         }
         let smallest_kept = *top.logits.last().unwrap();
-        assert_eq!(logits.iter().filter(|&&l| l > smallest_kept).count() < TopLogits::K, true);
+        assert!(logits.iter().filter(|&&l| l > smallest_kept).count() < TopLogits::K);
         let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
         assert!((top.log_sum_exp as f64 - z.ln()).abs() < 1e-4);
         let id = top.ids[3];

@@ -80,16 +80,16 @@ fn legacy_echo(from: usize) -> serde_json::Value {
     let mut tokens = vec![];
     let mut lps = vec![];
     let mut tops = vec![];
-    for p in from..3 {
-        tokens.push(format!("token_id:{}", prompt[p]));
+    for (p, &id) in prompt.iter().enumerate().skip(from) {
+        tokens.push(format!("token_id:{id}"));
         if p == 0 {
             lps.push(serde_json::Value::Null);
             tops.push(serde_json::Value::Null);
         } else {
             lps.push(serde_json::json!(-0.5 * p as f32));
             // The cloud's favourite at position 2 is 4, not the prompt's 9.
-            let best = if p == 2 { 4 } else { prompt[p] };
-            tops.push(serde_json::json!({format!("token_id:{best}"): -0.1, format!("token_id:{}", prompt[p]): -0.5 * p as f32}));
+            let best = if p == 2 { 4 } else { id };
+            tops.push(serde_json::json!({format!("token_id:{best}"): -0.1, format!("token_id:{id}"): -0.5 * p as f32}));
         }
     }
     tokens.push("token_id:5".into());
