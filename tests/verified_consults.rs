@@ -221,3 +221,27 @@ fn sampled_answers_are_checked_by_speculative_sampling_and_replay_consistently()
     assert_eq!(stats.unverified_tokens, 0, "{stats:?}");
     assert!(stats.verified_tokens > 0, "{stats:?}");
 }
+
+/// A correction rolls the small model back; on the GPU the cache's later positions are simply
+/// overwritten: a truncated run continues exactly as a fresh run of the same tokens.
+#[test]
+fn the_gpu_decoder_rolls_back_to_the_same_state_as_a_fresh_run() {
+    use hybrid_assistant::gpu::{decoder::GpuDecoder, Gpu};
+    let path = common::model_path("smollm2-135m");
+    let gpu = pollster::block_on(Gpu::new()).unwrap().expect("no GPU adapter: install mesa-vulkan-drivers (lavapipe)");
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = hybrid_assistant::model::gguf::read_content(&mut file).unwrap();
+    let mut gpu = GpuDecoder::from_gguf(gpu, &content, &mut file).unwrap();
+    let prompt: Vec<u32> = vec![1, 504, 3458, 282, 253, 1345, 28];
+    pollster::block_on(gpu.forward(&prompt)).unwrap();
+    pollster::block_on(gpu.forward(&[314, 2052, 30])).unwrap();
+    gpu.truncate(prompt.len() + 1);
+    assert_eq!(gpu.kv_len(), prompt.len() + 1);
+    let rolled = pollster::block_on(gpu.forward(&[77])).unwrap();
+
+    gpu.clear();
+    pollster::block_on(gpu.forward(&prompt)).unwrap();
+    let fresh = pollster::block_on(gpu.forward(&[314, 77])).unwrap();
+    assert_eq!(rolled.top, fresh.top);
+    assert_eq!(rolled.hidden, fresh.hidden);
+}
