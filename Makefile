@@ -89,6 +89,7 @@ test-e2e:
 	node tests/e2e/app.test.mjs
 	node tests/e2e/extension.test.mjs
 	node tests/e2e/backend.test.mjs
+	node tests/e2e/verify.test.mjs
 
 ## Slow checks kept out of CI's time budget: parity and llama.cpp agreement on qwen2.5-coder-1.5b.
 test-slow:

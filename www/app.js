@@ -29,13 +29,19 @@ const POLICIES = {
   random: { max: 1, step: 0.01, initial: 0.05 },
   never: null,
   always: null,
+  // The max-prob gate; the engine adds the consults that check every token.
+  verify: { max: 1, step: 0.01, initial: 0.7 },
 };
 
 let config = null;
 let assistant = null;
 let running = null; // AbortController of the answer being generated
-const history = load('history', []); // [{role, content, tokens?: [[text, source, reward, prob]], stats?}]
-const controls = { policy: 'reward', thresholds: {}, consultTokens: 1, maxTokens: 512, gpu: true, ...load('controls', {}) };
+// [{role, content, tokens?: [[text, source, reward, prob, replaced?]], checked?, stats?, note?}]:
+// `replaced` is the withdrawn text a correction took the place of; `checked` (answers that
+// ran with verification) counts the leading tokens the cloud checked.
+const history = load('history', []);
+// verifyEvery null: the engine's default.
+const controls = { policy: 'reward', thresholds: {}, consultTokens: 1, maxTokens: 512, gpu: true, verify: true, verifyEvery: null, ...load('controls', {}) };
 
 function setState(state) {
   document.body.dataset.state = state;
@@ -71,7 +77,15 @@ function renderControls() {
   $('consult-tokens').value = controls.consultTokens;
   $('max-tokens').value = controls.maxTokens;
   $('use-gpu').checked = controls.gpu;
+  // The verify policy is verification: it cannot run without it.
+  const lossless = controls.policy === 'verify';
+  $('verify').checked = lossless || controls.verify;
+  $('verify').disabled = lossless || !mayConsult(controls.policy);
+  $('verify-every').value = controls.verifyEvery ?? '';
+  $('verify-every').disabled = !lossless;
 }
+
+const mayConsult = (policy) => policy !== 'never';
 
 function readControls() {
   controls.policy = $('policy').value;
@@ -79,6 +93,9 @@ function readControls() {
   controls.consultTokens = Math.max(1, Number($('consult-tokens').value) || 1);
   controls.maxTokens = Math.max(1, Number($('max-tokens').value) || 512);
   controls.gpu = $('use-gpu').checked;
+  if (!$('verify').disabled) controls.verify = $('verify').checked;
+  const every = Number($('verify-every').value);
+  controls.verifyEvery = $('verify-every').value.trim() && every >= 1 ? Math.round(every) : null;
   save('controls', controls);
 }
 
@@ -95,15 +112,75 @@ function messageElement(role) {
   return el;
 }
 
-function tokenSpan({ text, source, reward, slm_prob: prob }) {
+function tokenSpan({ text, source, reward, slm_prob: prob }, replaced) {
   const span = document.createElement('span');
   span.className = `tok ${source}`;
   span.textContent = text;
   const parts = [source];
   if (reward != null) parts.push(`reward ${reward.toFixed(3)}`);
   if (prob != null) parts.push(`small model p ${prob.toFixed(3)}`);
+  if (replaced != null) {
+    span.classList.add('correction');
+    parts.push(`correction: replaced ${JSON.stringify(replaced)}`);
+  }
   span.title = parts.join(' · ');
   return span;
+}
+
+// One answer on screen and in the history: its standing tokens, how many of them the cloud
+// has checked, and the withdrawals. Tokens past the checked prefix are shown at once, marked
+// `unverified` until a check or a correction covers them.
+class AnswerView {
+  constructor(el, { verifying }) {
+    this.el = el;
+    this.verifying = verifying;
+    this.spans = [];
+    this.tokens = []; // history entries, parallel to spans
+    this.checked = 0;
+    this.replaced = null; // withdrawn text awaiting its correction
+  }
+
+  push(token, replaced = this.replaced) {
+    this.replaced = null;
+    const span = tokenSpan(token, replaced);
+    const i = this.spans.length;
+    // A cloud token right after the checked prefix extends it.
+    if (token.source === 'cloud' && i === this.checked) this.checked += 1;
+    if (this.verifying && token.source !== 'cloud' && i >= this.checked) span.classList.add('unverified');
+    this.el.append(span);
+    this.spans.push(span);
+    const entry = [token.text, token.source, token.reward, token.slm_prob];
+    if (replaced != null) entry.push(replaced);
+    this.tokens.push(entry);
+  }
+
+  verified(to) {
+    for (let i = this.checked; i < Math.min(to, this.spans.length); i++) this.spans[i].classList.remove('unverified');
+    this.checked = Math.max(this.checked, to);
+  }
+
+  // Tokens from `from` on leave the page and the history; a struck copy fades out where they
+  // were, and the next token (the correction) remembers their text for its tooltip.
+  withdraw(from) {
+    this.verified(from);
+    const removed = this.spans.splice(from);
+    const gone = this.tokens.splice(from);
+    this.replaced = gone.map((t) => t[0]).join('');
+    const cue = document.createElement('span');
+    cue.className = 'withdrawn';
+    cue.textContent = this.replaced;
+    cue.setAttribute('aria-hidden', 'true');
+    removed[0]?.before(cue);
+    for (const span of removed) span.remove();
+    const drop = () => cue.remove();
+    cue.addEventListener('animationend', drop);
+    setTimeout(drop, 3000); // no animation (reduced motion, hidden tab): still goes
+    return gone;
+  }
+
+  get text() {
+    return this.tokens.map((t) => t[0]).join('');
+  }
 }
 
 function note(el, text) {
@@ -118,7 +195,9 @@ function renderHistory() {
   for (const m of history) {
     const el = messageElement(m.role);
     if (m.tokens) {
-      for (const [text, source, reward, slm_prob] of m.tokens) el.append(tokenSpan({ text, source, reward, slm_prob }));
+      const view = new AnswerView(el, { verifying: m.checked != null });
+      view.checked = m.checked ?? 0;
+      for (const [text, source, reward, slm_prob, replaced] of m.tokens) view.push({ text, source, reward, slm_prob }, replaced);
       el.dataset.done = 'true';
     } else {
       el.append(m.content);
@@ -135,6 +214,10 @@ function showStats(s) {
   cell('consults').textContent = s.consults;
   cell('fallbacks').textContent = s.fallbacks;
   cell('local_tok_s').textContent = s.local_tok_s.toFixed(1);
+  cell('verified_tokens').textContent = s.verified_tokens ?? '–';
+  cell('unverified_tokens').textContent = s.unverified_tokens ?? '–';
+  cell('corrections').textContent = s.corrections ?? '–';
+  cell('withdrawn_tokens').textContent = s.withdrawn_tokens ?? '–';
   cell('consult_ms').textContent = s.consults ? `${Math.round(s.consult_ms_p50)} / ${Math.round(s.consult_ms_p95)} ms` : '–';
 }
 
@@ -152,8 +235,12 @@ async function send(text) {
   save('draft', '');
   messageElement('user').append(text);
   const el = messageElement('assistant');
-  const tokens = [];
-  const live = { tokens: 0, cloud_tokens: 0, fallbacks: 0, consults: 0, cloud_share: 0, local_tok_s: 0, consult_ms_p50: 0, consult_ms_p95: 0 };
+  const verifying = mayConsult(controls.policy) && (controls.policy === 'verify' || controls.verify);
+  const view = new AnswerView(el, { verifying });
+  const live = {
+    tokens: 0, cloud_tokens: 0, fallbacks: 0, consults: 0, cloud_share: 0, local_tok_s: 0, consult_ms_p50: 0, consult_ms_p95: 0,
+    verified_tokens: 0, unverified_tokens: 0, corrections: 0, withdrawn_tokens: 0,
+  };
   const consultMs = [];
   const started = performance.now();
   running = new AbortController();
@@ -174,17 +261,35 @@ async function send(text) {
       else $('banner-cloud').hidden = true;
     },
   };
+  // Left out, the engine's defaults apply (verification on; its own stretch length).
+  if (controls.policy !== 'verify' && !controls.verify) options.verify = false;
+  if (controls.policy === 'verify' && controls.verifyEvery) options.verifyEvery = controls.verifyEvery;
+  const count = (source, n) => {
+    live.tokens += n;
+    if (source === 'cloud') live.cloud_tokens += n;
+    if (source === 'fallback') live.fallbacks += n;
+  };
   let stats = null;
   let failure = null;
   try {
     for await (const item of assistant.generate(messages, options)) {
       if (item.done) { stats = item.stats; break; }
-      el.append(tokenSpan(item));
-      tokens.push([item.text, item.source, item.reward, item.slm_prob]);
-      live.tokens += 1;
-      if (item.source === 'cloud') live.cloud_tokens += 1;
-      if (item.source === 'fallback') live.fallbacks += 1;
-      live.cloud_share = live.cloud_tokens / live.tokens;
+      if ('withdraw_from' in item) {
+        const checkedBefore = view.checked;
+        const gone = view.withdraw(item.withdraw_from);
+        live.verified_tokens += Math.max(0, item.withdraw_from - checkedBefore);
+        for (const [, source] of gone) count(source, -1);
+        live.corrections += 1;
+        live.withdrawn_tokens += gone.length;
+      } else if ('verified_to' in item) {
+        live.verified_tokens += Math.max(0, item.verified_to - view.checked);
+        view.verified(item.verified_to);
+      } else {
+        view.push(item);
+        count(item.source, 1);
+      }
+      live.unverified_tokens = view.tokens.slice(view.checked).filter((t) => t[1] !== 'cloud').length;
+      live.cloud_share = live.tokens ? live.cloud_tokens / live.tokens : 0;
       live.local_tok_s = live.tokens / ((performance.now() - started) / 1000);
       showStats(live);
       el.scrollIntoView({ block: 'end' });
@@ -193,6 +298,7 @@ async function send(text) {
     failure = e.message;
   }
   running = null;
+  const tokens = view.tokens;
   if (stats) {
     if (stats.tail) { el.append(stats.tail); tokens.push([stats.tail, 'local', null, null]); }
     showStats(stats);
@@ -202,7 +308,9 @@ async function send(text) {
   const noteText = failure ? `The answer stopped: ${failure}` : stats?.stop === 'stopped' ? 'Stopped.' : null;
   if (noteText) note(el, noteText);
   el.dataset.done = 'true';
-  history.push({ role: 'assistant', content: tokens.map((t) => t[0]).join(''), tokens, stats, note: noteText });
+  const entry = { role: 'assistant', content: tokens.map((t) => t[0]).join(''), tokens, stats, note: noteText };
+  if (verifying) entry.checked = view.checked;
+  history.push(entry);
   save('history', history);
   setState('ready');
 }
@@ -300,6 +408,8 @@ export async function startApp(host) {
   $('threshold').addEventListener('input', () => { readControls(); renderControls(); });
   $('consult-tokens').addEventListener('change', readControls);
   $('max-tokens').addEventListener('change', readControls);
+  $('verify').addEventListener('change', readControls);
+  $('verify-every').addEventListener('change', readControls);
   $('use-gpu').addEventListener('change', () => { readControls(); if (!running && config) loadEngine(); });
   $('prompt').addEventListener('input', () => save('draft', $('prompt').value));
   $('prompt').addEventListener('keydown', (e) => {

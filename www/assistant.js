@@ -10,10 +10,27 @@
 //   assistant.info.backend: 'webgpu' | 'cpu' (info.cpuReason says why, info.calibration has
 //   both speeds when auto timed them)
 //   for await (const item of assistant.generate(messages, {policy, threshold, maxTokens,
-//       temperature, consultTokens, signal, onConsult})) {
-//     if (item.done) console.log(item.stats);   // last item: the statistics
-//     else console.log(item.text, item.source);  // a TokenEvent {id, text, source, reward, slm_prob}
+//       temperature, consultTokens, verify, verifyEvery, signal, onConsult})) {
+//     if (item.done) console.log(item.stats);          // last item: the statistics
+//     else if ('withdraw_from' in item) ...            // see below
+//     else if ('verified_to' in item) ...
+//     else console.log(item.text, item.source);        // a token
 //   }
+//
+// The items, in the engine's order (src/generate.rs LoopEvent):
+//   {id, text, source: 'local'|'cloud'|'fallback', reward, slm_prob}   a token of the answer
+//   {withdraw_from: N}   the answer's tokens from index N on (0-based, counting the tokens still
+//                        standing) are taken back: the cloud disagreed there. The next token
+//                        (source 'cloud') is the correction.
+//   {verified_to: N}     the tokens before index N are checked by the cloud. Cloud tokens are
+//                        checked by construction: one right after checked tokens extends the
+//                        checked prefix without an event.
+//   {done: true, stats}  the statistics (tokens, cloud_tokens, consults, verified_tokens,
+//                        corrections, withdrawn_tokens, unverified_tokens, …; stats.tail: bytes
+//                        of an unfinished character to append)
+// Options the caller leaves out take the engine's defaults (src/web.rs GenerateOptions):
+// `verify` (true: every consult also checks the local tokens since the previous one) and
+// `verifyEvery` (the verify policy consults after at most this many unchecked tokens).
 //
 // A failed load rejects with an Error whose `download` is true when retrying may help.
 
@@ -65,7 +82,8 @@ export class Assistant {
     });
   }
 
-  /** Streams the reply to `messages` ([{role, content}]): TokenEvents, then {done: true, stats}. */
+  /** Streams the reply to `messages` ([{role, content}]): the engine's events (tokens,
+   *  withdrawals, checks; see the header), then {done: true, stats}. */
   /** `onConsult({ms, error})` hears of each cloud request as it returns. */
   async *generate(messages, { signal, onConsult = () => {}, ...options } = {}) {
     const id = this.#nextId++;
@@ -76,7 +94,7 @@ export class Assistant {
     this.#pending.set(id, {
       onFailure: (error) => push({ error }),
       onMessage: (m) => {
-        if (m.type === 'token') push(m.event);
+        if (m.type === 'event') push(m.event);
         else if (m.type === 'consult') onConsult({ ms: m.ms, error: m.error });
         else if (m.type === 'done') push({ done: true, stats: m.stats });
         else if (m.type === 'error') push({ error: new Error(m.message) });

@@ -6,7 +6,7 @@
 //                 {type: 'abort', id}
 // worker -> page: {type: 'progress', id, file, loaded, total, fromCache}
 //                 {type: 'loaded', id, info}
-//                 {type: 'token', id, event}
+//                 {type: 'event', id, event}   (an engine event: a token, {withdraw_from}, {verified_to})
 //                 {type: 'consult', id, ms, error}   (one per cloud request, as it returns)
 //                 {type: 'done', id, stats}
 //                 {type: 'error', id, message, download}
@@ -66,12 +66,12 @@ async function generate({ id, messages, options, cloud }) {
       }
     } : undefined;
     const engineOptions = { ...options, cloudModel: cloud?.model, cloudUrl: cloud?.url || 'the cloud' };
-    const onToken = async (json) => {
-      postMessage({ type: 'token', id, event: JSON.parse(json) });
+    const onEvent = async (json) => {
+      postMessage({ type: 'event', id, event: JSON.parse(json) });
       await yieldToEvents();
       return !controller.signal.aborted;
     };
-    const stats = await engine.generate(prompt, JSON.stringify(engineOptions), fetchCloud, onToken);
+    const stats = await engine.generate(prompt, JSON.stringify(engineOptions), fetchCloud, onEvent);
     postMessage({ type: 'done', id, stats: JSON.parse(stats) });
   } finally {
     aborts.delete(id);
