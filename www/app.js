@@ -309,7 +309,8 @@ async function send(text) {
   if (noteText) note(el, noteText);
   el.dataset.done = 'true';
   const entry = { role: 'assistant', content: tokens.map((t) => t[0]).join(''), tokens, stats, note: noteText };
-  if (verifying) entry.checked = view.checked;
+  // The tail is the last token's unfinished bytes: checked when that token was.
+  if (verifying) entry.checked = view.checked + (stats?.tail && view.checked === view.spans.length ? 1 : 0);
   history.push(entry);
   save('history', history);
   setState('ready');

@@ -28,7 +28,10 @@ const MAX_TOKENS = 32;
 // forced correction must be an ordinary token, or the answer would just end there.
 const FIRST_ORDINARY_ID = 17;
 
-const idOf = (name) => (/^token_id:(\d+)$/.exec(name) ? Number(/^token_id:(\d+)$/.exec(name)[1]) : null);
+const idOf = (name) => {
+  const m = /^token_id:(\d+)$/.exec(name);
+  return m ? Number(m[1]) : null;
+};
 
 /**
  * A proxy in front of `target`: everything passes through, except that the answer to the
