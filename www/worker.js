@@ -53,10 +53,13 @@ async function generate({ id, messages, options, cloud }) {
   try {
     const prompt = engine.encodeChat(JSON.stringify(messages));
     const cloudUrl = cloud?.url ? completionsUrl(cloud.url) : null;
+    // Stop cuts a consult short, except under the verify policy: there the engine's last
+    // consult checks what stands before it stops, and the timeout still bounds it.
+    const consultSignal = options.policy === 'verify' ? undefined : controller.signal;
     const fetchCloud = cloudUrl ? async (body) => {
       const started = performance.now();
       try {
-        const answer = await consult(cloudUrl, cloud, body, controller.signal);
+        const answer = await consult(cloudUrl, cloud, body, consultSignal);
         const error = answer.status >= 400 ? `HTTP ${answer.status}: ${errorMessage(answer.text)}` : null;
         postMessage({ type: 'consult', id, ms: performance.now() - started, error });
         return answer;
@@ -90,7 +93,7 @@ function completionsUrl(base) {
 async function consult(url, cloud, body, abortSignal) {
   const headers = { 'Content-Type': 'application/json' };
   if (cloud.apiKey) headers.Authorization = `Bearer ${cloud.apiKey}`;
-  const signal = AbortSignal.any([abortSignal, AbortSignal.timeout(cloud.timeoutMs || 10000)]);
+  const signal = AbortSignal.any([abortSignal, AbortSignal.timeout(cloud.timeoutMs || 10000)].filter(Boolean));
   try {
     const response = await fetch(url, { method: 'POST', headers, body, signal });
     return { status: response.status, text: await response.text() };

@@ -12,7 +12,8 @@
 // place; the correction is a cloud span whose title names the text it replaced; the
 // statistics count the correction and the withdrawn tokens; the answer's text is exactly its
 // standing tokens, is what the server decodes from the ids the page last sent (so the page
-// and the engine agree on what stands), and is what the history keeps across a reload.
+// and the engine agree on what stands), and is what the history keeps across a reload. Stop
+// under the verify policy leaves only checked tokens.
 // Screenshots: target/e2e/correction.png (the cue on screen) and correction-done.png.
 import { mkdirSync } from 'node:fs';
 import { createServer, request as httpRequest } from 'node:http';
@@ -231,6 +232,23 @@ async function main() {
     assert.deepEqual(again.corrections.map((c) => c.title), a.corrections.map((c) => c.title), 'with its corrections');
     assert.equal(again.unverified, 0, 'and its checks');
     console.log('ok reload: the corrected answer kept');
+
+    // Stop under the verify policy: the engine checks what stands before it stops.
+    await page.fill('#max-tokens', '400');
+    await page.$eval('#max-tokens', (el) => el.dispatchEvent(new Event('change')));
+    await page.fill('#prompt', 'Write a long story about a lighthouse keeper, in ten paragraphs.');
+    await page.click('#send');
+    await page.waitForFunction(() => document.querySelectorAll('.msg.assistant')[1]?.querySelectorAll('.tok').length >= 6, null, { timeout: TIMEOUT });
+    await page.click('#send'); // Stop
+    await page.waitForFunction(() => document.querySelectorAll('.msg.assistant[data-done=true]').length > 1, null, { timeout: TIMEOUT });
+    const stopped = await answerState(page);
+    assert.equal(stopped.history.note, 'Stopped.', 'a stopped answer says so');
+    assert.ok(stopped.spans >= 6 && stopped.spans < 400, `stopped early: ${stopped.spans} tokens`);
+    assert.equal(stopped.unverified, 0, 'what stands after Stop is checked');
+    assert.equal(Number(stopped.stats.unverified_tokens), 0, 'the statistics agree');
+    assert.equal(Number(stopped.stats.tokens), stopped.spans, 'the statistics count the standing spans');
+    assert.equal(stopped.history.content, stopped.spansText, 'the history keeps the standing tokens');
+    console.log(`ok stop: ${stopped.spans} tokens, all checked`);
     assert.deepEqual(errors, [], 'no uncaught errors on the page');
   } finally {
     await browser.close();
