@@ -561,13 +561,20 @@ fn echo_from_on_an_extended_prompt_reuses_the_cached_prefix() {
     let body = scoring(&next, Some(first.len()), 1);
     let a = completion(&cached, body.clone()).json();
     let b = completion(&fresh, body).json();
-    assert_eq!(a["usage"]["prompt_tokens_details"]["cached_tokens"], first.len() - 1, "{a}");
+    // All of it: the cached entry keeps its last row's logits, which score the first new token.
+    assert_eq!(a["usage"]["prompt_tokens_details"]["cached_tokens"], first.len(), "{a}");
     assert_eq!(b["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     let (ea, eb) = (entries(&a), entries(&b));
     assert_eq!(ea.len(), next.len() - first.len() + 1);
     for (x, y) in ea.iter().zip(&eb) {
         assert_eq!((x.0, x.2), (y.0, y.2));
         assert!((x.1.unwrap() - y.1.unwrap()).abs() < 1e-4, "{x:?} vs {y:?}");
+    }
+    // Scoring from before the cached end reuses the prefix up to the row before it.
+    let d = completion(&cached, scoring(&next, Some(first.len() - 2), 1)).json();
+    assert_eq!(d["usage"]["prompt_tokens_details"]["cached_tokens"], first.len() - 3, "{d}");
+    for (x, y) in entries(&d)[2..].iter().zip(&ea) {
+        assert_eq!((x.0, x.1, x.2), (y.0, y.1, y.2));
     }
     // Plain echo scores from position 1, so it can reuse nothing; the answer is the same.
     let c = completion(&cached, scoring(&next, None, 1)).json();

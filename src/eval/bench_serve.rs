@@ -1,8 +1,10 @@
 //! `hybrid bench serve`: the cloud under the load the browser puts on it, on loopback.
 //!
-//! Three measurements, each against an anchor taken in the same run:
+//! Four measurements, each against an anchor taken in the same run:
 //! 1. consult cost: a 1-token consult on a 512-token prompt whose first 500 tokens are cached,
 //!    against the 1-token consult right after it that adds a single token (one decode step);
+//! 1b. verification cost: that consult scoring its 12 new tokens (`echo` + `logprobs`, our
+//!    `echo_from`) against the same consult unscored;
 //! 2. batching: total decode throughput of 8 concurrent sessions against one session alone;
 //! 3. load: `--concurrency` sessions replaying growing-prefix 1-token consults, `--requests`
 //!    in all: latency p50/p99, throughput, 429s, failures, cache hit rate, server memory.
@@ -46,6 +48,13 @@ struct Report {
     decode_step_ms: f64,
     /// The first target: at most 2. The median of paired ratios, not the ratio of the medians.
     consult_vs_decode_step: f64,
+    scored_consult_ms: f64,
+    unscored_consult_ms: f64,
+    /// The target: at most 1.2. Median of paired ratios.
+    scored_consult_vs_unscored: f64,
+    /// Prompt entries the scored consult's answer echoed: 12 where the server honours
+    /// `echo_from`, the whole prompt where it ignores it.
+    scored_tokens: usize,
     one_session_tok_s: f64,
     eight_sessions_tok_s: f64,
     /// The second target: at least 3.
@@ -84,16 +93,9 @@ pub fn bench_serve(args: &ServeBenchArgs) -> anyhow::Result<()> {
     };
     let model = health(&url)?["model"].as_str().unwrap_or_default().to_string();
     let client = |timeout_s| {
-        CloudClient::new(CloudConfig {
-            url: url.clone(),
-            api_key: args.api_key.clone(),
-            model: model.clone(),
-            timeout: Duration::from_secs(timeout_s),
-        })
+        CloudClient::new(CloudConfig { url: url.clone(), api_key: args.api_key.clone(), model: model.clone(), timeout: Duration::from_secs(timeout_s) })
     };
-    let consult = |c: &CloudClient, prompt: &[u32], max_tokens| {
-        c.complete(&CompletionRequest::consult(&model, Prompt::Ids(prompt.to_vec()), max_tokens, 0))
-    };
+    let consult = |c: &CloudClient, prompt: &[u32], max_tokens| c.complete(&CompletionRequest::consult(&model, Prompt::Ids(prompt.to_vec()), max_tokens, 0));
     let mut rng = StdRng::seed_from_u64(7);
     // Ordinary token ids, clear of special tokens at either end of the vocabulary.
     let mut random_ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(100..20_000)).collect() };
@@ -124,6 +126,57 @@ pub fn bench_serve(args: &ServeBenchArgs) -> anyhow::Result<()> {
         ratios.push(twelve / one);
     }
     let (consult_ms, decode_step_ms, consult_vs_decode_step) = (median(&consult_ms), median(&step_ms), median(&ratios));
+
+    eprintln!("scored consult against the same consult unscored…");
+    // The client's verifying consult is not in CloudClient's request type: plain JSON.
+    let post = |body: serde_json::Value| -> anyhow::Result<serde_json::Value> {
+        let mut request = ureq::post(&format!("{url}/v1/completions")).header("Content-Type", "application/json");
+        if let Some(key) = &args.api_key {
+            request = request.header("Authorization", &format!("Bearer {key}"));
+        }
+        Ok(serde_json::from_str(&request.send(body.to_string().as_bytes())?.into_body().read_to_string()?)?)
+    };
+    let (mut scored_ms, mut unscored_ms, mut ratios, mut scored_tokens) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for pair in 0..11 {
+        // Each timed consult extends a 500-token prefix of its own that a consult before left
+        // cached, by 12 tokens; the scored one scores exactly those. Alternating which goes
+        // first, so neither always follows the other.
+        let prefixes = [random_ids(500), random_ids(500)];
+        for prefix in &prefixes {
+            consult(&c, prefix, 1)?;
+        }
+        let mut timed = |prefix: &[u32], scored: bool| -> anyhow::Result<f64> {
+            let prompt = [prefix, &random_ids(12)].concat();
+            let mut body = serde_json::json!({"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0,
+                "logprobs": 5, "return_token_ids": true});
+            if scored {
+                body["echo"] = true.into();
+                body["echo_from"] = prefix.len().into();
+            }
+            let t = Instant::now();
+            let answer = post(body)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if scored {
+                let entries = answer["choices"][0]["logprobs"]["tokens"].as_array().map_or(0, |t| t.len());
+                scored_tokens = entries.saturating_sub(1);
+            }
+            Ok(ms)
+        };
+        let (scored, unscored) = match pair % 2 {
+            0 => {
+                let s = timed(&prefixes[0], true)?;
+                (s, timed(&prefixes[1], false)?)
+            }
+            _ => {
+                let u = timed(&prefixes[1], false)?;
+                (timed(&prefixes[0], true)?, u)
+            }
+        };
+        scored_ms.push(scored);
+        unscored_ms.push(unscored);
+        ratios.push(scored / unscored);
+    }
+    let (scored_consult_ms, unscored_consult_ms, scored_vs_unscored) = (median(&scored_ms), median(&unscored_ms), median(&ratios));
 
     eprintln!("decode throughput, one session and eight…");
     let throughput = |sessions: usize, prompts: Vec<Vec<u32>>| -> anyhow::Result<f64> {
@@ -167,6 +220,10 @@ pub fn bench_serve(args: &ServeBenchArgs) -> anyhow::Result<()> {
         consult_ms: round2(consult_ms),
         decode_step_ms: round2(decode_step_ms),
         consult_vs_decode_step: round2(consult_vs_decode_step),
+        scored_consult_ms: round2(scored_consult_ms),
+        unscored_consult_ms: round2(unscored_consult_ms),
+        scored_consult_vs_unscored: round2(scored_vs_unscored),
+        scored_tokens,
         one_session_tok_s: round2(one),
         eight_sessions_tok_s: round2(eight),
         eight_vs_one_session: round2(eight / one),
@@ -179,11 +236,7 @@ pub fn bench_serve(args: &ServeBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_phase(
-    args: &ServeBenchArgs,
-    model: &str,
-    client: &dyn Fn(u64) -> CloudClient,
-) -> anyhow::Result<LoadReport> {
+fn load_phase(args: &ServeBenchArgs, model: &str, client: &dyn Fn(u64) -> CloudClient) -> anyhow::Result<LoadReport> {
     let remaining = Arc::new(Mutex::new(args.requests));
     let results = Arc::new(Mutex::new(Vec::<(f64, Result<usize, String>)>::new()));
     let t = Instant::now();
@@ -265,16 +318,26 @@ fn print_report(r: &Report) {
         r.consult_ms, r.decode_step_ms, r.consult_vs_decode_step
     );
     println!(
+        "  scored_consult_vs_unscored: {:.2}x  ({:.1} ms scoring {} tokens vs {:.1} ms unscored, paired)  [target <= 1.2]",
+        r.scored_consult_vs_unscored, r.scored_consult_ms, r.scored_tokens, r.unscored_consult_ms
+    );
+    println!(
         "  decode throughput: 8 sessions {:.1} tok/s = {:.2}x one session ({:.1} tok/s)  [target >= 3]",
         r.eight_sessions_tok_s, r.eight_vs_one_session, r.one_session_tok_s
     );
     let l = &r.load;
     println!(
         "  load: {} sessions, {} requests in {:.1} s ({:.1}/s): {} ok, {} x 429, {} failed; p50 {:.1} ms, p99 {:.1} ms; cache hits {:.0}%",
-        l.concurrency, l.requests, l.seconds, l.requests_per_s, l.ok, l.rejected_429, l.failed, l.p50_ms, l.p99_ms, l.cache_hit_rate * 100.0
+        l.concurrency,
+        l.requests,
+        l.seconds,
+        l.requests_per_s,
+        l.ok,
+        l.rejected_429,
+        l.failed,
+        l.p50_ms,
+        l.p99_ms,
+        l.cache_hit_rate * 100.0
     );
-    println!(
-        "  server memory: peak RSS {:.0} MiB; prefix cache {:.0} of {:.0} MiB",
-        l.server_peak_rss_mb, l.prefix_cache_mb, l.prefix_cache_capacity_mb
-    );
+    println!("  server memory: peak RSS {:.0} MiB; prefix cache {:.0} of {:.0} MiB", l.server_peak_rss_mb, l.prefix_cache_mb, l.prefix_cache_capacity_mb);
 }

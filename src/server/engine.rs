@@ -2,7 +2,7 @@
 //! one batched forward pass per step (continuous batching). New requests join between steps
 //! with their prompt (minus what the prefix cache already holds) as a prefill chunk; running
 //! ones contribute one decode token each. Requests wait in a bounded queue for a slot.
-use super::prefix_cache::{PrefixCache, PrefixCacheStats};
+use super::prefix_cache::{PrefixCache, PrefixCacheStats, Weigh};
 use super::stop::StopText;
 use crate::model::decoder::{Decoder, KvCache, Sequence};
 use crate::model::tokenizer::{Tokenizer, Utf8Stream};
@@ -189,7 +189,7 @@ pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig) 
 struct Engine {
     decoder: Decoder,
     tokenizer: Arc<Tokenizer>,
-    prefix_cache: PrefixCache<KvCache>,
+    prefix_cache: PrefixCache<Computed>,
     config: EngineConfig,
     active: Vec<Running>,
     jobs: mpsc::Receiver<Job>,
@@ -199,10 +199,25 @@ struct Engine {
     counters: EngineStats,
 }
 
+/// What a prefix-cache entry holds: the keys and values of its tokens, and the logits of its
+/// last row, so a consult that scores from the entry's end need not compute that row again.
+struct Computed {
+    kv: KvCache,
+    last_logits: Option<Vec<f32>>,
+}
+
+impl Weigh for Computed {
+    fn bytes(&self) -> usize {
+        self.kv.bytes() + self.last_logits.as_ref().map_or(0, |l| l.capacity() * std::mem::size_of::<f32>())
+    }
+}
+
 /// A request holding a batch slot.
 struct Running {
     job: Job,
     cache: KvCache,
+    /// The logits of the last row in `cache`, when known.
+    last_logits: Option<Vec<f32>>,
     /// Tokens whose keys and values are in `cache`, in order.
     fed: Vec<u32>,
     /// Tokens still to feed: the uncached rest of the prompt, then each sampled token.
@@ -260,24 +275,35 @@ impl Engine {
         // At least the last prompt token is computed: its logits give the first new token. A
         // scored prompt computes every row whose logits score it, so a cached prefix is reused
         // up to the row before its first scored position (plain echo scores from position 1,
-        // so it reuses nothing).
+        // so it reuses nothing), or up to the entry's end when that row is the entry's last,
+        // whose logits the entry keeps (a consult scoring the tokens added since the last one).
         let logits_from = job.logits_from();
-        let (reused, cache) = match self.prefix_cache.take_extended(&job.cache_salt, &job.prompt) {
+        let mut scores = Vec::new();
+        let (reused, cache, last_logits) = match self.prefix_cache.take_extended(&job.cache_salt, &job.prompt) {
             // Extended in place; each forward pass reserves what it appends.
-            Some((common, mut kv)) => {
-                let reused = common.min(logits_from);
-                kv.truncate(reused);
-                (reused, kv)
-            }
+            Some((common, Computed { mut kv, last_logits })) => match last_logits {
+                Some(logits) if common == logits_from + 1 && common < job.prompt.len() => {
+                    if let (Some(k), Some(_)) = (job.logprobs, job.scored_from()) {
+                        let (logprob, top) = log_probs(&logits, job.prompt[common], k);
+                        scores.push(PromptScore { logprob, top });
+                    }
+                    (common, kv, Some(logits))
+                }
+                _ => {
+                    let reused = common.min(logits_from);
+                    kv.truncate(reused);
+                    (reused, kv, None)
+                }
+            },
             None => match self.prefix_cache.lookup(&job.cache_salt, &job.prompt) {
-                Some((common, kv)) => {
+                Some((common, computed)) => {
                     let reused = common.min(logits_from);
                     // The copy gets room for the rest of the prompt and the answer, so the
                     // first passes do not move it again (a longer answer grows it as usual).
                     let room = (job.prompt.len() - reused + job.max_tokens).min(PREFIX_ROOM_CAP);
-                    (reused, kv.prefix(reused, room))
+                    (reused, computed.kv.prefix(reused, room), None)
                 }
-                None => (0, KvCache::default()),
+                None => (0, KvCache::default(), None),
             },
         };
         self.counters.requests += 1;
@@ -290,8 +316,9 @@ impl Engine {
             fed: job.prompt[..reused].to_vec(),
             pending: job.prompt[reused..].to_vec(),
             cache,
+            last_logits,
             generated: 0,
-            scores: Vec::new(),
+            scores,
             sampler: Sampler::new(job.sampler),
             utf8: Utf8Stream::default(),
             stop: StopText::new(job.stop.clone()),
@@ -368,21 +395,25 @@ impl Engine {
             if n == 0 {
                 continue;
             }
-            let rows = steps.next().expect("steps for each sequence");
+            let mut rows = steps.next().expect("steps for each sequence");
             let r = &mut self.active[i];
             let prompting = r.generated == 0;
             if let (true, Some(from), Some(k)) = (prompting, r.job.scored_from(), r.job.logprobs) {
+                use rayon::prelude::*;
                 // Row q's logits score the prompt's token at q + 1.
                 let first = r.fed.len() + n - rows.len();
-                for (q, step) in (first..).zip(&rows) {
-                    if let Some(&next) = r.job.prompt.get(q + 1).filter(|_| q + 1 >= from) {
-                        let (logprob, top) = log_probs(&step.logits, next, k);
-                        r.scores.push(PromptScore { logprob, top });
-                    }
-                }
+                let prompt = &r.job.prompt;
+                let scored = rows.par_iter().enumerate().filter_map(|(j, step)| {
+                    let q = first + j;
+                    let &next = prompt.get(q + 1).filter(|_| q + 1 >= from)?;
+                    let (logprob, top) = log_probs(&step.logits, next, k);
+                    Some(PromptScore { logprob, top })
+                });
+                r.scores.par_extend(scored);
             }
             r.fed.extend(r.pending.drain(..n));
             if !r.pending.is_empty() {
+                r.last_logits = rows.pop().map(|step| step.logits);
                 continue;
             }
             if prompting && r.job.echo_from.is_some() {
@@ -391,11 +422,11 @@ impl Engine {
             }
             if prompting && r.job.max_tokens == 0 {
                 let _ = r.job.events.send(Event::Done { finish: Finish::Length, tail: String::new() });
-                finished.push(i);
-                continue;
             }
-            let last = rows.last().expect("at least one row gets logits");
-            if self.sample_next(i, &last.logits) {
+            let last = rows.pop().expect("at least one row gets logits");
+            let done = prompting && r.job.max_tokens == 0 || self.sample_next(i, &last.logits);
+            self.active[i].last_logits = Some(last.logits);
+            if done {
                 finished.push(i);
             }
         }
@@ -439,7 +470,7 @@ impl Engine {
     /// A finished request's KV cache goes to the prefix cache for the next consult.
     fn keep(&mut self, mut r: Running) {
         r.cache.trim_excess();
-        self.prefix_cache.insert(&r.job.cache_salt, r.fed, r.cache);
+        self.prefix_cache.insert(&r.job.cache_salt, r.fed, Computed { kv: r.cache, last_logits: r.last_logits });
     }
 
     /// Copies this thread's counters to where /health reads them, once per step.
@@ -453,8 +484,7 @@ impl Engine {
 /// Log-probability of `id` and the `k` most likely tokens with theirs, from raw logits.
 pub fn log_probs(logits: &[f32], id: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    // Summed in f64: over a vocabulary of 150K terms an f32 sum drifts by 1e-4 and more.
-    let log_sum = max + logits.iter().map(|&l| f64::from((l - max).exp())).sum::<f64>().ln() as f32;
+    let log_sum = max + sum_exp(logits, max).ln() as f32;
     let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     if k > 0 {
         for (i, &l) in logits.iter().enumerate() {
@@ -467,6 +497,27 @@ pub fn log_probs(logits: &[f32], id: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
     }
     let top = top.into_iter().map(|(t, l)| (t, l - log_sum)).collect();
     (logits[id as usize] - log_sum, top)
+}
+
+/// `Σ e^(l - max)`, in lanes that vectorize; chunks' sums add up in f64, as over a vocabulary
+/// of 150K terms one f32 sum drifts by 1e-4 and more.
+fn sum_exp(logits: &[f32], max: f32) -> f64 {
+    use crate::model::exp::exp;
+    const LANES: usize = 16;
+    logits
+        .chunks(1024)
+        .map(|chunk| {
+            let mut lanes = [0f32; LANES];
+            let mut groups = chunk.chunks_exact(LANES);
+            for group in &mut groups {
+                for (lane, &l) in lanes.iter_mut().zip(group) {
+                    *lane += exp(l - max);
+                }
+            }
+            let rest: f32 = groups.remainder().iter().map(|&l| exp(l - max)).sum();
+            lanes.iter().map(|&s| f64::from(s)).sum::<f64>() + f64::from(rest)
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -483,5 +534,14 @@ mod tests {
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 2]);
         assert!((top[0].1 - (3.0f32.exp() / z).ln()).abs() < 1e-6);
         assert!(log_probs(&logits, 0, 0).1.is_empty());
+    }
+
+    #[test]
+    fn the_normaliser_of_a_vocabulary_is_exact_to_a_millionth() {
+        // 151936 logits (qwen2.5's vocabulary), spread as a model's are.
+        let logits: Vec<f32> = (0..151_936u32).map(|i| ((i.wrapping_mul(2_654_435_761) >> 8) as f32 / (1 << 24) as f32) * 30.0 - 20.0).collect();
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exact: f64 = logits.iter().map(|&l| (f64::from(l) - f64::from(max)).exp()).sum();
+        assert!((sum_exp(&logits, max) / exact - 1.0).abs() < 1e-6);
     }
 }
