@@ -3,10 +3,10 @@
 //! Four measurements, each against an anchor taken in the same run:
 //! 1. consult cost: a 1-token consult on a 512-token prompt whose first 500 tokens are cached,
 //!    against the 1-token consult right after it that adds a single token (one decode step);
-//! 1b. verification cost: that consult scoring its 12 new tokens (`echo` + `logprobs`, our
+//! 2. verification cost: that consult scoring its 12 new tokens (`echo` + `logprobs`, our
 //!    `echo_from`) against the same consult unscored;
-//! 2. batching: total decode throughput of 8 concurrent sessions against one session alone;
-//! 3. load: `--concurrency` sessions replaying growing-prefix 1-token consults, `--requests`
+//! 3. batching: total decode throughput of 8 concurrent sessions against one session alone;
+//! 4. load: `--concurrency` sessions replaying growing-prefix 1-token consults, `--requests`
 //!    in all: latency p50/p99, throughput, 429s, failures, cache hit rate, server memory.
 use super::round2;
 use crate::cloud::{CloudClient, CloudConfig, CompletionRequest, Prompt};
