@@ -25,6 +25,8 @@ fn compare(name: &str) {
     let content = gguf::read_content(&mut file).unwrap();
     let mut gpu = GpuDecoder::from_gguf(gpu, &content, &mut file).unwrap();
     eprintln!("{name} on {} ({:?})", gpu.adapter().name, gpu.adapter().backend);
+    eprintln!("{name}: a GPU KV cache of {} positions (context {})", gpu.kv_capacity(), gpu.config().context_length);
+    assert!(gpu.kv_capacity() > 2048, "the kernel no longer caps the cache");
 
     let prompt = cpu.tokenizer.encode(PROMPT).unwrap();
     let mut c = cpu.decoder.forward(&prompt).unwrap();

@@ -10,8 +10,9 @@ use std::sync::Arc;
 /// Splits per KV head and token at most (the dispatch's workgroups; splits a short context
 /// does not need return at once).
 const SPLITS: u32 = 8;
-/// Positions a split takes at least: each split's partial costs a merge across its threads.
-const SPAN: u32 = 128;
+/// Positions a split takes at least: each split's partial costs a merge across its threads,
+/// and on lavapipe one split per KV head of a 256-token context was no slower than two.
+const SPAN: u32 = 256;
 
 /// The two pipelines for one head shape, and the partials they pass between them.
 pub struct Attention {
@@ -27,7 +28,7 @@ impl Attention {
     /// For `heads` query heads sharing `kv_heads` KV heads of `head_dim` values, and steps of
     /// up to `tokens` tokens.
     pub fn new(gpu: &Gpu, heads: usize, kv_heads: usize, head_dim: usize, tokens: usize) -> Result<Self> {
-        if head_dim % 4 != 0 || head_dim > 128 || kv_heads == 0 || heads % kv_heads != 0 {
+        if !head_dim.is_multiple_of(4) || head_dim > 128 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(Error::Gpu(format!(
                 "the attention kernel takes heads of up to 128 values in fours, shared by whole groups of query heads, not {heads} heads of {head_dim} on {kv_heads} KV heads; run on the CPU"
             )));
