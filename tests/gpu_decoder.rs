@@ -25,6 +25,8 @@ fn compare(name: &str) {
     let content = gguf::read_content(&mut file).unwrap();
     let mut gpu = GpuDecoder::from_gguf(gpu, &content, &mut file).unwrap();
     eprintln!("{name} on {} ({:?})", gpu.adapter().name, gpu.adapter().backend);
+    eprintln!("{name}: a GPU KV cache of {} positions (context {})", gpu.kv_capacity(), gpu.config().context_length);
+    assert!(gpu.kv_capacity() > 2048, "the kernel no longer caps the cache");
 
     let prompt = cpu.tokenizer.encode(PROMPT).unwrap();
     let mut c = cpu.decoder.forward(&prompt).unwrap();
@@ -108,6 +110,12 @@ fn a_prompt_longer_than_a_chunk_matches_the_cpu_whole_and_in_pieces() {
     let apart = logits.iter().zip(&pieces).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(apart <= 1e-3 * range, "whole and in pieces differ by {apart}");
     assert_eq!(gpu.kv_len(), prompt.len());
+    // The cache holds the model's whole context (8192 positions; the kernel no longer bounds
+    // it), and a step past it is a GPU error, which hands over to the CPU.
+    assert_eq!(gpu.kv_capacity(), gpu.config().context_length);
+    let past = vec![0; gpu.kv_capacity() - prompt.len() + 1];
+    let full = pollster::block_on(gpu.forward(&past)).unwrap_err();
+    assert!(matches!(full, hybrid_assistant::Error::Gpu(_)) && full.to_string().contains("GPU context full"), "{full}");
 }
 
 #[test]

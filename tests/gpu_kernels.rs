@@ -297,3 +297,48 @@ fn gate_and_up_stacked_give_silu_gate_times_up() {
         }
     }
 }
+
+/// Causal attention in f64: `tokens` query rows at positions `pos..`, each over positions
+/// 0..=pos + t of the caches, query head h reading KV head h / (heads / kv_heads).
+fn attention_reference(q: &[f32], k: &[f32], v: &[f32], (heads, kv_heads, hd): (usize, usize, usize), pos: usize) -> Vec<f64> {
+    let tokens = q.len() / (heads * hd);
+    let kv_row = kv_heads * hd;
+    let mut out = vec![0.0; q.len()];
+    for t in 0..tokens {
+        for h in 0..heads {
+            let (qh, g) = (&q[(t * heads + h) * hd..][..hd], h / (heads / kv_heads));
+            let scores: Vec<f64> = (0..=pos + t)
+                .map(|j| qh.iter().zip(&k[j * kv_row + g * hd..][..hd]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (hd as f64).sqrt())
+                .collect();
+            let top = scores.iter().fold(f64::MIN, |a, &b| a.max(b));
+            let weights: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
+            let sum: f64 = weights.iter().sum();
+            for (j, w) in weights.iter().enumerate() {
+                for d in 0..hd {
+                    out[(t * heads + h) * hd + d] += w / sum * v[j * kv_row + g * hd + d] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_the_cpu_across_splits_and_shared_kv_heads() {
+    use hybrid_assistant::gpu::attention::attend;
+    let gpu = gpu();
+    // qwen2.5-coder-0.5b's shape (7 query heads per KV head) over 3000 positions, where every
+    // split is longer than its shortest; smollm2's (3 per KV head) for a prefill from position
+    // 0 and one across the first split boundaries; a head of 128 values.
+    for (shape, pos, tokens) in [((14, 2, 64), 2990, 10), ((9, 3, 64), 0, 40), ((9, 3, 64), 100, 200), ((4, 4, 128), 300, 3)] {
+        let (heads, kv_heads, hd) = shape;
+        let q = values(tokens * heads * hd, 31);
+        let (k, v) = (values((pos + tokens) * kv_heads * hd, 32), values((pos + tokens) * kv_heads * hd, 33));
+        let got = pollster::block_on(attend(&gpu, &q, &k, &v, shape, pos)).unwrap();
+        let want = attention_reference(&q, &k, &v, shape, pos);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let (t, h) = (i / (heads * hd), i / hd % heads);
+            assert!((*g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0), "{shape:?} from {pos}: token {t} head {h} value {}: GPU {g}, CPU {w}", i % hd);
+        }
+    }
+}

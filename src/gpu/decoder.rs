@@ -3,6 +3,7 @@
 //! or up to [`CHUNK`] tokens of a prompt, through the matrix-matrix kernel) is one
 //! submission; only a summary of the last token's logits (`logit_summary.wgsl`: the top ones,
 //! normaliser and entropy) and its final hidden state come back.
+use super::attention::Attention;
 use super::quant::{Batch, GpuMatrix, MatOp, Output, Product, QuantizedInput};
 use super::{bytes_of, Gpu, Groups, Op};
 use crate::generate::SlmStep;
@@ -17,8 +18,11 @@ use candle_core::Device;
 use std::io::{Read, Seek};
 
 const PARAMS: &str = include_str!("params.wgsl");
-/// Positions the GPU KV cache holds (the attention kernel keeps this many scores on chip).
-pub const MAX_POSITIONS: usize = 2048;
+/// Bytes the KV cache of all layers may take. It is allocated whole when the model loads, so
+/// it is bounded by memory rather than by the model's context: 512 MiB is about the weights of
+/// qwen2.5-coder-0.5b, so that model needs about twice its file on the GPU (21845 positions of
+/// its 32768) and smollm2-135m gets its whole context (8192 positions, 360 MiB).
+const KV_CACHE_BYTES: usize = 512 << 20;
 /// Prompt tokens one step computes (activation buffers hold this many rows).
 pub const CHUNK: usize = 128;
 /// Logits the summary sends back at most (`CAP` in logit_summary.wgsl), and words in all.
@@ -39,19 +43,19 @@ fn kernel(gpu: &Gpu, name: &str) -> std::sync::Arc<wgpu::ComputePipeline> {
 
 /// `Params` of the f32 kernels (params.wgsl).
 #[derive(Debug, Clone, Copy, Default)]
-struct Params {
-    n: u32,
-    heads: u32,
-    kv_heads: u32,
-    pos: u32,
-    eps: f32,
-    kv_row: u32,
-    offset: u32,
-    rope_layout: u32,
+pub(super) struct Params {
+    pub n: u32,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub pos: u32,
+    pub eps: f32,
+    pub kv_row: u32,
+    pub offset: u32,
+    pub rope_layout: u32,
 }
 
 impl Params {
-    fn bytes(&self) -> [u8; 32] {
+    pub fn bytes(&self) -> [u8; 32] {
         let words = [self.n, self.heads, self.kv_heads, self.pos, self.eps.to_bits(), self.kv_row, self.offset, self.rope_layout];
         let mut out = [0u8; 32];
         out.copy_from_slice(bytes_of(&words));
@@ -67,7 +71,8 @@ struct LayerOps {
     qkv: Vec<MatOp>,
     rope_q: Op,
     rope_k: Op,
-    attention: Op,
+    /// The split attention and the merge of its splits.
+    attention: [Op; 2],
     o: Vec<MatOp>,
     ffn_norm: Op,
     /// silu(gate) · up into `gate`: one gated product where their layouts agree, else the
@@ -83,6 +88,10 @@ pub struct GpuDecoder {
     vocab: usize,
     /// Positions in the KV cache; the next token goes here.
     len: usize,
+    /// Positions the KV cache holds.
+    capacity: usize,
+    /// Keeps the attention pipelines and their scratch buffers alive.
+    _attention: Attention,
     /// The step's token ids, and its size and position for the matrix ops.
     ids: wgpu::Buffer,
     batch: Batch,
@@ -123,11 +132,8 @@ impl GpuDecoder {
         let config = ModelConfig::from_gguf(content)?;
         let c = &config;
         let (hd, d) = (c.head_dim, c.n_embd);
-        if hd % 4 != 0 || hd > 128 {
-            return Err(Error::Gpu(format!("the attention kernel takes heads of up to 128 values in fours, not {hd}; run on the CPU")));
-        }
         let kv_row = c.n_head_kv * hd;
-        let positions = MAX_POSITIONS.min(c.context_length);
+        let positions = capacity(c);
         let mut matrices = Vec::new();
         let upload = |name: &str, reader: &mut R| -> Result<GpuMatrix> { GpuMatrix::upload(&gpu, name, &tensor(content, reader, name, &Device::Cpu)?) };
         let floats = |name: &str, reader: &mut R| -> Result<wgpu::Buffer> {
@@ -157,9 +163,7 @@ impl GpuDecoder {
         let norm_params = Params { n: d as u32, eps: c.rms_eps, ..Default::default() };
         let silu_params = gpu.uniform("silu", &Params { n: c.n_ff as u32, ..Default::default() }.bytes());
         let across = |n: usize| (n as u32).div_ceil(64);
-        // The head size is a constant of the attention kernel: its loops over a head unroll.
-        let attention =
-            gpu.pipeline(&format!("attention-{hd}"), || format!("const HD4: u32 = {}u;\n{PARAMS}\n{}", hd / 4, include_str!("attention.wgsl")), "attention");
+        let attention = Attention::new(&gpu, c.n_head, c.n_head_kv, hd, CHUNK)?;
 
         let normed_in = QuantizedInput::for_norms(&gpu, d, CHUNK);
         let attention_in = QuantizedInput::new(&gpu, &att, c.n_head * hd, CHUNK);
@@ -225,9 +229,7 @@ impl GpuDecoder {
                 rope_k: gpu
                     .op(kernel(&gpu, "rope"), &[(0, &k_cache), (1, &rope_table), (2, &k_step)], Groups::per_token(across(c.n_head_kv * half)))
                     .named("rope"),
-                attention: gpu
-                    .op(attention.clone(), &[(0, &q), (1, &k_cache), (2, &v_cache), (3, &att), (4, &q_step)], Groups::per_token(c.n_head as u32))
-                    .named("attention"),
+                attention: attention.ops(&gpu, &q, &k_cache, &v_cache, &att, &q_step),
                 o: wo.product_ops(&gpu, &attention_in, &residual, &batch)?,
                 ffn_norm: normed_in.normed_op(&gpu, &x, &ffn_norm_w, c.rms_eps),
                 gate_up,
@@ -261,6 +263,8 @@ impl GpuDecoder {
             config,
             vocab,
             len: 0,
+            capacity: positions,
+            _attention: attention,
             ids,
             batch,
             embed,
@@ -313,6 +317,11 @@ impl GpuDecoder {
         self.len
     }
 
+    /// Positions the KV cache holds; a step past them fails, and the caller goes on on the CPU.
+    pub fn kv_capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Forgets the conversation (the cache is overwritten from position 0).
     pub fn clear(&mut self) {
         self.len = 0;
@@ -326,7 +335,7 @@ impl GpuDecoder {
     /// Runs `tokens` after the cached positions, [`CHUNK`] at a time; the step predicts the
     /// token after the last.
     pub async fn forward(&mut self, tokens: &[u32]) -> Result<SlmStep> {
-        let capacity = MAX_POSITIONS.min(self.config.context_length);
+        let capacity = self.capacity;
         if tokens.is_empty() {
             return Err(Error::InvalidInput("forward needs at least one token".into()));
         }
@@ -364,7 +373,7 @@ impl GpuDecoder {
     /// Each kernel's time in a step of `tokens` after the cached positions (which stay as
     /// they were): (the op's kind, weight bytes, flops per token, seconds), in dispatch order.
     pub async fn profile(&mut self, tokens: &[u32]) -> Result<Vec<(String, u64, u64, f64)>> {
-        if tokens.is_empty() || tokens.len() > CHUNK || self.len + tokens.len() > MAX_POSITIONS.min(self.config.context_length) {
+        if tokens.is_empty() || tokens.len() > CHUNK || self.len + tokens.len() > self.capacity {
             return Err(Error::InvalidInput(format!("a profiled step takes 1 to {CHUNK} tokens that fit the GPU context")));
         }
         self.write_step(tokens, true);
@@ -394,7 +403,7 @@ impl GpuDecoder {
         for l in &self.layers {
             ops.push(&l.attn_norm);
             ops.extend(product(&l.qkv));
-            ops.extend([&l.rope_q, &l.rope_k, &l.attention, self.attention_in.quantize()]);
+            ops.extend([&l.rope_q, &l.rope_k, &l.attention[0], &l.attention[1], self.attention_in.quantize()]);
             ops.extend(product(&l.o));
             ops.push(&l.ffn_norm);
             ops.extend(product(&l.gate_up));
@@ -409,6 +418,12 @@ impl GpuDecoder {
         }
         ops
     }
+}
+
+/// Positions the GPU KV cache of a model holds: its context, or as many as [`KV_CACHE_BYTES`] hold.
+pub fn capacity(c: &ModelConfig) -> usize {
+    let per_position = 2 * c.n_layer * c.n_head_kv * c.head_dim * 4;
+    c.context_length.min(KV_CACHE_BYTES / per_position.max(1))
 }
 
 /// The summary of `vocab` logits (`logit_summary.wgsl`), and the buffer it writes.

@@ -6,6 +6,7 @@
 //! `quant` holds the quantized matrices and their kernels (dequantize, gather, matrix-vector
 //! for a decode step, matrix-matrix for a prefill), each checked against the CPU for every
 //! format our models use (`tests/gpu_kernels.rs`); `decoder` the model on top of them.
+pub mod attention;
 pub mod decoder;
 pub mod quant;
 
