@@ -12,8 +12,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { strict as assert } from 'node:assert';
-import { chromium } from 'playwright-core';
-import { hybrid, MODEL, shots, startServer, startStaticHost } from './server.mjs';
+import { hybrid, launchChromium, MODEL, shots, startServer, startStaticHost } from './server.mjs';
 
 const PROMPT = 'Write a Python function that returns the square of a number.';
 const TIMEOUT = 300_000;
@@ -62,10 +61,7 @@ async function main() {
   rmSync(siteDir, { recursive: true, force: true });
   const staticHost = await startStaticHost([['/', siteDir]]);
   const server = await startServer(staticHost.url);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  const browser = await launchChromium();
   const errors = [];
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });

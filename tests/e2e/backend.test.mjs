@@ -5,8 +5,7 @@
 //   node tests/e2e/backend.test.mjs      (make test-e2e; needs `make pkg` and a built hybrid)
 import { mkdirSync } from 'node:fs';
 import { strict as assert } from 'node:assert';
-import { chromium } from 'playwright-core';
-import { shots, startServer } from './server.mjs';
+import { launchChromium, shots, startServer } from './server.mjs';
 
 const TIMEOUT = 300_000;
 
@@ -20,10 +19,7 @@ async function backendAfterLoad(page, url) {
 async function main() {
   mkdirSync(shots, { recursive: true });
   const server = await startServer('http://localhost');
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--enable-unsafe-webgpu'],
-  });
+  const browser = await launchChromium(['--enable-unsafe-webgpu']);
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     const errors = [];

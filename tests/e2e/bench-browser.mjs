@@ -6,8 +6,7 @@
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
-import { startStaticHost } from './server.mjs';
+import { launchChromium, startStaticHost } from './server.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -28,11 +27,7 @@ const { server, url: base } = await startStaticHost([
   ['/model.gguf', args.model],
 ]);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
-    ...(args.webgpu ? ['--enable-unsafe-webgpu'] : [])],
-});
+const browser = await launchChromium(args.webgpu ? ['--enable-unsafe-webgpu'] : []);
 try {
   const page = await browser.newPage();
   page.on('console', (m) => process.stderr.write(`page: ${m.text()}\n`));

@@ -6,11 +6,20 @@ import { createServer } from 'node:http';
 import { extname, join, normalize } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 export const hybrid = process.env.HYBRID_BIN || `${root}target/debug/hybrid`;
 export const shots = `${root}target/e2e`;
 export const MODEL = 'smollm2-135m';
+
+/** Debian's chromium, quiet (no background traffic or first-run pages), with `extraArgs`. */
+export function launchChromium(extraArgs = []) {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', ...extraArgs],
+  });
+}
 
 /** Resolves to {child, url} once the server listens; `allowOrigin` may be '*'. */
 export function startServer(allowOrigin) {

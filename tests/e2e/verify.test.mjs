@@ -18,8 +18,7 @@
 import { mkdirSync } from 'node:fs';
 import { createServer, request as httpRequest } from 'node:http';
 import { strict as assert } from 'node:assert';
-import { chromium } from 'playwright-core';
-import { MODEL, shots, startServer } from './server.mjs';
+import { launchChromium, MODEL, shots, startServer } from './server.mjs';
 
 const TIMEOUT = 300_000;
 const PROMPT = 'Write a Python function that returns the square of a number.';
@@ -137,10 +136,7 @@ async function main() {
   mkdirSync(shots, { recursive: true });
   const server = await startServer('*');
   const proxy = await startProxy(server.url);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  const browser = await launchChromium();
   const errors = [];
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
