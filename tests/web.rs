@@ -3,7 +3,7 @@
 //! give what they give natively (tests/data/web_parity.json, checked natively by
 //! tests/web_parity.rs), and the `Engine` binding the worker uses generates the same ids, on
 //! the CPU and on WebGPU (Chromium's software adapter, `--enable-unsafe-webgpu` in
-//! webdriver.json).
+//! webdriver.json), and the GPU attention kernel as Tint and SwiftShader compile it.
 //! smollm2-135m comes from a `hybrid serve` whose URL is fixed at build time in
 //! HYBRID_TEST_MODEL_URL.
 #![cfg(target_arch = "wasm32")]
@@ -62,7 +62,8 @@ fn batched_kernel_matches_the_scalar_one() {
     use hybrid_assistant::model::gemm::{matmul_with, Activations, Kernel};
     assert_ne!(Kernel::best(), Kernel::Scalar, "the wasm build has SIMD128");
     let (n, k, m) = (37, 512, 5);
-    let values = |len: usize, seed: u32| (0..len).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
+    let values =
+        |len: usize, seed: u32| (0..len).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
     let acts = Activations::quantize(&values(m * k, 7), m, k);
     for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
         let w = QTensor::quantize(&Tensor::from_vec(values(n * k, 3), (n, k), &Device::Cpu).unwrap(), dtype).unwrap();
@@ -97,4 +98,36 @@ async fn generate_ids(engine: &Engine, backend: &str, expected: &serde_json::Val
     assert_eq!((stats["tokens"].as_u64(), stats["backend"].as_str()), (Some(16), Some(backend)), "{stats}");
     let ids = ids.borrow().clone();
     ids
+}
+
+/// The GPU attention kernel on WebGPU (Tint compiles its WGSL, not naga) against causal
+/// attention on the CPU, in smollm2-135m's shape: a prefill from position 0 and one decode
+/// step past the first split.
+#[wasm_bindgen_test]
+async fn webgpu_attention_matches_the_cpu() {
+    use hybrid_assistant::gpu::{attention::attend, Gpu};
+    let gpu = Gpu::new().await.unwrap().expect("WebGPU in headless Chromium needs --enable-unsafe-webgpu");
+    let values =
+        |n: usize, seed: u32| (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
+    let (heads, kv_heads, hd) = (9, 3, 64);
+    for (pos, tokens) in [(0, 20), (300, 1)] {
+        let q = values(tokens * heads * hd, 1);
+        let (k, v) = (values((pos + tokens) * kv_heads * hd, 2), values((pos + tokens) * kv_heads * hd, 3));
+        let got = attend(&gpu, &q, &k, &v, (heads, kv_heads, hd), pos).await.unwrap();
+        for t in 0..tokens {
+            for h in 0..heads {
+                let (qh, g) = (&q[(t * heads + h) * hd..][..hd], h / (heads / kv_heads));
+                let scores: Vec<f32> =
+                    (0..=pos + t).map(|j| qh.iter().zip(&k[(j * kv_heads + g) * hd..][..hd]).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()).collect();
+                let top = scores.iter().fold(f32::MIN, |a, &b| a.max(b));
+                let weights: Vec<f32> = scores.iter().map(|s| (s - top).exp()).collect();
+                let sum: f32 = weights.iter().sum();
+                for d in 0..hd {
+                    let want: f32 = weights.iter().enumerate().map(|(j, w)| w / sum * v[(j * kv_heads + g) * hd + d]).sum();
+                    let have = got[(t * heads + h) * hd + d];
+                    assert!((have - want).abs() <= 1e-3, "from {pos}: token {t} head {h} value {d}: WebGPU {have}, CPU {want} ({:?})", gpu.adapter);
+                }
+            }
+        }
+    }
 }

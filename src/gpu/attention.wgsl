@@ -59,7 +59,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
   // Online softmax over this thread's positions: each row load serves all GROUP heads.
   for (var j = s * len + lid.x; j < end; j += WG) {
     let row = j * kv_row4 + g * HD4;
+    // Zeroed by hand: SwiftShader (Chrome's software WebGPU) kept the last position's sums
+    // in a loop-body `var` instead of zeroing it each iteration.
     var dot: array<vec4<f32>, GROUP>;
+    for (var k = 0u; k < GROUP; k++) {
+      dot[k] = vec4<f32>(0.0);
+    }
     for (var d = 0u; d < HD4; d++) {
       let key = att_k[row + d];
       for (var k = 0u; k < GROUP; k++) {
