@@ -98,10 +98,10 @@ fn prefix_cache_hits_give_the_same_answers_as_a_server_without_cache() {
         prompt.extend(ids(&a));
     }
     assert_eq!(hits, 5);
-    let health = call("GET", &format!("{}/health", cached.url), &[], None).json();
+    let health = call("GET", &format!("{}/health/details", cached.url), &[], None).json();
     assert!(health["engine"]["cached_prompt_tokens"].as_u64().unwrap() > 0);
     assert!(health["engine"]["prefix_cache"]["bytes"].as_u64().unwrap() > 0);
-    let health = call("GET", &format!("{}/health", uncached.url), &[], None).json();
+    let health = call("GET", &format!("{}/health/details", uncached.url), &[], None).json();
     assert_eq!(health["engine"]["prefix_cache"]["bytes"], 0);
 }
 
@@ -139,7 +139,7 @@ fn concurrent_sessions_get_their_own_answers() {
         let (i, got) = h.join().unwrap();
         assert_eq!(got, expected[i % 4], "session {i}");
     }
-    let health = call("GET", &format!("{}/health", server.url), &[], None).json();
+    let health = call("GET", &format!("{}/health/details", server.url), &[], None).json();
     let engine = &health["engine"];
     // Batched: fewer forward passes than tokens generated.
     assert!(engine["forward_passes"].as_u64().unwrap() < engine["generated_tokens"].as_u64().unwrap(), "no batching happened: {engine}");
@@ -250,7 +250,7 @@ fn a_request_over_the_queue_bound_gets_429_with_retry_after() {
         let url = url.clone();
         move || post_json(&url, &json!({"prompt": "Hi", "max_tokens": 2})).status
     });
-    let health = format!("{}/health", server.url);
+    let health = format!("{}/health/details", server.url);
     let t = std::time::Instant::now();
     while call("GET", &health, &[], None).json()["engine"]["waiting"] != 1 {
         assert!(t.elapsed().as_secs() < 20, "B never queued");

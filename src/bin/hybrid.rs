@@ -138,9 +138,20 @@ struct ServeArgs {
     /// Require this key on /v1/* (`Authorization: Bearer KEY` or `X-Api-Key: KEY`).
     #[arg(long, env = "HYBRID_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// API keys, one per line: `KEY [name=NAME] [max_concurrent=N] [tokens_per_minute=N]`.
+    #[arg(long)]
+    api_key_file: Option<std::path::PathBuf>,
     /// An origin allowed to call the API from a browser (repeatable; `*` for any); the server's own always is.
     #[arg(long = "allow-origin")]
     allow_origins: Vec<String>,
+    /// A host name the server answers to (repeatable; `*` for any). Default: the loopback names
+    /// on a loopback address, any elsewhere. Other Host headers get 421.
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
+    /// After SIGTERM or Ctrl-C, seconds requests in flight may take before the server exits
+    /// (a second signal exits at once).
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout_s: u64,
     /// Memory for cached prompt prefixes (KV caches), least recently used evicted first.
     #[arg(long, default_value_t = 1024)]
     kv_cache_mb: usize,
@@ -231,7 +242,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         addr: args.addr,
         cloud_model: args.cloud_model,
         api_key: args.api_key.filter(|k| !k.is_empty()),
+        api_key_file: args.api_key_file,
         allow_origins: args.allow_origins,
+        allowed_hosts: args.allowed_hosts,
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_s),
         engine: hybrid_assistant::server::engine::EngineConfig {
             max_batch: args.max_batch,
             max_queue: args.max_queue,

@@ -89,7 +89,11 @@ pub fn bench_serve(args: &ServeBenchArgs) -> anyhow::Result<()> {
         }
     };
     let health = |url: &str| -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&ureq::get(&format!("{url}/health")).call()?.into_body().read_to_string()?)?)
+        let mut call = ureq::get(&format!("{url}/health/details"));
+        if let Some(key) = &args.api_key {
+            call = call.header("Authorization", &format!("Bearer {key}"));
+        }
+        Ok(serde_json::from_str(&call.call()?.into_body().read_to_string()?)?)
     };
     let model = health(&url)?["model"].as_str().unwrap_or_default().to_string();
     let client = |timeout_s| {

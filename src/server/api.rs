@@ -1,21 +1,23 @@
 //! The OpenAI-compatible routes: `POST /v1/completions` (plain and streamed), `GET /v1/models`,
-//! `GET /health`, and the one place where errors become OpenAI-shaped JSON responses.
-use super::engine::{Event, Failure, Finish, GeneratedToken, Job, PromptScore};
+//! `GET /health` (and its details, `/metrics`), and the one place where errors become
+//! OpenAI-shaped JSON responses.
+use super::engine::{Event, Failure, Finish, GeneratedToken, Job, PromptScore, Refused, TokenRules};
+use super::keys::{ApiKey, InFlight, OverLimit};
 use super::AppState;
 use crate::cloud::{Choice, CompletionResponse, LegacyLogprobs, PromptTokensDetails, TopMap, Usage};
 use crate::model::tokenizer::Utf8Stream;
 use crate::sampler::SamplerConfig;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Most alternatives per token, as OpenAI and vLLM allow.
@@ -23,7 +25,19 @@ const MAX_LOGPROBS: u32 = 20;
 const MAX_STOPS: usize = 4;
 /// OpenAI's default when a request names no `max_tokens`.
 const DEFAULT_MAX_TOKENS: usize = 16;
+/// Deepest nesting of arrays and objects in a request body: ignored fields are skipped
+/// without a depth limit, so a body nested a million levels deep is refused before parsing.
+const MAX_JSON_DEPTH: usize = 32;
+/// Most `stop_token_ids` one request may give.
+const MAX_STOP_TOKEN_IDS: usize = 64;
+/// A comment line this often on a quiet stream, so proxies do not close it as idle.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long a client is told to wait when the engine is down or restarting.
+const RETRY_AFTER_UNAVAILABLE_S: u64 = 5;
 
+/// The error code of an error answer, kept on the response for `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
 /// An error answer: `{"error": {"message", "type", "code", "param"}}` with its HTTP status.
 #[derive(Debug)]
 pub struct ApiError {
@@ -47,6 +61,41 @@ impl ApiError {
     fn unsupported(param: &'static str, message: impl Into<String>) -> Self {
         Self { param: Some(param), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "unsupported_parameter", message) }
     }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { retry_after_s: Some(RETRY_AFTER_UNAVAILABLE_S), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "engine_unavailable", message) }
+    }
+
+    fn queue_full(app: &AppState) -> Self {
+        Self {
+            retry_after_s: Some(1),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "queue_full",
+                format!("the server is busy: {} requests are already waiting; retry after a second", app.engine.stats().max_queue),
+            )
+        }
+    }
+
+    fn over_limit(key: &ApiKey, over: OverLimit) -> Self {
+        let (code, message, retry) = match over {
+            OverLimit::Concurrency { limit } => {
+                ("concurrency_limit_exceeded", format!("API key `{}` already has {limit} requests running, its limit; wait for one to finish", key.name), 1)
+            }
+            OverLimit::Tokens { limit, retry_after_s } => (
+                "tokens_per_minute_exceeded",
+                format!("API key `{}` used its {limit} tokens per minute; retry after {retry_after_s} s", key.name),
+                retry_after_s,
+            ),
+        };
+        Self { retry_after_s: Some(retry), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", code, message) }
+    }
+
+    /// The body of an error event on a stream whose headers are already out.
+    fn stream_event(&self) -> String {
+        serde_json::json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}}).to_string()
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -58,12 +107,15 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after_s {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
 }
 
-/// The request body. Fields other engines accept and we do not use are ignored, as vLLM does;
-/// the ones whose absence would change the answer (`n`, `best_of`, `suffix`) are refused.
+/// The request body. Fields other engines accept that do not change the answer are ignored,
+/// as vLLM does; the ones that would (`n`, `best_of`, `suffix`, penalties, `logit_bias`) are
+/// refused unless they hold their neutral value. vLLM's `top_k`, `min_p`, `stop_token_ids`,
+/// `ignore_eos` and `min_tokens` are implemented (`TokenRules`).
 ///
 /// `echo` with `logprobs` scores the prompt as OpenAI's legacy API and vLLM do. `echo_from: K`
 /// is our extension: only prompt positions `K..` are echoed and scored, so a consult that
@@ -90,6 +142,15 @@ struct CompletionBody {
     echo_from: Option<u64>,
     suffix: Option<String>,
     cache_salt: Option<String>,
+    top_k: Option<i64>,
+    min_p: Option<f32>,
+    stop_token_ids: Option<Vec<u64>>,
+    ignore_eos: Option<bool>,
+    min_tokens: Option<u64>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,23 +176,83 @@ struct Request {
     /// With `echo`, the first prompt position echoed (None: no echo).
     echo_from: Option<usize>,
     cache_salt: String,
+    rules: TokenRules,
     return_token_ids: bool,
     tokens_as_ids: bool,
     stream: bool,
     include_usage: bool,
 }
 
-pub async fn completions(State(app): State<Arc<AppState>>, body: Body) -> Response {
-    let body = match read_body(body, app.max_body_bytes).await {
-        Ok(body) => body,
-        Err(e) => return e.into_response(),
+/// The caller's API key, when the server has keys (set by the key check).
+pub type CallerKey = Option<Arc<ApiKey>>;
+
+pub async fn completions(State(app): State<Arc<AppState>>, key: Option<axum::Extension<Arc<ApiKey>>>, headers: HeaderMap, body: Body) -> Response {
+    let key = key.map(|axum::Extension(k)| k);
+    completion_response(app, key, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completion_response(app: Arc<AppState>, key: CallerKey, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    if let Some(reason) = app.engine.down_reason() {
+        return Err(ApiError::unavailable(reason));
+    }
+    let in_flight = key.as_ref().map(|k| k.begin().map_err(|over| ApiError::over_limit(k, over))).transpose()?;
+    let body = read_body(body, app.max_body_bytes).await?;
+    // Parsing tokenizes the prompt: on a blocking thread, and only as many at once as the
+    // queue holds, so large bodies neither stall the async workers nor pile up unbounded.
+    let Ok(permit) = app.parsing.clone().try_acquire_owned() else {
+        return Err(ApiError::queue_full(&app));
     };
-    match start_completion(&app, &body) {
-        Ok((request, events)) => match request.stream {
-            true => stream_completion(app, request, events).await,
-            false => collect_completion(&app, request, events).await.unwrap_or_else(|e| e.into_response()),
-        },
-        Err(e) => e.into_response(),
+    let parsed = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            parse_request(&app, &body)
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", format!("parsing the request failed: {e}")))??
+    };
+    let (request, events) = start_completion(&app, parsed, key.as_deref())?;
+    if let Some(k) = &key {
+        k.record(request.prompt.len() as u64);
+    }
+    let caller = Caller { key, _in_flight: in_flight };
+    Ok(match request.stream {
+        true => stream_completion(app, request, events, caller).await,
+        false => collect_completion(&app, request, events, &caller).await?,
+    })
+}
+
+/// Who a completion runs for: its key (tokens are counted against it) and its slot.
+struct Caller {
+    key: CallerKey,
+    _in_flight: Option<InFlight>,
+}
+
+impl Caller {
+    fn record(&self, tokens: usize) {
+        if let Some(k) = &self.key {
+            k.record(tokens as u64);
+        }
+    }
+}
+
+/// A POST body must say it is JSON: browsers send cross-site `text/plain` POSTs without asking
+/// (no CORS preflight), and this check makes them fail.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    match essence.eq_ignore_ascii_case("application/json") {
+        true => Ok(()),
+        false => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            format!(
+                "send the body as JSON with `Content-Type: application/json` (got {})",
+                if content_type.is_empty() { "no Content-Type".to_string() } else { format!("`{content_type}`") }
+            ),
+        )),
     }
 }
 
@@ -163,9 +284,14 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     Ok(kept)
 }
 
-fn start_completion(app: &AppState, body: &[u8]) -> Result<(Request, UnboundedReceiver<Event>), ApiError> {
-    let request = parse_request(app, body)?;
+fn start_completion(app: &AppState, request: Request, key: Option<&ApiKey>) -> Result<(Request, UnboundedReceiver<Event>), ApiError> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // Each key has its own cached prefixes: one caller cannot learn from `cached_tokens`
+    // whether another sent a prompt.
+    let cache_salt = match key {
+        Some(k) => format!("{}\u{1f}{}", k.name, request.cache_salt),
+        None => request.cache_salt.clone(),
+    };
     let job = Job {
         prompt: request.prompt.clone(),
         max_tokens: request.max_tokens,
@@ -173,18 +299,14 @@ fn start_completion(app: &AppState, body: &[u8]) -> Result<(Request, UnboundedRe
         stop: request.stop.clone(),
         logprobs: request.logprobs,
         echo_from: request.echo_from,
-        cache_salt: request.cache_salt.clone(),
+        cache_salt,
+        rules: request.rules.clone(),
         deadline: Instant::now() + app.request_timeout,
         events: tx,
     };
-    app.engine.submit(job).map_err(|_| ApiError {
-        retry_after_s: Some(1),
-        ..ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            "queue_full",
-            format!("the server is busy: {} requests are already waiting; retry after a second", app.engine.stats().max_queue),
-        )
+    app.engine.submit(job).map_err(|refused| match refused {
+        Refused::QueueFull => ApiError::queue_full(app),
+        Refused::Down(reason) => ApiError::unavailable(reason),
     })?;
     Ok((request, rx))
 }
@@ -196,6 +318,14 @@ fn parse_request(app: &AppState, body: &[u8]) -> Result<Request, ApiError> {
             "invalid_request_error",
             "invalid_json",
             "request body is not a valid completion request: send a JSON object such as {\"prompt\": \"…\", \"max_tokens\": 16}",
+        ));
+    }
+    if json_depth(body) > MAX_JSON_DEPTH {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_json",
+            format!("request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep; a completion request needs 3"),
         ));
     }
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
@@ -300,6 +430,7 @@ fn parse_request(app: &AppState, body: &[u8]) -> Result<Request, ApiError> {
             }
         },
     };
+    let rules = token_rules(app, &b)?;
     let stop = match b.stop {
         None => vec![],
         Some(StopParam::One(s)) => vec![s],
@@ -318,11 +449,74 @@ fn parse_request(app: &AppState, body: &[u8]) -> Result<Request, ApiError> {
         logprobs,
         echo_from,
         cache_salt: b.cache_salt.unwrap_or_default(),
+        rules,
         return_token_ids: b.return_token_ids.unwrap_or(false),
         tokens_as_ids: b.return_tokens_as_token_ids.unwrap_or(false),
         stream,
         include_usage: stream && b.stream_options.is_some_and(|o| o.include_usage),
     })
+}
+
+/// vLLM's sampling extras, checked; penalties and logit biases are refused unless neutral.
+fn token_rules(app: &AppState, b: &CompletionBody) -> Result<TokenRules, ApiError> {
+    for (param, value, neutral) in
+        [("presence_penalty", b.presence_penalty, 0.0), ("frequency_penalty", b.frequency_penalty, 0.0), ("repetition_penalty", b.repetition_penalty, 1.0)]
+    {
+        if value.is_some_and(|v| v != neutral) {
+            return Err(ApiError::unsupported(param, format!("`{param}` is not supported here; leave it out (or send {neutral})")));
+        }
+    }
+    if b.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::unsupported("logit_bias", "`logit_bias` is not supported here; leave it out"));
+    }
+    let top_k = match b.top_k {
+        None | Some(0) | Some(-1) => None,
+        Some(k) if k > 0 => Some(k as usize),
+        Some(k) => return Err(ApiError::invalid("top_k", format!("`top_k` must be a positive number of tokens (or -1 for all), got {k}"))),
+    };
+    let min_p = match b.min_p {
+        Some(p) if !(0.0..=1.0).contains(&p) => return Err(ApiError::invalid("min_p", format!("`min_p` must be between 0 and 1, got {p}"))),
+        p => p.filter(|&p| p > 0.0),
+    };
+    let ids = b.stop_token_ids.as_deref().unwrap_or_default();
+    if ids.len() > MAX_STOP_TOKEN_IDS {
+        return Err(ApiError::invalid("stop_token_ids", format!("`stop_token_ids` takes up to {MAX_STOP_TOKEN_IDS} ids, got {}", ids.len())));
+    }
+    let vocab = app.tokenizer.vocab_size();
+    let stop_token_ids = ids
+        .iter()
+        .map(|&id| match usize::try_from(id).ok().filter(|&i| i < vocab) {
+            Some(i) => Ok(i as u32),
+            None => Err(ApiError::invalid("stop_token_ids", format!("{id} is not a token id of this model (ids are 0 to {})", vocab - 1))),
+        })
+        .collect::<Result<Vec<u32>, _>>()?;
+    let min_tokens = b.min_tokens.unwrap_or(0);
+    let max_tokens = b.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS as u64);
+    if min_tokens > max_tokens {
+        return Err(ApiError::invalid("min_tokens", format!("`min_tokens` ({min_tokens}) is more than `max_tokens` ({max_tokens})")));
+    }
+    Ok(TokenRules { top_k, min_p, stop_token_ids, ignore_eos: b.ignore_eos.unwrap_or(false), min_tokens: min_tokens as usize })
+}
+
+/// How deeply `body`'s arrays and objects nest (brackets inside strings do not count).
+fn json_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for &b in body {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The prompt as token ids: given as ids (checked against the vocabulary) or as text
@@ -490,11 +684,17 @@ fn failure_error(failure: Failure, app: &AppState) -> ApiError {
             "timeout",
             format!("the request did not finish within this server's {} s limit; ask for fewer tokens or retry later", app.request_timeout.as_secs()),
         ),
-        Failure::Internal(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", message),
+        Failure::Internal(message) | Failure::Crashed(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", message),
+        Failure::Unavailable(message) => ApiError::unavailable(message),
     }
 }
 
-async fn collect_completion(app: &AppState, request: Request, mut events: UnboundedReceiver<Event>) -> Result<Response, ApiError> {
+/// The engine dropped a request without a word: it is gone.
+fn worker_gone() -> Failure {
+    Failure::Unavailable("the model worker stopped; retry shortly".into())
+}
+
+async fn collect_completion(app: &AppState, request: Request, mut events: UnboundedReceiver<Event>, caller: &Caller) -> Result<Response, ApiError> {
     let mut answer = Answer::new(app);
     let finish = loop {
         match events.recv().await {
@@ -510,9 +710,10 @@ async fn collect_completion(app: &AppState, request: Request, mut events: Unboun
                 break finish;
             }
             Some(Event::Failed(failure)) => return Err(failure_error(failure, app)),
-            None => return Err(failure_error(Failure::Internal("the model worker stopped".into()), app)),
+            None => return Err(failure_error(worker_gone(), app)),
         }
     };
+    caller.record(answer.ids.len());
     let choice = Choice {
         index: 0,
         text: answer.text.clone(),
@@ -529,12 +730,12 @@ async fn collect_completion(app: &AppState, request: Request, mut events: Unboun
 /// `prompt_token_ids` when ids are asked for), one chunk per token, a last chunk with the
 /// finish reason, the usage chunk if asked for, then `[DONE]`. Headers go out once the request
 /// holds a batch slot.
-async fn stream_completion(app: Arc<AppState>, request: Request, mut events: UnboundedReceiver<Event>) -> Response {
+async fn stream_completion(app: Arc<AppState>, request: Request, mut events: UnboundedReceiver<Event>, caller: Caller) -> Response {
     let mut answer = Answer::new(&app);
     match events.recv().await {
         Some(Event::Started { cached_tokens }) => answer.cached_tokens = cached_tokens,
         Some(Event::Failed(failure)) => return failure_error(failure, &app).into_response(),
-        _ => return failure_error(Failure::Internal("the model worker stopped".into()), &app).into_response(),
+        _ => return failure_error(worker_gone(), &app).into_response(),
     }
     struct StreamState {
         app: Arc<AppState>,
@@ -543,8 +744,9 @@ async fn stream_completion(app: Arc<AppState>, request: Request, mut events: Unb
         answer: Answer,
         queued: VecDeque<String>,
         done: bool,
+        caller: Caller,
     }
-    let state = StreamState { app, request, events, answer, queued: VecDeque::new(), done: false };
+    let state = StreamState { app, request, events, answer, queued: VecDeque::new(), done: false, caller };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if let Some(data) = s.queued.pop_front() {
@@ -578,6 +780,7 @@ async fn stream_completion(app: Arc<AppState>, request: Request, mut events: Unb
                     s.queued.push_back(data);
                 }
                 Some(Event::Done { finish, tail }) => {
+                    s.caller.record(s.answer.ids.len());
                     s.answer.text.push_str(&tail);
                     let data = json(chunk(&s, tail, None, None, Some(finish)));
                     s.queued.push_back(data);
@@ -591,17 +794,20 @@ async fn stream_completion(app: Arc<AppState>, request: Request, mut events: Unb
                 }
                 Some(Event::Started { .. }) => {}
                 Some(Event::Failed(failure)) => {
-                    let e = failure_error(failure, &s.app);
-                    let body = serde_json::json!({"error": {"message": e.message, "type": e.kind, "code": e.code, "param": null}});
-                    s.queued.push_back(body.to_string());
+                    s.caller.record(s.answer.ids.len());
+                    s.queued.push_back(failure_error(failure, &s.app).stream_event());
                     s.queued.push_back("[DONE]".into());
                     s.done = true;
                 }
-                None => s.done = true,
+                None => {
+                    s.queued.push_back(failure_error(worker_gone(), &s.app).stream_event());
+                    s.queued.push_back("[DONE]".into());
+                    s.done = true;
+                }
             }
         }
     });
-    Sse::new(stream).into_response()
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)).into_response()
 }
 
 pub async fn models(State(app): State<Arc<AppState>>) -> Response {
@@ -618,10 +824,24 @@ pub async fn models(State(app): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
+/// Whether the server can answer: 200 `{"status": "ok"}`, or 503 with why. Open to anyone, so
+/// it says nothing more; the numbers are in `/health/details` and `/metrics`, behind the key.
 pub async fn health(State(app): State<Arc<AppState>>) -> Response {
+    match app.engine.down_reason() {
+        None => Json(serde_json::json!({"status": "ok", "model": app.model_name})).into_response(),
+        Some(reason) => {
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "unavailable", "reason": reason}))).into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_UNAVAILABLE_S));
+            response
+        }
+    }
+}
+
+/// The engine's counters, queue and memory as JSON.
+pub async fn health_details(State(app): State<Arc<AppState>>) -> Response {
     let (rss, peak) = super::memory_usage();
     Json(serde_json::json!({
-        "status": "ok",
+        "status": if app.engine.down_reason().is_none() { "ok" } else { "unavailable" },
         "model": app.model_name,
         "uptime_s": app.started.elapsed().as_secs(),
         "engine": app.engine.stats(),

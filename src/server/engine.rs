@@ -2,22 +2,33 @@
 //! one batched forward pass per step (continuous batching). New requests join between steps
 //! with their prompt (minus what the prefix cache already holds) as a prefill chunk; running
 //! ones contribute one decode token each. Requests wait in a bounded queue for a slot.
+//!
+//! The thread is supervised: a panic in a step fails that step's requests, the engine starts
+//! again from a clean state (no running requests, an empty prefix cache) and serves on. After
+//! `MAX_RESTARTS` panics within `RESTART_WINDOW` it stops for good and says so through
+//! [`EngineHandle::down`]; the server then answers 503 and exits non-zero, for a supervisor
+//! to restart the process.
 use super::prefix_cache::{PrefixCache, PrefixCacheStats, Weigh};
 use super::stop::StopText;
 use crate::model::decoder::{Decoder, KvCache, Sequence};
 use crate::model::tokenizer::{Tokenizer, Utf8Stream};
 use crate::sampler::{Sampler, SamplerConfig};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 
 /// Most positions reserved ahead in a copied prefix cache.
 const PREFIX_ROOM_CAP: usize = 512;
 /// Most rows of one request that get logits in one pass: a scored prompt's chunk is cut
 /// shorter, so its logits (a vocabulary of floats per row) stay tens of MB, not hundreds.
 const LOGIT_ROWS_CAP: usize = 64;
+/// Panics within `RESTART_WINDOW` after which the engine gives up instead of restarting.
+const MAX_RESTARTS: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -45,8 +56,64 @@ pub struct Job {
     /// Prefixes are shared only between requests with the same salt (vLLM's `cache_salt`;
     /// empty: the common pool).
     pub cache_salt: String,
+    pub rules: TokenRules,
     pub deadline: Instant,
     pub events: UnboundedSender<Event>,
+}
+
+/// vLLM's sampling extras, applied by the engine: which tokens may be drawn and which end the
+/// answer. The defaults change nothing.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRules {
+    /// Draw only among the `top_k` most likely tokens.
+    pub top_k: Option<usize>,
+    /// Draw only tokens at least `min_p` times as likely as the most likely one (after temperature).
+    pub min_p: Option<f32>,
+    /// Tokens that end the answer as the end-of-generation token does (not part of the text).
+    pub stop_token_ids: Vec<u32>,
+    /// End-of-generation tokens do not end the answer: they are generated as any other token.
+    pub ignore_eos: bool,
+    /// End-of-generation and `stop_token_ids` cannot be drawn before this many tokens.
+    pub min_tokens: usize,
+}
+
+impl TokenRules {
+    /// `logits` with what these rules forbid at `-inf`, or None when they forbid nothing.
+    fn mask(&self, logits: &[f32], tokenizer: &Tokenizer, generated: usize, temperature: f32) -> Option<Vec<f32>> {
+        let early = generated < self.min_tokens;
+        if self.top_k.is_none() && self.min_p.is_none() && !early {
+            return None;
+        }
+        let mut masked = logits.to_vec();
+        if early {
+            let ends = tokenizer.eog_ids().into_iter().filter(|_| !self.ignore_eos).chain(self.stop_token_ids.iter().copied());
+            for id in ends {
+                if let Some(l) = masked.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let mut floor = f32::NEG_INFINITY;
+        if let Some(k) = self.top_k.filter(|&k| k < masked.len()) {
+            let mut sorted = masked.clone();
+            let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+            floor = *kth;
+        }
+        if let Some(min_p) = self.min_p.filter(|&p| p > 0.0) {
+            // p_i / p_max >= min_p at temperature T  <=>  l_i >= l_max + T ln(min_p).
+            let top = masked.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            floor = floor.max(top + temperature.max(f32::MIN_POSITIVE) * min_p.ln());
+        }
+        for l in masked.iter_mut().filter(|l| **l < floor) {
+            *l = f32::NEG_INFINITY;
+        }
+        Some(masked)
+    }
+
+    /// Whether `id` ends the answer.
+    fn ends(&self, id: u32, tokenizer: &Tokenizer) -> bool {
+        (!self.ignore_eos && tokenizer.is_eog(id)) || self.stop_token_ids.contains(&id)
+    }
 }
 
 impl Job {
@@ -118,6 +185,17 @@ pub enum Finish {
 pub enum Failure {
     Timeout,
     Internal(String),
+    /// The engine panicked in this request's step and restarted; the request may be retried.
+    Crashed(String),
+    /// The engine has stopped for good (the server is about to exit).
+    Unavailable(String),
+}
+
+/// Faults a test can inject into a running server (`HYBRID_INJECT_PANIC`, refused by release
+/// builds): the engine's forward pass panics on any prompt whose text contains `panic_on`.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub panic_on: Option<String>,
 }
 
 /// Live numbers for /health.
@@ -132,6 +210,16 @@ pub struct EngineStats {
     pub cached_prompt_tokens: u64,
     pub generated_tokens: u64,
     pub forward_passes: u64,
+    /// Requests whose client went away before the end (their generation stopped).
+    pub cancelled: u64,
+    /// Requests that ran past the request timeout.
+    pub timed_out: u64,
+    /// Requests failed by a panic in their step.
+    pub crashed: u64,
+    /// Times the engine restarted after a panic.
+    pub restarts: u64,
+    /// KV cache bytes of the running requests.
+    pub running_kv_bytes: usize,
     pub prefix_cache: PrefixCacheStats,
 }
 
@@ -142,23 +230,48 @@ pub struct EngineHandle {
     waiting: Arc<AtomicUsize>,
     stats: Arc<Mutex<EngineStats>>,
     max_queue: usize,
+    /// Why the engine stopped for good; None while it serves.
+    down: watch::Receiver<Option<String>>,
 }
 
-/// The queue is full; the caller should answer 429.
+/// Why a job was not queued.
 #[derive(Debug)]
-pub struct QueueFull;
+pub enum Refused {
+    /// The queue is full; the caller should answer 429.
+    QueueFull,
+    /// The engine has stopped for good; the caller should answer 503.
+    Down(String),
+}
 
 impl EngineHandle {
-    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+    pub fn submit(&self, job: Job) -> Result<(), Refused> {
+        if let Some(reason) = self.down_reason() {
+            return Err(Refused::Down(reason));
+        }
         let admitted = self.waiting.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| (w < self.max_queue).then_some(w + 1)).is_ok();
         if !admitted {
-            return Err(QueueFull);
+            return Err(Refused::QueueFull);
         }
         if self.jobs.send(job).is_err() {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(QueueFull);
+            return Err(Refused::Down(self.down_reason().unwrap_or_else(|| "the model worker stopped".into())));
         }
         Ok(())
+    }
+
+    /// Why the engine stopped for good, if it has.
+    pub fn down_reason(&self) -> Option<String> {
+        self.down.borrow().clone()
+    }
+
+    /// Resolves when the engine stops for good, with why.
+    pub async fn down(&self) -> String {
+        let mut down = self.down.clone();
+        let reason = match down.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "the model worker stopped".into(),
+        };
+        reason
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -168,9 +281,11 @@ impl EngineHandle {
     }
 }
 
-/// Starts the worker thread; it ends when every handle is dropped and the last request is done.
-pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> EngineHandle {
+/// Starts the worker thread; it ends when every handle is dropped and the last request is done,
+/// or when it gives up after repeated panics.
+pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig, faults: Faults) -> EngineHandle {
     let (jobs, rx) = mpsc::channel();
+    let (down_tx, down) = watch::channel(None);
     let waiting = Arc::new(AtomicUsize::new(0));
     let counters = EngineStats {
         max_batch: config.max_batch,
@@ -179,11 +294,48 @@ pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig) 
         ..Default::default()
     };
     let stats = Arc::new(Mutex::new(counters));
-    let handle = EngineHandle { jobs, waiting: waiting.clone(), stats: stats.clone(), max_queue: config.max_queue };
-    let mut engine =
-        Engine { decoder, tokenizer, prefix_cache: PrefixCache::new(config.kv_cache_bytes), config, active: Vec::new(), jobs: rx, waiting, stats, counters };
-    std::thread::Builder::new().name("hybrid-engine".into()).spawn(move || engine.run()).expect("the engine thread starts");
+    let handle = EngineHandle { jobs, waiting: waiting.clone(), stats: stats.clone(), max_queue: config.max_queue, down };
+    let mut engine = Engine {
+        decoder,
+        tokenizer,
+        prefix_cache: PrefixCache::new(config.kv_cache_bytes),
+        config,
+        active: Vec::new(),
+        jobs: rx,
+        waiting,
+        stats,
+        counters,
+        faults,
+        restarts: Vec::new(),
+    };
+    std::thread::Builder::new()
+        .name("hybrid-engine".into())
+        .spawn(move || {
+            let reason = match catch_unwind(AssertUnwindSafe(|| engine.run())) {
+                Ok(Ok(())) => return,
+                Ok(Err(reason)) => reason,
+                Err(payload) => format!("the model worker panicked outside a step: {}", panic_message(&*payload)),
+            };
+            eprintln!("hybrid serve: {reason}");
+            let _ = down_tx.send(Some(reason.clone()));
+            // Whatever still waits is told, not dropped.
+            for r in engine.active.drain(..) {
+                let _ = r.job.events.send(Event::Failed(Failure::Unavailable(reason.clone())));
+            }
+            while let Ok(job) = engine.jobs.try_recv() {
+                let _ = job.events.send(Event::Failed(Failure::Unavailable(reason.clone())));
+            }
+        })
+        .expect("the engine thread starts");
     handle
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".into(),
+    }
 }
 
 struct Engine {
@@ -197,6 +349,9 @@ struct Engine {
     /// What /health reads; `counters` is this thread's copy, published once per step.
     stats: Arc<Mutex<EngineStats>>,
     counters: EngineStats,
+    faults: Faults,
+    /// When the engine restarted after a panic, within the last `RESTART_WINDOW`.
+    restarts: Vec<Instant>,
 }
 
 /// What a prefix-cache entry holds: the keys and values of its tokens, and the logits of its
@@ -228,6 +383,8 @@ struct Running {
     sampler: Sampler,
     utf8: Utf8Stream,
     stop: StopText,
+    /// The prompt carries the injected-panic marker (`Faults::panic_on`).
+    faulty: bool,
 }
 
 impl Running {
@@ -243,13 +400,14 @@ impl Running {
 }
 
 impl Engine {
-    fn run(&mut self) {
+    /// Serves until every handle is dropped (Ok) or panics come too often to go on (Err: why).
+    fn run(&mut self) -> Result<(), String> {
         loop {
             if self.active.is_empty() {
                 // Idle: sleep until a request arrives, or end when the server is gone.
                 match self.jobs.recv() {
                     Ok(job) => self.admit(job),
-                    Err(_) => return,
+                    Err(_) => return Ok(()),
                 }
             }
             while self.active.len() < self.config.max_batch {
@@ -260,10 +418,37 @@ impl Engine {
             }
             self.drop_abandoned();
             if !self.active.is_empty() {
-                self.step();
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.step())) {
+                    self.restart(&panic_message(&*payload))?;
+                }
             }
             self.publish_stats();
         }
+    }
+
+    /// After a panic in a step: fails the running requests (their state may be half-updated),
+    /// empties the prefix cache (an entry may be half-written), and goes on, unless this is
+    /// one panic too many.
+    fn restart(&mut self, message: &str) -> Result<(), String> {
+        let now = Instant::now();
+        self.restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        self.restarts.push(now);
+        eprintln!("hybrid serve: the model worker panicked ({message}); failing {} requests and restarting", self.active.len());
+        let failure = Failure::Crashed(format!("the model worker failed while computing this request ({message}) and restarted; retry the request"));
+        for r in self.active.drain(..) {
+            let _ = r.job.events.send(Event::Failed(failure.clone()));
+            self.counters.crashed += 1;
+        }
+        self.prefix_cache = PrefixCache::new(self.config.kv_cache_bytes);
+        self.counters.restarts += 1;
+        if self.restarts.len() > MAX_RESTARTS {
+            return Err(format!(
+                "the model worker panicked {} times within {} s (last: {message}); it stops, and the server exits for its supervisor to restart it",
+                self.restarts.len(),
+                RESTART_WINDOW.as_secs()
+            ));
+        }
+        Ok(())
     }
 
     fn admit(&mut self, job: Job) {
@@ -310,9 +495,12 @@ impl Engine {
         self.counters.prompt_tokens += job.prompt.len() as u64;
         self.counters.cached_prompt_tokens += reused as u64;
         if job.events.send(Event::Started { cached_tokens: reused }).is_err() {
+            self.counters.cancelled += 1;
             return; // the client is gone
         }
+        let faulty = self.faults.panic_on.as_ref().is_some_and(|marker| self.tokenizer.decode(&job.prompt).contains(marker.as_str()));
         self.active.push(Running {
+            faulty,
             fed: job.prompt[..reused].to_vec(),
             pending: job.prompt[reused..].to_vec(),
             cache,
@@ -335,6 +523,10 @@ impl Engine {
             let r = &self.active[i];
             if r.job.events.is_closed() || now > r.job.deadline {
                 let r = self.active.swap_remove(i);
+                match r.job.events.is_closed() {
+                    true => self.counters.cancelled += 1,
+                    false => self.counters.timed_out += 1,
+                }
                 let _ = r.job.events.send(Event::Failed(Failure::Timeout));
                 self.keep(r);
             } else {
@@ -364,6 +556,9 @@ impl Engine {
                     budget = budget.saturating_sub(*n);
                 }
             }
+        }
+        if self.active.iter().zip(&rows).any(|(r, &n)| n > 0 && r.faulty) {
+            panic!("injected fault: a prompt carries the HYBRID_INJECT_PANIC marker");
         }
         let mut batch: Vec<Sequence> =
             self.active.iter_mut().zip(&rows).filter(|(_, &n)| n > 0).map(|(r, &n)| Sequence { cache: &mut r.cache, tokens: &r.pending[..n] }).collect();
@@ -440,8 +635,9 @@ impl Engine {
     /// the request is done.
     fn sample_next(&mut self, i: usize, logits: &[f32]) -> bool {
         let r = &mut self.active[i];
-        let id = r.sampler.sample(logits);
-        if self.tokenizer.is_eog(id) {
+        let masked = r.job.rules.mask(logits, &self.tokenizer, r.generated, r.job.sampler.temperature);
+        let id = r.sampler.sample(masked.as_deref().unwrap_or(logits));
+        if r.job.rules.ends(id, &self.tokenizer) {
             let tail = r.flush();
             let _ = r.job.events.send(Event::Done { finish: Finish::Stop, tail });
             return true;
@@ -464,6 +660,9 @@ impl Engine {
             return true;
         }
         r.pending.push(id);
+        if !sent {
+            self.counters.cancelled += 1; // the client is gone
+        }
         !sent
     }
 
@@ -476,6 +675,7 @@ impl Engine {
     /// Copies this thread's counters to where /health reads them, once per step.
     fn publish_stats(&mut self) {
         self.counters.active = self.active.len();
+        self.counters.running_kv_bytes = self.active.iter().map(|r| r.cache.bytes()).sum();
         self.counters.prefix_cache = self.prefix_cache.stats();
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.counters;
     }

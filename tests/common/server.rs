@@ -11,13 +11,22 @@ pub struct Server {
 impl Server {
     /// Starts `hybrid serve --addr 127.0.0.1:0 ARGS…` and waits until it listens.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// As [`start`](Self::start), with environment variables (the test hooks).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hybrid"))
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("hybrid serve starts");
+        // The server's stderr without its access log (a line per API request).
+        let errors = BufReader::new(child.stderr.take().unwrap()).lines();
+        std::thread::spawn(move || errors.map_while(Result::ok).filter(|l| !l.contains(" request_id=")).for_each(|l| eprintln!("{l}")));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let url = loop {
             let line = lines.next().expect("hybrid serve exited before listening").unwrap();
