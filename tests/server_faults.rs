@@ -137,6 +137,41 @@ fn a_client_that_disconnects_stops_its_generation() {
 }
 
 #[test]
+fn the_kv_budget_queues_what_does_not_fit_and_refuses_what_never_will() {
+    // smollm2-135m keeps 30 layers x 2 x 192 floats per position: 45 KiB, 56 KiB with growth
+    // room, so 10 MiB hold about 180 positions.
+    let server = Server::smollm2(&["--kv-budget-mb", "10", "--max-batch", "4"]);
+    let never = completion(&server, json!({"prompt": "Once upon a time", "max_tokens": 400}));
+    assert_error(&never, 503, "insufficient_memory");
+    assert!(never.json()["error"]["message"].as_str().unwrap().contains("--kv-budget-mb"), "{}", never.body);
+    // Two requests of 100 positions each: the second waits for the first, then runs.
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 96, "ignore_eos": true, "temperature": 0});
+    let (_, mut first) = stream(&server, body.clone(), &[]);
+    assert!(first.next().unwrap().unwrap().starts_with("data: "));
+    let second = std::thread::spawn({
+        let url = format!("{}/v1/completions", server.url);
+        let body = body.clone();
+        move || (post_json(&url, &body), Instant::now())
+    });
+    let start = Instant::now();
+    while metric(&server, None, "queue_waiting") < 1.0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the second request never queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(metric(&server, None, "batch_active"), 1.0, "the second request runs beside the first");
+    let running = metric(&server, None, "kv_running_bytes");
+    assert!(running > 0.0 && running <= 10.0 * 1048576.0, "{running}");
+    assert!(metric(&server, None, "prefix_cache_capacity_bytes") + running <= 10.0 * 1048576.0);
+    let rest: Vec<String> = first.map_while(Result::ok).filter(|l| l.starts_with("data: ")).collect();
+    let first_done = Instant::now();
+    assert_eq!(rest.last().map(String::as_str), Some("data: [DONE]"));
+    let (answer, second_done) = second.join().unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["usage"]["completion_tokens"], 96);
+    assert!(second_done >= first_done, "the second request finished before the first");
+}
+
+#[test]
 fn browsers_cannot_post_text_or_rebind_a_name_and_sdk_headers_pass_cors() {
     let server = Server::smollm2(&[]);
     let url = format!("{}/v1/completions", server.url);

@@ -155,6 +155,10 @@ struct ServeArgs {
     /// Memory for cached prompt prefixes (KV caches), least recently used evicted first.
     #[arg(long, default_value_t = 1024)]
     kv_cache_mb: usize,
+    /// Memory for the KV caches of running requests and cached prefixes together: a request
+    /// waits until its worst case (prompt + max_tokens) fits; one larger than all of it gets 503.
+    #[arg(long)]
+    kv_budget_mb: Option<usize>,
     /// Requests that may wait for a batch slot; more get 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
@@ -250,6 +254,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             max_batch: args.max_batch,
             max_queue: args.max_queue,
             kv_cache_bytes: args.kv_cache_mb << 20,
+            kv_budget_bytes: args.kv_budget_mb.map(|mb| mb << 20),
             prefill_chunk: 512,
         },
         max_tokens_cap: args.max_tokens_cap,

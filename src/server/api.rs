@@ -686,6 +686,17 @@ fn failure_error(failure: Failure, app: &AppState) -> ApiError {
         ),
         Failure::Internal(message) | Failure::Crashed(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", message),
         Failure::Unavailable(message) => ApiError::unavailable(message),
+        // Retrying does not help, so no Retry-After.
+        Failure::TooLarge { needed_bytes, budget_bytes } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "insufficient_memory",
+            format!(
+                "this request needs up to {} MiB of KV cache (its prompt and max_tokens), more than this server's whole budget of {} MiB (--kv-budget-mb); shorten the prompt or lower max_tokens",
+                needed_bytes.div_ceil(1 << 20),
+                budget_bytes >> 20
+            ),
+        ),
     }
 }
 

@@ -38,6 +38,10 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Budget for cached prefixes' KV memory.
     pub kv_cache_bytes: usize,
+    /// Budget for the KV memory of running requests and cached prefixes together (None: only
+    /// the prefix cache is bounded). A request is admitted when its worst case (prompt +
+    /// `max_tokens` positions) fits beside the running ones; cached prefixes give way.
+    pub kv_budget_bytes: Option<usize>,
     /// Most prompt rows one step computes, so a long prompt does not stall running decodes.
     pub prefill_chunk: usize,
 }
@@ -189,6 +193,11 @@ pub enum Failure {
     Crashed(String),
     /// The engine has stopped for good (the server is about to exit).
     Unavailable(String),
+    /// The request's worst-case KV cache is larger than the whole KV budget.
+    TooLarge {
+        needed_bytes: usize,
+        budget_bytes: usize,
+    },
 }
 
 /// Faults a test can inject into a running server (`HYBRID_INJECT_PANIC`, refused by release
@@ -307,6 +316,7 @@ pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig, 
         counters,
         faults,
         restarts: Vec::new(),
+        held: None,
     };
     std::thread::Builder::new()
         .name("hybrid-engine".into())
@@ -319,6 +329,9 @@ pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig, 
             eprintln!("hybrid serve: {reason}");
             let _ = down_tx.send(Some(reason.clone()));
             // Whatever still waits is told, not dropped.
+            if let Some(job) = engine.held.take() {
+                let _ = job.events.send(Event::Failed(Failure::Unavailable(reason.clone())));
+            }
             for r in engine.active.drain(..) {
                 let _ = r.job.events.send(Event::Failed(Failure::Unavailable(reason.clone())));
             }
@@ -352,6 +365,17 @@ struct Engine {
     faults: Faults,
     /// When the engine restarted after a panic, within the last `RESTART_WINDOW`.
     restarts: Vec<Instant>,
+    /// The next request in line, taken from the queue but waiting for KV memory (it still
+    /// counts as waiting).
+    held: Option<Job>,
+}
+
+/// Whether a request's KV cache fits under the budget.
+enum Fit {
+    Now,
+    /// After some running requests finish.
+    Later,
+    Never(usize),
 }
 
 /// What a prefix-cache entry holds: the keys and values of its tokens, and the logits of its
@@ -385,6 +409,8 @@ struct Running {
     stop: StopText,
     /// The prompt carries the injected-panic marker (`Faults::panic_on`).
     faulty: bool,
+    /// KV bytes set aside for this request under the budget: its worst case.
+    reserved: usize,
 }
 
 impl Running {
@@ -403,19 +429,30 @@ impl Engine {
     /// Serves until every handle is dropped (Ok) or panics come too often to go on (Err: why).
     fn run(&mut self) -> Result<(), String> {
         loop {
-            if self.active.is_empty() {
+            if self.active.is_empty() && self.held.is_none() {
                 // Idle: sleep until a request arrives, or end when the server is gone.
                 match self.jobs.recv() {
-                    Ok(job) => self.admit(job),
+                    Ok(job) => self.held = Some(job),
                     Err(_) => return Ok(()),
                 }
             }
             while self.active.len() < self.config.max_batch {
-                match self.jobs.try_recv() {
-                    Ok(job) => self.admit(job),
-                    Err(_) => break,
+                let Some(job) = self.held.take().or_else(|| self.jobs.try_recv().ok()) else { break };
+                match self.fits(&job) {
+                    Fit::Now => self.admit(job),
+                    // First in, first served: the requests behind wait too.
+                    Fit::Later if Instant::now() <= job.deadline && !job.events.is_closed() => {
+                        self.held = Some(job);
+                        break;
+                    }
+                    Fit::Later => self.refuse(job, Failure::Timeout),
+                    Fit::Never(needed_bytes) => {
+                        let budget_bytes = self.config.kv_budget_bytes.unwrap_or(0);
+                        self.refuse(job, Failure::TooLarge { needed_bytes, budget_bytes })
+                    }
                 }
             }
+            self.fit_prefix_cache();
             self.drop_abandoned();
             if !self.active.is_empty() {
                 if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.step())) {
@@ -449,6 +486,42 @@ impl Engine {
             ));
         }
         Ok(())
+    }
+
+    /// Worst-case KV bytes of a request: every position of its prompt and answer, with the
+    /// quarter of growth room `KvCache::reserve` leaves.
+    fn reservation(&self, job: &Job) -> usize {
+        let c = self.decoder.config();
+        let per_position = c.n_layer * 2 * c.n_head_kv * c.head_dim * std::mem::size_of::<f32>();
+        (job.prompt.len() + job.max_tokens) * per_position * 5 / 4
+    }
+
+    /// KV bytes the running requests hold or may grow to.
+    fn running_bytes(&self) -> usize {
+        self.active.iter().map(|r| r.reserved.max(r.cache.bytes())).sum()
+    }
+
+    fn fits(&self, job: &Job) -> Fit {
+        let Some(budget) = self.config.kv_budget_bytes else { return Fit::Now };
+        let needed = self.reservation(job);
+        match (needed > budget, self.running_bytes() + needed > budget) {
+            (true, _) => Fit::Never(needed),
+            (false, true) => Fit::Later,
+            (false, false) => Fit::Now,
+        }
+    }
+
+    /// Cached prefixes get what the running requests leave of the budget.
+    fn fit_prefix_cache(&mut self) {
+        if let Some(budget) = self.config.kv_budget_bytes {
+            self.prefix_cache.set_capacity(budget.saturating_sub(self.running_bytes()).min(self.config.kv_cache_bytes));
+        }
+    }
+
+    /// A request that leaves the queue without running.
+    fn refuse(&mut self, job: Job, failure: Failure) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let _ = job.events.send(Event::Failed(failure));
     }
 
     fn admit(&mut self, job: Job) {
@@ -501,6 +574,7 @@ impl Engine {
         let faulty = self.faults.panic_on.as_ref().is_some_and(|marker| self.tokenizer.decode(&job.prompt).contains(marker.as_str()));
         self.active.push(Running {
             faulty,
+            reserved: self.reservation(&job),
             fed: job.prompt[..reused].to_vec(),
             pending: job.prompt[reused..].to_vec(),
             cache,
@@ -669,6 +743,7 @@ impl Engine {
     /// A finished request's KV cache goes to the prefix cache for the next consult.
     fn keep(&mut self, mut r: Running) {
         r.cache.trim_excess();
+        self.fit_prefix_cache();
         self.prefix_cache.insert(&r.job.cache_salt, r.fed, Computed { kv: r.cache, last_logits: r.last_logits });
     }
 

@@ -169,11 +169,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let app = router(state, &config, addr);
     println!(
-        "hybrid serve: listening on http://{addr} (web app: {} in the browser; model {model_name}, context {context_length}, batch {}, queue {}, prefix cache {} MiB{keys})",
+        "hybrid serve: listening on http://{addr} (web app: {} in the browser; model {model_name}, context {context_length}, batch {}, queue {}, prefix cache {} MiB{}{keys})",
         config.browser_model,
         config.engine.max_batch,
         config.engine.max_queue,
         config.engine.kv_cache_bytes >> 20,
+        config.engine.kv_budget_bytes.map_or(String::new(), |b| format!(", KV budget {} MiB", b >> 20)),
     );
     use std::io::Write;
     std::io::stdout().flush()?;

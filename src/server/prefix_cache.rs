@@ -82,13 +82,24 @@ impl<T: Weigh> PrefixCache<T> {
         if self.entries.len() != before {
             self.used_bytes = self.entries.iter().map(|e| e.bytes).sum();
         }
-        while self.used_bytes + bytes > self.capacity_bytes {
-            let oldest = self.entries.iter().enumerate().min_by_key(|(_, e)| e.last_used).map(|(i, _)| i).expect("over budget implies entries");
-            self.used_bytes -= self.entries.swap_remove(oldest).bytes;
-        }
+        self.evict_to(self.capacity_bytes - bytes);
         self.clock += 1;
         self.used_bytes += bytes;
         self.entries.push(Entry { salt: salt.to_string(), tokens, value, bytes, last_used: self.clock });
+    }
+
+    /// A new budget; least recently used entries go until it holds. The server shrinks it
+    /// while running requests need the memory of a shared KV budget.
+    pub fn set_capacity(&mut self, capacity_bytes: usize) {
+        self.capacity_bytes = capacity_bytes;
+        self.evict_to(capacity_bytes);
+    }
+
+    fn evict_to(&mut self, bytes: usize) {
+        while self.used_bytes > bytes {
+            let oldest = self.entries.iter().enumerate().min_by_key(|(_, e)| e.last_used).map(|(i, _)| i).expect("over budget implies entries");
+            self.used_bytes -= self.entries.swap_remove(oldest).bytes;
+        }
     }
 
     /// The entry sharing the longest common prefix with `prompt` (at least one token), and
@@ -179,6 +190,19 @@ mod tests {
         c.insert("", vec![4; 11], Kv(11));
         assert_eq!(c.stats().entries, 2);
         assert!(c.stats().bytes <= c.stats().capacity_bytes);
+    }
+
+    #[test]
+    fn a_smaller_capacity_evicts_the_least_recently_used_at_once() {
+        let mut c = PrefixCache::new(10);
+        insert(&mut c, &[1, 1, 1, 1]);
+        insert(&mut c, &[2, 2, 2, 2]);
+        c.lookup("", &[1]);
+        c.set_capacity(5);
+        assert_eq!((c.stats().entries, c.stats().bytes, c.stats().capacity_bytes), (1, 4, 5));
+        assert!(c.lookup("", &[1]).is_some());
+        c.set_capacity(0);
+        assert_eq!(c.stats().bytes, 0);
     }
 
     #[test]
