@@ -152,6 +152,9 @@ struct ServeArgs {
     /// (a second signal exits at once).
     #[arg(long, default_value_t = 30)]
     shutdown_timeout_s: u64,
+    /// No line on stderr per API request.
+    #[arg(long)]
+    no_access_log: bool,
     /// Memory for cached prompt prefixes (KV caches), least recently used evicted first.
     #[arg(long, default_value_t = 1024)]
     kv_cache_mb: usize,
@@ -250,6 +253,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         allow_origins: args.allow_origins,
         allowed_hosts: args.allowed_hosts,
         shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_s),
+        access_log: !args.no_access_log,
         engine: hybrid_assistant::server::engine::EngineConfig {
             max_batch: args.max_batch,
             max_queue: args.max_queue,

@@ -255,7 +255,7 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
         (Some(url), _) => (None, url.clone()),
         (None, true) => {
             eprintln!("starting hybrid serve --cloud-model {} on loopback…", args.cloud_model);
-            let (server, url) = super::OwnServer::start(&args.cloud_model)?;
+            let (server, url) = super::OwnServer::start(&args.cloud_model, &[])?;
             (Some(server), url)
         }
         (None, false) => (None, String::new()),

@@ -31,11 +31,13 @@ pub fn round2(x: f64) -> f64 {
 pub struct OwnServer(std::process::Child);
 
 impl OwnServer {
-    /// Starts `hybrid serve --cloud-model MODEL` and returns it with its base URL.
-    pub fn start(model: &str) -> anyhow::Result<(OwnServer, String)> {
+    /// Starts `hybrid serve --cloud-model MODEL EXTRA…` (without its access log) and returns
+    /// it with its base URL.
+    pub fn start(model: &str, extra: &[String]) -> anyhow::Result<(OwnServer, String)> {
         use std::io::BufRead;
         let mut child = std::process::Command::new(std::env::current_exe()?)
-            .args(["serve", "--addr", "127.0.0.1:0", "--cloud-model", model])
+            .args(["serve", "--addr", "127.0.0.1:0", "--no-access-log", "--cloud-model", model])
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .spawn()?;
         let stdout = child.stdout.take().expect("piped");

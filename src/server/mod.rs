@@ -45,6 +45,8 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     /// After SIGTERM or Ctrl-C, how long requests in flight may take before the process exits.
     pub shutdown_timeout: Duration,
+    /// A line on stderr per API request.
+    pub access_log: bool,
     pub engine: EngineConfig,
     pub max_tokens_cap: usize,
     pub request_timeout: Duration,
@@ -72,6 +74,7 @@ pub struct AppState {
     /// Requests being parsed (tokenized) at once, at most the queue's size.
     pub parsing: Arc<tokio::sync::Semaphore>,
     pub responses: metrics::Responses,
+    pub access_log: bool,
     pub registry: Registry,
     pub fetcher: Fetcher,
     pub started: Instant,
@@ -155,6 +158,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         allowed_hosts: allowed_hosts(&config),
         parsing: Arc::new(tokio::sync::Semaphore::new(config.engine.max_queue.max(1))),
         responses: Default::default(),
+        access_log: config.access_log,
         registry: Registry::builtin(),
         fetcher: Fetcher::from_env(),
         started: Instant::now(),
@@ -259,7 +263,7 @@ async fn check_host_and_tag(State(app): State<Arc<AppState>>, request: Request, 
         .into_response(),
         _ => next.run(request).await,
     };
-    if path.starts_with("/v1/") || response.status() == StatusCode::MISDIRECTED_REQUEST {
+    if app.access_log && (path.starts_with("/v1/") || response.status() == StatusCode::MISDIRECTED_REQUEST) {
         let code = response.extensions().get::<api::ErrorCode>().map_or("", |c| c.0);
         eprintln!(
             "hybrid serve: request_id={id} method={method} path={path} status={} code={} ms={}",
