@@ -457,7 +457,7 @@ impl CloudClient {
     }
 
     /// Sends one non-streaming completion request and normalises the answer. HTTP errors
-    /// come back as `Error::Cloud` with the server's own message.
+    /// come back as `Error::CloudStatus` with the server's own message.
     pub fn complete(&self, request: &CompletionRequest) -> Result<Completion> {
         let url = self.config.completions_url();
         let body = serde_json::to_string(request).map_err(|e| Error::Cloud(e.to_string()))?;
@@ -479,16 +479,17 @@ impl CloudClient {
 
 impl Completion {
     /// Reads one HTTP answer of a completions endpoint (any engine's shape) into tokens;
-    /// HTTP errors become `Error::Cloud` with the server's own message. Shared by the native
+    /// HTTP errors become `Error::CloudStatus` with the server's own message. Shared by the native
     /// client and the browser's `fetch`.
     pub fn from_http(url: &str, status: u16, bytes_up: usize, text: &str) -> Result<Completion> {
-        let json: serde_json::Value = serde_json::from_str(text).map_err(|_| {
+        let json = serde_json::from_str::<serde_json::Value>(text);
+        if status >= 400 {
+            let message = json.ok().and_then(|j| Some(j.pointer("/error/message")?.as_str()?.to_string())).unwrap_or_else(|| crate::error::first_line(&text));
+            return Err(Error::CloudStatus { status, message: format!("the cloud at {url} answered HTTP {status}: {message}") });
+        }
+        let json = json.map_err(|_| {
             Error::Cloud(format!("the cloud at {url} answered HTTP {status} with a body that is not JSON: {}", crate::error::first_line(&text)))
         })?;
-        if status >= 400 {
-            let message = json.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or(text);
-            return Err(Error::Cloud(format!("the cloud at {url} answered HTTP {status}: {message}")));
-        }
         let (echo, tokens) = read(&json)?;
         let response: Option<CompletionResponse> = serde_json::from_value(json).ok();
         Ok(Completion {

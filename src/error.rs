@@ -34,9 +34,13 @@ pub enum Error {
     #[error("GPU: {0}")]
     Gpu(String),
 
-    /// The cloud call failed: unreachable, an HTTP error, or an answer we cannot read.
+    /// The cloud call failed: unreachable, or an answer we cannot read.
     #[error("{0}")]
     Cloud(String),
+
+    /// The cloud answered with an HTTP error status (its own message in `message`).
+    #[error("{message}")]
+    CloudStatus { status: u16, message: String },
 
     // candle appends a backtrace to its messages when RUST_BACKTRACE is set: keep the message.
     #[error("tensor computation failed: {}", first_line(.0))]

@@ -354,10 +354,10 @@ impl HybridStats {
     }
 }
 
-/// Whether a failed consult was the engine refusing the request (HTTP 4xx, as
-/// `Completion::from_http` words it) rather than the network or the server failing.
+/// Whether a failed consult was the engine refusing the request (a 4xx other than a timeout
+/// or a rate limit) rather than the network or the server failing, or the server being busy.
 fn is_refusal(e: &Error) -> bool {
-    matches!(e, Error::Cloud(m) if m.contains(" answered HTTP 4"))
+    matches!(e, Error::CloudStatus { status: 400..=499, .. } if !matches!(e, Error::CloudStatus { status: 408 | 429, .. }))
 }
 
 /// Nearest-rank percentile of unsorted values; 0 for none.
@@ -690,6 +690,19 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_a_4xx_that_is_not_busy_or_late() {
+        let answer = |status: u16, body: &str| Completion::from_http("http://c/v1/completions", status, 0, body).err().unwrap();
+        assert!(is_refusal(&answer(400, r#"{"error":{"message":"echo is not supported"}}"#)));
+        // An error page that is not JSON still carries its status and first line.
+        let page = answer(422, "<html>Unprocessable</html>\n<body>");
+        assert!(is_refusal(&page) && page.to_string().contains("HTTP 422: <html>Unprocessable</html>"), "{page}");
+        for status in [408, 429, 500, 503] {
+            assert!(!is_refusal(&answer(status, r#"{"error":{"message":"busy"}}"#)), "{status}");
+        }
+        assert!(!is_refusal(&Error::Cloud("cannot reach the cloud".into())));
+    }
 
     #[test]
     fn backoff_pauses_after_repeated_failures_doubles_and_resets() {
