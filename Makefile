@@ -45,11 +45,14 @@ test: setup models pkg test-native test-wasm test-e2e
 # the browser tests, Mesa's lavapipe (a CPU Vulkan driver) for the GPU backend's tests, and the
 # npm packages of the end-to-end test.
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
+# The Python SDK of the SDK smoke test (tests/e2e/openai_sdk_smoke.py); the JS one is pinned in tests/e2e/package.json.
+OPENAI_PYTHON_VERSION := 3.60.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: setup-build
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && ls /usr/share/vulkan/icd.d/lvp_icd.* >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver mesa-vulkan-drivers; }
-	@[ -d tests/e2e/node_modules/playwright-core ] || (cd tests/e2e && npm install --no-audit --no-fund --silent)
+	@[ -d tests/e2e/node_modules/playwright-core ] && [ -d tests/e2e/node_modules/openai ] || (cd tests/e2e && npm install --no-audit --no-fund --silent)
+	@[ -x target/sdk-venv/bin/python ] || { python3 -m venv target/sdk-venv && target/sdk-venv/bin/pip install --quiet openai==$(OPENAI_PYTHON_VERSION); }
 
 setup-build:
 	@rustup target add wasm32-unknown-unknown >/dev/null 2>&1
@@ -83,13 +86,14 @@ test-wasm:
 	$(CARGO) build --quiet
 	$(call with_smollm2_server, HYBRID_TEST_MODEL_URL=http://127.0.0.1:$$port/models/smollm2-135m.gguf CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=900 wasm-pack test --headless --chrome -- --test web --no-default-features)
 
-## The web app and the extension end to end in chromium against hybrid serve (screenshots in target/e2e/).
+## The web app and the extension end to end in chromium against hybrid serve (screenshots in target/e2e/), and the OpenAI SDKs (JS in chromium, Python) against it.
 test-e2e:
 	$(CARGO) build --quiet
 	node tests/e2e/app.test.mjs
 	node tests/e2e/extension.test.mjs
 	node tests/e2e/backend.test.mjs
 	node tests/e2e/verify.test.mjs
+	node tests/e2e/sdk.test.mjs
 
 ## Slow checks kept out of CI's time budget: parity and llama.cpp agreement on qwen2.5-coder-1.5b.
 test-slow:

@@ -21,9 +21,9 @@ export function launchChromium(extraArgs = []) {
   });
 }
 
-/** Resolves to {child, url} once the server listens; `allowOrigin` may be '*'. */
-export function startServer(allowOrigin) {
-  const child = spawn(hybrid, ['serve', '--addr', '127.0.0.1:0', '--cloud-model', MODEL, '--browser-model', MODEL, '--allow-origin', allowOrigin],
+/** Resolves to {child, url} once the server listens; `allowOrigin` may be '*'; `extraArgs` go to `hybrid serve`. */
+export function startServer(allowOrigin, extraArgs = []) {
+  const child = spawn(hybrid, ['serve', '--addr', '127.0.0.1:0', '--cloud-model', MODEL, '--browser-model', MODEL, '--allow-origin', allowOrigin, ...extraArgs],
     { stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     child.on('exit', (code) => reject(new Error(`hybrid serve exited (${code}) before listening`)));
@@ -34,7 +34,7 @@ export function startServer(allowOrigin) {
   });
 }
 
-const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.wasm': 'application/wasm' };
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.wasm': 'application/wasm' };
 
 /**
  * A static host on a free loopback port: files as they are, no ranges, no server-side logic.
