@@ -72,7 +72,7 @@ fn relative_max_diff(ours: &[f32], reference: &[f32]) -> f32 {
 /// allowed only where the reference's own top two are within 0.5% of its logit range
 /// (seen: smollm2-135m's first answer token, 35.127 vs 35.101 with a range of ~50).
 fn check_parity(name: &str, prompt: &[u32], steps: usize) {
-    let options = LoadOptions { kernels: Kernels::CandleReference };
+    let options = LoadOptions { kernels: Kernels::CandleReference, ..Default::default() };
     let mut ours = Decoder::load_with(&common::model_path(name), options).unwrap();
     let mut reference = load_reference(name);
 

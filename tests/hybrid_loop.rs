@@ -8,7 +8,7 @@ mod common;
 use common::server::{completion, Server};
 use hybrid_assistant::cloud::{CloudClient, CloudConfig, Completion, CompletionRequest};
 use hybrid_assistant::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud, Source, TokenEvent};
-use hybrid_assistant::model::decoder::{Kernels, LoadOptions};
+use hybrid_assistant::model::decoder::LoadOptions;
 use hybrid_assistant::model::Model;
 use hybrid_assistant::policy::{Policy, PolicyKind};
 use hybrid_assistant::sampler::{Sampler, SamplerConfig};
@@ -21,7 +21,7 @@ const MAX_TOKENS: usize = 40;
 /// The small model with the server's row-invariant kernels: the same arithmetic on both
 /// sides, so "the same model" gives exactly the same tokens.
 fn model() -> Model {
-    Model::load_with(&common::model_path("smollm2-135m"), LoadOptions { kernels: Kernels::RowInvariant }).unwrap()
+    Model::load_with(&common::model_path("smollm2-135m"), LoadOptions::cloud()).unwrap()
 }
 
 fn client(server: &Server) -> CloudClient {

@@ -400,9 +400,9 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
 
 /// The CPU decoder with the server's kernels.
 fn cpu_model() -> hybrid_assistant::model::Model {
-    use hybrid_assistant::model::decoder::{Kernels, LoadOptions};
+    use hybrid_assistant::model::decoder::LoadOptions;
     let path = common::model_path("smollm2-135m");
-    hybrid_assistant::model::Model::load_with(&path, LoadOptions { kernels: Kernels::RowInvariant }).unwrap()
+    hybrid_assistant::model::Model::load_with(&path, LoadOptions::cloud()).unwrap()
 }
 
 /// Teacher-forced log-softmax of `prompt[p]` given `prompt[..p]` for p >= 1, and each row's argmax.

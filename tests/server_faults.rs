@@ -138,14 +138,14 @@ fn a_client_that_disconnects_stops_its_generation() {
 
 #[test]
 fn the_kv_budget_queues_what_does_not_fit_and_refuses_what_never_will() {
-    // smollm2-135m keeps 30 layers x 2 x 192 floats per position: 45 KiB, 56 KiB with growth
-    // room, so 10 MiB hold about 180 positions.
+    // smollm2-135m keeps 30 layers x 2 x 192 f16 values per position: 22.5 KiB, 28.1 KiB with
+    // growth room, so 10 MiB hold about 360 positions.
     let server = Server::smollm2(&["--kv-budget-mb", "10", "--max-batch", "4"]);
     let never = completion(&server, json!({"prompt": "Once upon a time", "max_tokens": 400}));
     assert_error(&never, 503, "insufficient_memory");
     assert!(never.json()["error"]["message"].as_str().unwrap().contains("--kv-budget-mb"), "{}", never.body);
-    // Two requests of 100 positions each: the second waits for the first, then runs.
-    let body = json!({"prompt": "Once upon a time", "max_tokens": 96, "ignore_eos": true, "temperature": 0});
+    // Two requests of 200 positions each: the second waits for the first, then runs.
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 196, "ignore_eos": true, "temperature": 0});
     let (_, mut first) = stream(&server, body.clone(), &[]);
     assert!(first.next().unwrap().unwrap().starts_with("data: "));
     let second = std::thread::spawn({
@@ -167,7 +167,7 @@ fn the_kv_budget_queues_what_does_not_fit_and_refuses_what_never_will() {
     assert_eq!(rest.last().map(String::as_str), Some("data: [DONE]"));
     let (answer, second_done) = second.join().unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
-    assert_eq!(answer.json()["usage"]["completion_tokens"], 96);
+    assert_eq!(answer.json()["usage"]["completion_tokens"], 196);
     assert!(second_done >= first_done, "the second request finished before the first");
 }
 
@@ -244,7 +244,7 @@ fn keys_have_their_own_limits_and_prefix_caches() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // 20 tokens a minute for `rate`: the first request uses them up.
-    assert_eq!(with("sk-rate", json!({"prompt": "one two three four five six seven eight nine ten", "max_tokens": 16})).status, 200);
+    assert_eq!(with("sk-rate", json!({"prompt": "one two three four five six seven eight nine ten", "max_tokens": 16, "ignore_eos": true})).status, 200);
     let limited = with("sk-rate", short.clone());
     assert_error(&limited, 429, "tokens_per_minute_exceeded");
     let wait: u64 = limited.header("retry-after").unwrap().parse().unwrap();

@@ -8,14 +8,14 @@ mod common;
 use common::server::Server;
 use hybrid_assistant::cloud::{CloudClient, CloudConfig, Completion, CompletionRequest};
 use hybrid_assistant::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud, Source};
-use hybrid_assistant::model::decoder::{Kernels, LoadOptions};
+use hybrid_assistant::model::decoder::LoadOptions;
 use hybrid_assistant::model::Model;
 use hybrid_assistant::policy::{Policy, PolicyKind};
 use hybrid_assistant::sampler::{Sampler, SamplerConfig};
 use std::time::Duration;
 
 fn model(name: &str) -> Model {
-    Model::load_with(&common::model_path(name), LoadOptions { kernels: Kernels::RowInvariant }).unwrap()
+    Model::load_with(&common::model_path(name), LoadOptions::cloud()).unwrap()
 }
 
 fn client(server: &Server, model: &str) -> CloudClient {

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use hybrid_assistant::cloud::{CloudClient, CloudConfig};
 use hybrid_assistant::fetch::Fetcher;
 use hybrid_assistant::generate::{HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud, Source};
-use hybrid_assistant::model::decoder::{Kernels, LoadOptions};
+use hybrid_assistant::model::decoder::LoadOptions;
 use hybrid_assistant::model::Model;
 use hybrid_assistant::policy::{Policy, PolicyKind};
 use hybrid_assistant::registry::Registry;
@@ -155,6 +155,9 @@ struct ServeArgs {
     /// No line on stderr per API request.
     #[arg(long)]
     no_access_log: bool,
+    /// How KV caches store keys and values: f16 (half the memory), or f32.
+    #[arg(long, default_value = "f16")]
+    kv_dtype: hybrid_assistant::model::attention::KvDtype,
     /// Memory for cached prompt prefixes (KV caches), least recently used evicted first.
     #[arg(long, default_value_t = 1024)]
     kv_cache_mb: usize,
@@ -254,6 +257,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         allowed_hosts: args.allowed_hosts,
         shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_s),
         access_log: !args.no_access_log,
+        kv_dtype: args.kv_dtype,
         engine: hybrid_assistant::server::engine::EngineConfig {
             max_batch: args.max_batch,
             max_queue: args.max_queue,
@@ -272,7 +276,7 @@ fn serve(args: ServeArgs) -> Result<()> {
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let path = hybrid_assistant::eval::resolve_model(&args.model)?;
     // The server's kernels, so that `hybrid generate` gives exactly the tokens `hybrid serve` does.
-    let options = LoadOptions { kernels: Kernels::RowInvariant };
+    let options = LoadOptions::cloud();
     let mut model = Model::load_with(&path, options).with_context(|| format!("loading {}", path.display()))?;
     let prompt = prompt_ids(&model, &args.prompt, args.chat)?;
     let mut run = HybridLoop::<_, NoCloud> {

@@ -17,7 +17,7 @@ use super::plot::{line_plot, HLine, PlotSpec, Series};
 use super::sandbox;
 use crate::cloud::{CloudClient, CloudConfig};
 use crate::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud};
-use crate::model::decoder::{Kernels, LoadOptions};
+use crate::model::decoder::LoadOptions;
 use crate::model::Model;
 use crate::policy::{Policy, PolicyKind};
 use crate::reward::RewardHead;
@@ -241,7 +241,7 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
     let mut cloud_model = match pending(&settings[1]) {
         // The server's kernels: cloud-only answers are what `hybrid serve` would give.
         true => Some(
-            Model::load_with(&crate::eval::resolve_model(&args.cloud_model)?, LoadOptions { kernels: Kernels::RowInvariant })
+            Model::load_with(&crate::eval::resolve_model(&args.cloud_model)?, LoadOptions::cloud())
                 .with_context(|| format!("loading {}", args.cloud_model))?,
         ),
         false => None,

@@ -3,7 +3,7 @@
 //! one token (decode) and returns the logits of the last position and the final hidden
 //! state that produced them (the reward head reads it).
 pub use super::attention::KvCache;
-use super::attention::{attend, Rope};
+use super::attention::{attend, KvDtype, Rope};
 use super::config::ModelConfig;
 use super::gguf::tensor;
 use super::weights::QWeight;
@@ -46,7 +46,22 @@ pub enum Kernels {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
     pub kernels: Kernels,
+    /// How KV caches store keys and values.
+    pub kv_dtype: KvDtype,
 }
+
+impl LoadOptions {
+    /// What the cloud side runs (`hybrid serve`, and whatever must give exactly its tokens:
+    /// `hybrid generate`, the in-process cloud of evaluations and label collection).
+    pub fn cloud() -> Self {
+        LoadOptions { kernels: Kernels::RowInvariant, kv_dtype: CLOUD_KV_DTYPE }
+    }
+}
+
+/// The cloud's KV cache type (`hybrid serve --kv-dtype` overrides it): f16 takes half the
+/// memory and decodes faster than f32 where attention reads much of the cache
+/// (examples/kv_dtype_lab.rs; docs/server.md).
+pub const CLOUD_KV_DTYPE: KvDtype = KvDtype::F16;
 
 /// A quantized projection with an optional bias.
 struct Linear {
@@ -96,6 +111,7 @@ pub struct Decoder {
     /// Whether a row's result never depends on the other rows of a pass (`Kernels::RowInvariant`),
     /// so the last layer may compute fewer rows without changing a bit.
     row_invariant: bool,
+    kv_dtype: KvDtype,
     device: Device,
     embedding: Arc<QTensor>,
     layers: Vec<Layer>,
@@ -160,6 +176,7 @@ impl Decoder {
             config,
             elementwise_on_rayon: options.kernels == Kernels::RowInvariant && super::gemv::Kernel::detect().is_some(),
             row_invariant: options.kernels == Kernels::RowInvariant,
+            kv_dtype: options.kv_dtype,
             device: device.clone(),
             embedding,
             layers,
@@ -172,6 +189,12 @@ impl Decoder {
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// KV cache bytes one position takes in every layer.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        let c = &self.config;
+        c.n_layer * 2 * c.n_head_kv * c.head_dim * self.kv_dtype.bytes()
     }
 
     pub fn cache(&self) -> &KvCache {
@@ -221,7 +244,7 @@ impl Decoder {
     fn run_batch(&self, batch: &mut [Sequence<'_>], outputs: Outputs<'_>) -> Result<Vec<Step>> {
         let row = self.config.n_head_kv * self.config.head_dim;
         for seq in batch.iter_mut() {
-            seq.cache.prepare(self.config.n_layer, row);
+            seq.cache.prepare(self.config.n_layer, row, self.kv_dtype);
             seq.cache.reserve(seq.tokens.len());
         }
         let starts: Vec<usize> = batch.iter().map(|s| s.cache.len).collect();
@@ -259,8 +282,8 @@ impl Decoder {
         for (i, seq) in batch.iter_mut().enumerate() {
             let n = seq.tokens.len();
             let cache = &mut seq.cache.layers[l];
-            cache.k.extend_from_slice(&k[first * kv_row..(first + n) * kv_row]);
-            cache.v.extend_from_slice(&v[first * kv_row..(first + n) * kv_row]);
+            cache.k.extend_from_f32(&k[first * kv_row..(first + n) * kv_row]);
+            cache.v.extend_from_f32(&v[first * kv_row..(first + n) * kv_row]);
             let kept = tails.map_or(n, |t| t[i]);
             let queries = first + n - kept..first + n;
             out.extend(attend(cfg, &q[queries.start * q_row..queries.end * q_row], &positions[queries], cache));

@@ -491,9 +491,7 @@ impl Engine {
     /// Worst-case KV bytes of a request: every position of its prompt and answer, with the
     /// quarter of growth room `KvCache::reserve` leaves.
     fn reservation(&self, job: &Job) -> usize {
-        let c = self.decoder.config();
-        let per_position = c.n_layer * 2 * c.n_head_kv * c.head_dim * std::mem::size_of::<f32>();
-        (job.prompt.len() + job.max_tokens) * per_position * 5 / 4
+        (job.prompt.len() + job.max_tokens) * self.decoder.kv_bytes_per_position() * 5 / 4
     }
 
     /// KV bytes the running requests hold or may grow to.

@@ -11,7 +11,8 @@ pub mod prefix_cache;
 pub mod stop;
 
 use crate::fetch::Fetcher;
-use crate::model::decoder::{Kernels, LoadOptions};
+use crate::model::attention::KvDtype;
+use crate::model::decoder::LoadOptions;
 use crate::model::Model;
 use crate::registry::Registry;
 use anyhow::Context;
@@ -47,6 +48,8 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     /// A line on stderr per API request.
     pub access_log: bool,
+    /// How KV caches store keys and values (f16: half the memory).
+    pub kv_dtype: KvDtype,
     pub engine: EngineConfig,
     pub max_tokens_cap: usize,
     pub request_timeout: Duration,
@@ -129,7 +132,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let path = crate::eval::resolve_model(&config.cloud_model)?;
     // Row-invariant kernels: a cached prefix and any batch give exactly one request's tokens.
-    let options = LoadOptions { kernels: Kernels::RowInvariant };
+    let options = LoadOptions { kv_dtype: config.kv_dtype, ..LoadOptions::cloud() };
     let model = Model::load_with(&path, options).with_context(|| format!("loading {}", path.display()))?;
     let model_name = match config.cloud_model.ends_with(".gguf") {
         true => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -178,7 +181,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         config.engine.max_batch,
         config.engine.max_queue,
         config.engine.kv_cache_bytes >> 20,
-        config.engine.kv_budget_bytes.map_or(String::new(), |b| format!(", KV budget {} MiB", b >> 20)),
+        config.engine.kv_budget_bytes.map_or(String::new(), |b| format!(", KV budget {} MiB", b >> 20)) + &format!(", KV cache {:?}", config.kv_dtype).to_lowercase(),
     );
     use std::io::Write;
     std::io::stdout().flush()?;

@@ -8,7 +8,8 @@
 //! consecutive prompts, written atomically. A rerun skips finished shards, so an interrupted
 //! collection resumes where it stopped.
 use super::{read_prompts, PromptEntry};
-use crate::model::decoder::{Kernels, LoadOptions};
+use crate::model::attention::KvDtype;
+use crate::model::decoder::LoadOptions;
 use crate::model::Model;
 use crate::reward::LogitFeatures;
 use crate::sampler::{argmax, log_prob, TopLogits};
@@ -164,11 +165,11 @@ pub fn collect(args: &CollectArgs) -> Result<()> {
     }
     let slm_path = crate::eval::resolve_model(&args.slm)?;
     let cloud_path = crate::eval::resolve_model(&args.cloud_model)?;
-    // The cloud's arithmetic is the server's (row-invariant), and so is the small model's on
-    // single decode steps: labels then say what a consult at run time would answer.
-    let options = LoadOptions { kernels: Kernels::RowInvariant };
-    let mut slm = Model::load_with(&slm_path, options)?;
-    let mut cloud = Model::load_with(&cloud_path, options)?;
+    // The cloud's arithmetic is the server's (row-invariant, its KV cache type), and so is the
+    // small model's on single decode steps (with the browser's f32 cache): labels then say
+    // what a consult at run time would answer.
+    let mut slm = Model::load_with(&slm_path, LoadOptions { kv_dtype: KvDtype::F32, ..LoadOptions::cloud() })?;
+    let mut cloud = Model::load_with(&cloud_path, LoadOptions::cloud())?;
     if slm.decoder.vocab_size() != cloud.decoder.vocab_size() {
         return Err(Error::InvalidInput(format!(
             "{} has {} token ids and {} has {}: teacher forcing needs one shared tokenizer",

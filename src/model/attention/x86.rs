@@ -2,13 +2,14 @@
 //! pairs are multiplied at once, each into its own accumulator, so the dot products overlap
 //! instead of each waiting on its own chain of adds. Weighted values: the output rows stay in
 //! registers.
+use super::KvElem;
 use std::arch::x86_64::*;
 
 /// [`super::score_keys`] for a head of `16 · V` values.
 ///
 /// # Safety
 /// AVX512F is available; `query` holds `16 · V` values and `keys` every key of `scores`.
-pub(super) unsafe fn score_keys<const V: usize>(query: &[f32], keys: &[f32], stride: usize, scale: f32, scores: &mut [f32]) {
+pub(super) unsafe fn score_keys<E: KvElem, const V: usize>(query: &[f32], keys: &[E], stride: usize, scale: f32, scores: &mut [f32]) {
     debug_assert_eq!(query.len(), 16 * V);
     let q: [__m512; V] = std::array::from_fn(|c| _mm512_loadu_ps(query.as_ptr().add(16 * c)));
     let keys = keys.as_ptr();
@@ -16,12 +17,12 @@ pub(super) unsafe fn score_keys<const V: usize>(query: &[f32], keys: &[f32], str
     // A key's score depends only on where it stands in its block of 32 (which keys a query
     // sees is fixed by its position), never on the other queries of a batch.
     while j + 8 <= scores.len() {
-        let dots = sums8(products::<V, 8>(&q, keys.add(j * stride), stride));
+        let dots = sums8(products::<E, V, 8>(&q, keys.add(j * stride), stride));
         _mm256_storeu_ps(scores.as_mut_ptr().add(j), _mm256_mul_ps(dots, _mm256_set1_ps(scale)));
         j += 8;
     }
     for (j, score) in scores.iter_mut().enumerate().skip(j) {
-        *score = _mm512_reduce_add_ps(products::<V, 1>(&q, keys.add(j * stride), stride)[0]) * scale;
+        *score = _mm512_reduce_add_ps(products::<E, V, 1>(&q, keys.add(j * stride), stride)[0]) * scale;
     }
 }
 
@@ -32,7 +33,7 @@ pub(super) unsafe fn score_keys<const V: usize>(query: &[f32], keys: &[f32], str
 /// # Safety
 /// AVX512F is available; both queries hold `16 · V` values, both score lists are as long, a
 /// multiple of 4, and `keys` has every key of them.
-pub(super) unsafe fn score_keys_pair<const V: usize>(query: [&[f32]; 2], keys: &[f32], stride: usize, scale: f32, scores: [&mut [f32]; 2]) {
+pub(super) unsafe fn score_keys_pair<E: KvElem, const V: usize>(query: [&[f32]; 2], keys: &[E], stride: usize, scale: f32, scores: [&mut [f32]; 2]) {
     debug_assert!(query.iter().all(|q| q.len() == 16 * V) && scores[0].len() == scores[1].len() && scores[0].len() % 4 == 0);
     let load = |q: &[f32]| -> [__m512; V] { std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c))) };
     let (q0, q1) = (load(query[0]), load(query[1]));
@@ -42,7 +43,7 @@ pub(super) unsafe fn score_keys_pair<const V: usize>(query: [&[f32]; 2], keys: &
         let mut acc = [_mm512_setzero_ps(); 8];
         for c in 0..V {
             for n in 0..4 {
-                let key = _mm512_loadu_ps(keys.add((j + n) * stride + 16 * c));
+                let key = E::load16(keys.add((j + n) * stride + 16 * c));
                 acc[n] = _mm512_fmadd_ps(q0[c], key, acc[n]);
                 acc[4 + n] = _mm512_fmadd_ps(q1[c], key, acc[4 + n]);
             }
@@ -56,11 +57,11 @@ pub(super) unsafe fn score_keys_pair<const V: usize>(query: [&[f32]; 2], keys: &
 /// Lane-wise products of the query with `N` keys from `keys` on, summed over the head's
 /// chunks of 16 values: one accumulator per key, so the multiply-adds overlap.
 #[inline(always)]
-unsafe fn products<const V: usize, const N: usize>(q: &[__m512; V], keys: *const f32, stride: usize) -> [__m512; N] {
+unsafe fn products<E: KvElem, const V: usize, const N: usize>(q: &[__m512; V], keys: *const E, stride: usize) -> [__m512; N] {
     let mut acc = [_mm512_setzero_ps(); N];
     for (c, &q) in q.iter().enumerate() {
         for (n, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm512_fmadd_ps(q, _mm512_loadu_ps(keys.add(n * stride + 16 * c)), *acc);
+            *acc = _mm512_fmadd_ps(q, E::load16(keys.add(n * stride + 16 * c)), *acc);
         }
     }
     acc
@@ -87,14 +88,14 @@ unsafe fn sums8(a: [__m512; 8]) -> __m256 {
 ///
 /// # Safety
 /// AVX512F is available; `out` holds `16 · V` values and `values` one for every weight.
-pub(super) unsafe fn add_weighted<const V: usize>(p: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+pub(super) unsafe fn add_weighted<E: KvElem, const V: usize>(p: &[f32], values: &[E], stride: usize, out: &mut [f32]) {
     debug_assert_eq!(out.len(), 16 * V);
     let mut acc: [__m512; V] = std::array::from_fn(|c| _mm512_loadu_ps(out.as_ptr().add(16 * c)));
     let values = values.as_ptr();
     for (j, &p) in p.iter().enumerate() {
         let p = _mm512_set1_ps(p);
         for (c, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm512_fmadd_ps(p, _mm512_loadu_ps(values.add(j * stride + 16 * c)), *acc);
+            *acc = _mm512_fmadd_ps(p, E::load16(values.add(j * stride + 16 * c)), *acc);
         }
     }
     for (c, acc) in acc.into_iter().enumerate() {
@@ -108,7 +109,7 @@ pub(super) unsafe fn add_weighted<const V: usize>(p: &[f32], values: &[f32], str
 /// # Safety
 /// AVX512F is available; both outputs hold `16 · V` values, both weight lists are as long,
 /// and `values` has one value for every weight.
-pub(super) unsafe fn add_weighted_pair<const V: usize>(p: [&[f32]; 2], values: &[f32], stride: usize, out: [&mut [f32]; 2]) {
+pub(super) unsafe fn add_weighted_pair<E: KvElem, const V: usize>(p: [&[f32]; 2], values: &[E], stride: usize, out: [&mut [f32]; 2]) {
     debug_assert!(out[0].len() == 16 * V && out[1].len() == 16 * V && p[0].len() == p[1].len());
     let load = |out: &[f32]| -> [__m512; V] { std::array::from_fn(|c| _mm512_loadu_ps(out.as_ptr().add(16 * c))) };
     let (mut acc0, mut acc1) = (load(out[0]), load(out[1]));
@@ -116,7 +117,7 @@ pub(super) unsafe fn add_weighted_pair<const V: usize>(p: [&[f32]; 2], values: &
     for (j, (&p0, &p1)) in p[0].iter().zip(p[1]).enumerate() {
         let (p0, p1) = (_mm512_set1_ps(p0), _mm512_set1_ps(p1));
         for c in 0..V {
-            let v = _mm512_loadu_ps(values.add(j * stride + 16 * c));
+            let v = E::load16(values.add(j * stride + 16 * c));
             acc0[c] = _mm512_fmadd_ps(p0, v, acc0[c]);
             acc1[c] = _mm512_fmadd_ps(p1, v, acc1[c]);
         }
