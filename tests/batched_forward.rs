@@ -153,7 +153,7 @@ fn an_f16_cache_is_row_invariant_half_the_size_and_close_to_f32() {
     use hybrid_assistant::model::attention::KvDtype;
     let path = common::model_path("smollm2-135m");
     let mut half = Model::load_with(&path, LoadOptions { kv_dtype: KvDtype::F16, ..LoadOptions::cloud() }).unwrap();
-    let mut full = Model::load_with(&path, LoadOptions { kv_dtype: KvDtype::F32, ..LoadOptions::cloud() }).unwrap();
+    let full = Model::load_with(&path, LoadOptions { kv_dtype: KvDtype::F32, ..LoadOptions::cloud() }).unwrap();
     let prompts: Vec<Vec<u32>> =
         ["def fibonacci(n):\n    if n < 2:", "1, 2, 3, 4,", "The capital of France is"].iter().map(|t| half.tokenizer.encode(t).unwrap()).collect();
     for prompt in &prompts {
