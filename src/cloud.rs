@@ -54,7 +54,8 @@ pub struct CompletionRequest {
 
 impl CompletionRequest {
     /// A greedy consult for the next `max_tokens` tokens after `prompt`, with the top
-    /// `logprobs` alternatives of each.
+    /// `logprobs` alternatives of each, at least one: llama.cpp's server reports token ids
+    /// only inside its logprobs, so `logprobs: 0` would leave the answer without ids.
     pub fn consult(model: &str, prompt: Prompt, max_tokens: usize, logprobs: usize) -> Self {
         Self {
             model: model.to_string(),
@@ -63,7 +64,7 @@ impl CompletionRequest {
             temperature: 0.0,
             top_p: None,
             seed: None,
-            logprobs: Some(logprobs),
+            logprobs: Some(logprobs.max(1)),
             return_token_ids: true,
             cache_prompt: true,
             stream: false,
@@ -494,14 +495,7 @@ impl Completion {
         // Read apart from the choice's logprobs, whose shape differs between engines.
         let finish_reason = json.pointer("/choices/0/finish_reason").and_then(|f| f.as_str()).map(str::to_string);
         let usage = json.get("usage").and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok());
-        Ok(Completion {
-            tokens,
-            echo,
-            finish_reason,
-            usage,
-            bytes_up,
-            bytes_down: text.len(),
-        })
+        Ok(Completion { tokens, echo, finish_reason, usage, bytes_up, bytes_down: text.len() })
     }
 }
 

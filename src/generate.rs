@@ -615,7 +615,8 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
     /// its scores of `context[score_from..]`. `None` when the consult failed, was refused or
     /// skipped by the back-off: the caller keeps its own token.
     /// Engines leave the end-of-generation token out of the answer and say `finish_reason:
-    /// "stop"` instead: then the answer ends there (possibly with no tokens at all).
+    /// "stop"` instead (llama.cpp lists it last): then the answer ends there (possibly with no
+    /// tokens at all).
     async fn consult(
         &mut self,
         context: &[u32],
@@ -654,8 +655,14 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
             if let Some(usage) = &c.usage {
                 stats.cloud_cached_tokens += usage.prompt_tokens_details.as_ref().map_or(0, |d| d.cached_tokens);
             }
-            let ids: Vec<u32> = c.tokens.iter().map(|t| t.id).take(budget).collect();
-            let ended = c.finish_reason.as_deref() == Some("stop") && ids.len() < budget;
+            let mut ids: Vec<u32> = c.tokens.iter().map(|t| t.id).take(budget).collect();
+            let mut ended = c.finish_reason.as_deref() == Some("stop") && ids.len() < budget;
+            // llama.cpp's server lists the end-of-generation token it stopped on among the
+            // answer's tokens; others leave it out. Either way the answer ends there.
+            if ids.last().is_some_and(|&id| self.tokenizer.is_eog(id)) {
+                ids.pop();
+                ended = true;
+            }
             let scores = score_from.map(|from| match (refused, &c.echo) {
                 (Some(e), _) => Err(Error::Cloud(format!("the cloud refused to score the prompt's tokens ({e})"))),
                 (None, Some(echo)) => crate::cloud::position_scores(echo, context, from),
