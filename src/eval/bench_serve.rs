@@ -269,8 +269,8 @@ pub fn bench_serve(args: &ServeBenchArgs) -> anyhow::Result<()> {
 
 fn load_phase(args: &ServeBenchArgs, model: &str, client: &dyn Fn(u64) -> CloudClient) -> anyhow::Result<LoadReport> {
     let remaining = Arc::new(Mutex::new(args.requests));
-    // (ms, long prompt, cached tokens or the error)
-    let results = Arc::new(Mutex::new(Vec::<(f64, bool, Result<usize, String>)>::new()));
+    // (ms, long prompt, cached tokens or the error with its HTTP status)
+    let results = Arc::new(Mutex::new(Vec::<(f64, bool, Result<usize, (Option<u16>, String)>)>::new()));
     let (long_share, long_max) = (args.long_share, args.long_max.max(1024));
     let t = Instant::now();
     let handles: Vec<_> = (0..args.concurrency.max(1))
@@ -317,10 +317,14 @@ fn load_phase(args: &ServeBenchArgs, model: &str, client: &dyn Fn(u64) -> CloudC
                             Ok(done.usage.and_then(|u| u.prompt_tokens_details).map_or(0, |d| d.cached_tokens))
                         }
                         Err(e) => {
-                            if e.to_string().contains("HTTP 429") || e.to_string().contains("HTTP 503") {
+                            let status = match e {
+                                crate::Error::CloudStatus { status, .. } => Some(status),
+                                _ => None,
+                            };
+                            if refusal(status) {
                                 std::thread::sleep(Duration::from_millis(200));
                             }
-                            Err(e.to_string())
+                            Err((status, e.to_string()))
                         }
                     };
                     results.lock().unwrap_or_else(|e| e.into_inner()).push((ms, long, outcome));
@@ -334,8 +338,8 @@ fn load_phase(args: &ServeBenchArgs, model: &str, client: &dyn Fn(u64) -> CloudC
     let seconds = t.elapsed().as_secs_f64();
     let results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
     let ok_ms: Vec<f64> = results.iter().filter(|r| r.2.is_ok()).map(|r| r.0).collect();
-    let refused = |code: &str| results.iter().filter(|r| matches!(&r.2, Err(e) if e.contains(code))).count();
-    let failures: Vec<&String> = results.iter().filter_map(|r| r.2.as_ref().err()).filter(|e| !e.contains("HTTP 429") && !e.contains("HTTP 503")).collect();
+    let refused = |code: u16| results.iter().filter(|r| matches!(&r.2, Err((Some(s), _)) if *s == code)).count();
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.2.as_ref().err()).filter(|(s, _)| !refusal(*s)).map(|(_, e)| e).collect();
     if let Some(first) = failures.first() {
         eprintln!("first failure: {first}");
     }
@@ -345,8 +349,8 @@ fn load_phase(args: &ServeBenchArgs, model: &str, client: &dyn Fn(u64) -> CloudC
         requests: results.len(),
         long_requests: results.iter().filter(|r| r.1).count(),
         ok: ok_ms.len(),
-        rejected_429: refused("HTTP 429"),
-        rejected_503: refused("HTTP 503"),
+        rejected_429: refused(429),
+        rejected_503: refused(503),
         failed: failures.len(),
         seconds: round2(seconds),
         requests_per_s: round2(ok_ms.len() as f64 / seconds),
@@ -355,6 +359,12 @@ fn load_phase(args: &ServeBenchArgs, model: &str, client: &dyn Fn(u64) -> CloudC
         cache_hit_rate: round2(hits as f64 / ok_ms.len().max(1) as f64),
         ..Default::default()
     })
+}
+
+/// A server that says it is busy (429) or cannot take the request now (503) has answered:
+/// the load counts it apart from failures.
+fn refusal(status: Option<u16>) -> bool {
+    matches!(status, Some(429 | 503))
 }
 
 fn median(v: &[f64]) -> f64 {

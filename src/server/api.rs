@@ -92,18 +92,16 @@ impl ApiError {
         Self { retry_after_s: Some(retry), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", code, message) }
     }
 
-    /// The body of an error event on a stream whose headers are already out.
-    fn stream_event(&self) -> String {
-        serde_json::json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}}).to_string()
+    /// `{"error": {…}}`: the body of an error answer, and of an error event on a stream whose
+    /// headers are already out.
+    fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}})
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {
-            "message": self.message, "type": self.kind, "code": self.code, "param": self.param,
-        }});
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.status, Json(self.body())).into_response();
         if let Some(s) = self.retry_after_s {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
@@ -213,10 +211,8 @@ async fn completion_response(app: Arc<AppState>, key: CallerKey, headers: Header
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", format!("parsing the request failed: {e}")))??
     };
     let (request, events) = start_completion(&app, parsed, key.as_deref())?;
-    if let Some(k) = &key {
-        k.record(request.prompt.len() as u64);
-    }
     let caller = Caller { key, _in_flight: in_flight };
+    caller.record(request.prompt.len());
     Ok(match request.stream {
         true => stream_completion(app, request, events, caller).await,
         false => collect_completion(&app, request, events, &caller).await?,
@@ -705,23 +701,27 @@ fn worker_gone() -> Failure {
     Failure::Unavailable("the model worker stopped; retry shortly".into())
 }
 
+/// The engine's next event for a request; one it dropped fails as `worker_gone`.
+async fn next_event(events: &mut UnboundedReceiver<Event>) -> Event {
+    events.recv().await.unwrap_or_else(|| Event::Failed(worker_gone()))
+}
+
 async fn collect_completion(app: &AppState, request: Request, mut events: UnboundedReceiver<Event>, caller: &Caller) -> Result<Response, ApiError> {
     let mut answer = Answer::new(app);
     let finish = loop {
-        match events.recv().await {
-            Some(Event::Started { cached_tokens }) => answer.cached_tokens = cached_tokens,
-            Some(Event::Prompt { scores }) => {
+        match next_event(&mut events).await {
+            Event::Started { cached_tokens } => answer.cached_tokens = cached_tokens,
+            Event::Prompt { scores } => {
                 answer.push_echo(app, &request, &scores);
             }
-            Some(Event::Token(token)) => {
+            Event::Token(token) => {
                 answer.push(app, &request, &token);
             }
-            Some(Event::Done { finish, tail }) => {
+            Event::Done { finish, tail } => {
                 answer.text.push_str(&tail);
                 break finish;
             }
-            Some(Event::Failed(failure)) => return Err(failure_error(failure, app)),
-            None => return Err(failure_error(worker_gone(), app)),
+            Event::Failed(failure) => return Err(failure_error(failure, app)),
         }
     };
     caller.record(answer.ids.len());
@@ -743,9 +743,9 @@ async fn collect_completion(app: &AppState, request: Request, mut events: Unboun
 /// holds a batch slot.
 async fn stream_completion(app: Arc<AppState>, request: Request, mut events: UnboundedReceiver<Event>, caller: Caller) -> Response {
     let mut answer = Answer::new(&app);
-    match events.recv().await {
-        Some(Event::Started { cached_tokens }) => answer.cached_tokens = cached_tokens,
-        Some(Event::Failed(failure)) => return failure_error(failure, &app).into_response(),
+    match next_event(&mut events).await {
+        Event::Started { cached_tokens } => answer.cached_tokens = cached_tokens,
+        Event::Failed(failure) => return failure_error(failure, &app).into_response(),
         _ => return failure_error(worker_gone(), &app).into_response(),
     }
     struct StreamState {
@@ -778,19 +778,19 @@ async fn stream_completion(app: Arc<AppState>, request: Request, mut events: Unb
                 s.answer.response(vec![choice], None)
             };
             let json = |r: CompletionResponse| serde_json::to_string(&r).expect("responses serialise");
-            match s.events.recv().await {
-                Some(Event::Prompt { scores }) => {
+            match next_event(&mut s.events).await {
+                Event::Prompt { scores } => {
                     let (text, lp) = s.answer.push_echo(&s.app, &s.request, &scores);
                     let mut response = chunk(&s, text, lp, None, None);
                     response.choices[0].prompt_token_ids = s.request.return_token_ids.then(|| s.request.prompt.clone());
                     s.queued.push_back(json(response));
                 }
-                Some(Event::Token(token)) => {
+                Event::Token(token) => {
                     let lp = s.answer.push(&s.app, &s.request, &token);
                     let data = json(chunk(&s, token.text, lp, Some(token.id), None));
                     s.queued.push_back(data);
                 }
-                Some(Event::Done { finish, tail }) => {
+                Event::Done { finish, tail } => {
                     s.caller.record(s.answer.ids.len());
                     s.answer.text.push_str(&tail);
                     let data = json(chunk(&s, tail, None, None, Some(finish)));
@@ -803,15 +803,10 @@ async fn stream_completion(app: Arc<AppState>, request: Request, mut events: Unb
                     s.queued.push_back("[DONE]".into());
                     s.done = true;
                 }
-                Some(Event::Started { .. }) => {}
-                Some(Event::Failed(failure)) => {
+                Event::Started { .. } => {}
+                Event::Failed(failure) => {
                     s.caller.record(s.answer.ids.len());
-                    s.queued.push_back(failure_error(failure, &s.app).stream_event());
-                    s.queued.push_back("[DONE]".into());
-                    s.done = true;
-                }
-                None => {
-                    s.queued.push_back(failure_error(worker_gone(), &s.app).stream_event());
+                    s.queued.push_back(failure_error(failure, &s.app).body().to_string());
                     s.queued.push_back("[DONE]".into());
                     s.done = true;
                 }

@@ -329,13 +329,8 @@ pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig, 
             eprintln!("hybrid serve: {reason}");
             let _ = down_tx.send(Some(reason.clone()));
             // Whatever still waits is told, not dropped.
-            if let Some(job) = engine.held.take() {
-                let _ = job.events.send(Event::Failed(Failure::Unavailable(reason.clone())));
-            }
-            for r in engine.active.drain(..) {
-                let _ = r.job.events.send(Event::Failed(Failure::Unavailable(reason.clone())));
-            }
-            while let Ok(job) = engine.jobs.try_recv() {
+            let running = engine.active.drain(..).map(|r| r.job);
+            for job in engine.held.take().into_iter().chain(running).chain(engine.jobs.try_iter()) {
                 let _ = job.events.send(Event::Failed(Failure::Unavailable(reason.clone())));
             }
         })

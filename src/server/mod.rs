@@ -116,7 +116,7 @@ fn allowed_hosts(config: &ServeConfig) -> Option<Vec<String>> {
         return Some(config.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect());
     }
     match config.addr.ip().is_loopback() {
-        true => Some(["localhost", "127.0.0.1", "[::1]", "::1"].map(String::from).to_vec()),
+        true => Some(["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec()),
         false => None,
     }
 }
