@@ -317,6 +317,7 @@ pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig, 
         faults,
         restarts: Vec::new(),
         held: None,
+        down: down_tx,
     };
     std::thread::Builder::new()
         .name("hybrid-engine".into())
@@ -327,7 +328,7 @@ pub fn start(decoder: Decoder, tokenizer: Arc<Tokenizer>, config: EngineConfig, 
                 Err(payload) => format!("the model worker panicked outside a step: {}", panic_message(&*payload)),
             };
             eprintln!("hybrid serve: {reason}");
-            let _ = down_tx.send(Some(reason.clone()));
+            engine.stop_for_good(&reason);
             // Whatever still waits is told, not dropped.
             let running = engine.active.drain(..).map(|r| r.job);
             for job in engine.held.take().into_iter().chain(running).chain(engine.jobs.try_iter()) {
@@ -363,6 +364,8 @@ struct Engine {
     /// The next request in line, taken from the queue but waiting for KV memory (it still
     /// counts as waiting).
     held: Option<Job>,
+    /// Where the handles learn that the engine stopped for good.
+    down: watch::Sender<Option<String>>,
 }
 
 /// Whether a request's KV cache fits under the budget.
@@ -465,6 +468,18 @@ impl Engine {
         let now = Instant::now();
         self.restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
         self.restarts.push(now);
+        let give_up = (self.restarts.len() > MAX_RESTARTS).then(|| {
+            format!(
+                "the model worker panicked {} times within {} s (last: {message}); it stops, and the server exits for its supervisor to restart it",
+                self.restarts.len(),
+                RESTART_WINDOW.as_secs()
+            )
+        });
+        // Said before the step's requests hear of the panic, so a client that checks at once
+        // finds the server down, not up.
+        if let Some(reason) = &give_up {
+            self.stop_for_good(reason);
+        }
         eprintln!("hybrid serve: the model worker panicked ({message}); failing {} requests and restarting", self.active.len());
         let failure = Failure::Crashed(format!("the model worker failed while computing this request ({message}) and restarted; retry the request"));
         for r in self.active.drain(..) {
@@ -473,14 +488,12 @@ impl Engine {
         }
         self.prefix_cache = PrefixCache::new(self.config.kv_cache_bytes);
         self.counters.restarts += 1;
-        if self.restarts.len() > MAX_RESTARTS {
-            return Err(format!(
-                "the model worker panicked {} times within {} s (last: {message}); it stops, and the server exits for its supervisor to restart it",
-                self.restarts.len(),
-                RESTART_WINDOW.as_secs()
-            ));
-        }
-        Ok(())
+        give_up.map_or(Ok(()), Err)
+    }
+
+    /// Tells the handles the engine has stopped: new requests get 503, `/health` says so.
+    fn stop_for_good(&self, reason: &str) {
+        self.down.send_replace(Some(reason.to_string()));
     }
 
     /// Worst-case KV bytes of a request: every position of its prompt and answer, with the
