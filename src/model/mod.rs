@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod chat;
 pub mod config;
+pub mod cpu;
 pub mod decoder;
 pub mod exp;
 pub mod gemm;

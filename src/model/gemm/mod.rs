@@ -19,7 +19,7 @@ mod unpack;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 use candle_core::quantized::GgmlDType;
 pub use unpack::supports;

@@ -150,20 +150,20 @@ macro_rules! tile_256 {
 
 #[inline]
 #[target_feature(enable = "avx2,avxvnni")]
-fn dot_avxvnni(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+pub(crate) fn dot_avxvnni(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
     _mm256_dpbusd_avx_epi32(acc, w, a)
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-fn dot_avx2(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+pub(crate) fn dot_avx2(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
     _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)))
 }
 
 /// Levels up to 255: the low 7 bits and the top bit (× 128) separately.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn dot_avx2_wide(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+pub(crate) fn dot_avx2_wide(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
     let low = _mm256_and_si256(w, _mm256_set1_epi8(0x7F));
     let top = _mm256_and_si256(_mm256_srli_epi16(w, 7), _mm256_set1_epi8(1));
     let low = _mm256_madd_epi16(_mm256_maddubs_epi16(low, a), _mm256_set1_epi16(1));

@@ -19,8 +19,11 @@
 //! same order whatever the others, so a weight's result for a row does not depend on which
 //! rows are multiplied with it.
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
+use super::cpu::KernelSet;
 use super::gguf::f16_at;
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
@@ -151,6 +154,12 @@ pub enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
+    /// 256-bit halves of each tile, `vpmaddubsw` + `vpmaddwd` for the 8-bit dot products.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// [`Kernel::Avx2`] with AVX-VNNI's `vpdpbusd` for the dot products.
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
 }
 
 impl Kernel {
@@ -160,16 +169,40 @@ impl Kernel {
             Kernel::Scalar => 1,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => x86::ROWS_PER_PASS,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::AvxVnni => avx2::ROWS_PER_PASS,
         }
     }
 
-    /// The SIMD kernel where the CPU has one; else `None` and decode stays on candle.
+    /// The kernel of the process's kernel set, or `None` where the set has none (decode then
+    /// stays on candle).
     pub fn detect() -> Option<Self> {
-        #[cfg(target_arch = "x86_64")]
-        if x86::available() {
-            return Some(Self::Avx512Vnni);
+        Self::for_set(KernelSet::active())
+    }
+
+    pub fn for_set(set: KernelSet) -> Option<Self> {
+        match set {
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::Avx512 => Some(Self::Avx512Vnni),
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::Avx2 if super::cpu::has_avx_vnni() => Some(Self::AvxVnni),
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::Avx2 => Some(Self::Avx2),
+            _ => None,
         }
-        None
+    }
+
+    /// Every kernel this CPU runs, the scalar reference first (the tests compare them).
+    pub fn available() -> Vec<Self> {
+        let mut all = vec![Kernel::Scalar];
+        for set in KernelSet::available() {
+            all.extend(Self::for_set(set));
+            #[cfg(target_arch = "x86_64")]
+            if set == KernelSet::Avx2 && super::cpu::has_avx_vnni() {
+                all.push(Self::Avx2);
+            }
+        }
+        all
     }
 }
 
@@ -281,9 +314,14 @@ impl Packed {
         for (acts, out) in acts.chunks(self.kernel.rows_per_pass()).zip(out.chunks_mut(self.kernel.rows_per_pass())) {
             match self.kernel {
                 Kernel::Scalar => acts.iter().zip(out).for_each(|(act, out)| scalar_tile_row(self.format, tiles, act, out)),
-                // SAFETY: `Avx512Vnni` comes from `Kernel::detect`; `tiles` and `acts` hold whole tiles.
+                // SAFETY: SIMD kernels come from `Kernel::for_set` of a set this CPU runs; `tiles`
+                // and `acts` hold whole tiles.
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512Vnni => unsafe { x86::tile_rows(self.format, tiles, acts, out) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { avx2::tile_rows(false, self.format, tiles, acts, out) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::AvxVnni => unsafe { avx2::tile_rows(true, self.format, tiles, acts, out) },
             }
         }
     }
@@ -562,8 +600,9 @@ mod tests {
     }
 
     fn kernels() -> Vec<Kernel> {
-        let mut all = vec![Kernel::Scalar];
-        all.extend(Kernel::detect());
+        let all = Kernel::available();
+        #[cfg(target_arch = "x86_64")]
+        assert!(!KernelSet::Avx2.runs_here() || all.contains(&Kernel::Avx2), "the AVX2 kernel is tested wherever it runs");
         all
     }
 

@@ -3,10 +3,6 @@
 use super::{b32, q4k, q6k, Format, Row, QB, QK, ROWS};
 use std::arch::x86_64::*;
 
-pub fn available() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
-}
-
 /// Activation rows per pass over a tile row: the tile's levels are unpacked once for all of
 /// them, and each row still gets exactly the operations it would get alone. Twelve, a
 /// consult's worth: the tile row is then streamed from memory under a single pass's
