@@ -212,6 +212,7 @@ enum BenchCommand {
 }
 
 fn main() {
+    hybrid_assistant::model::cpu::align_candle_with_the_set();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::FetchModels { names } => fetch_models(&names),

@@ -51,6 +51,8 @@ pub struct DecodeBenchArgs {
 struct Report {
     model: String,
     threads: usize,
+    /// The CPU kernel set our decoder ran (`HYBRID_KERNELS` or the fastest here).
+    kernels: String,
     /// Our decoder on the GPU (with --gpu), and the adapter it ran on.
     gpu: Option<Speed>,
     gpu_adapter: Option<String>,
@@ -146,6 +148,7 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
     let report = Report {
         model: args.model.clone(),
         threads,
+        kernels: crate::model::cpu::KernelSet::active().describe(),
         prompt_tokens,
         gen_tokens,
         repeats,
@@ -165,7 +168,10 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!("{}: {} threads, {}-token prompt, {} decoded tokens, best of {}", report.model, threads, report.prompt_tokens, report.gen_tokens, repeats);
+    println!(
+        "{}: {} threads, kernels {}, {}-token prompt, {} decoded tokens, best of {}",
+        report.model, threads, report.kernels, report.prompt_tokens, report.gen_tokens, repeats
+    );
     println!("{:<22}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s");
     let row = |name: &str, s: &Speed, on: &str| println!("{name:<22}{:>16.1}{:>16.1}{on}", s.prefill_tok_s, s.decode_tok_s);
     let ratios = |name: &str, p: Option<f64>, d: Option<f64>| {

@@ -53,13 +53,15 @@ impl KernelSet {
             KernelSet::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             KernelSet::Avx2 => {
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") && is_x86_feature_detected!("bmi2")
             }
             #[cfg(target_arch = "x86_64")]
             KernelSet::Avx512 => {
                 KernelSet::Avx2.runs_here()
                     && is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512dq")
                     && is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(target_arch = "aarch64")]
@@ -99,6 +101,46 @@ impl KernelSet {
     pub fn active() -> KernelSet {
         static ACTIVE: OnceLock<KernelSet> = OnceLock::new();
         *ACTIVE.get_or_init(|| Self::select().unwrap_or_else(|_| Self::detect()))
+    }
+}
+
+/// Runs `f` compiled for the active set's vector width. `f` is inlined into a function with
+/// the set's target features, so its plain loops (norms, SiLU, quantizing activations,
+/// unpacking weights) use AVX2 or AVX512 registers instead of the baseline's SSE2. The
+/// results are the same bits either way: Rust never fuses or reorders float operations. Only
+/// what is inlined into `f` is recompiled: loops written out in it or in `#[inline(always)]`
+/// functions, not the functions it calls (`collect`'s among them).
+#[inline(always)]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match KernelSet::active() {
+        // SAFETY: the active set runs on this CPU.
+        KernelSet::Avx512 => return unsafe { with_avx512(f) },
+        KernelSet::Avx2 => return unsafe { with_avx2(f) },
+        _ => {}
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// candle's own kernels (which run the products our kernels do not cover) choose their
+/// instructions by themselves; a forced AVX2 or scalar set asks candle for its AVX2 tier too
+/// (its `MISTRALRS_FORCE_AVX2`), so that an A/B on one machine compares like with like.
+/// Called first thing in `main`, before any thread reads the environment.
+pub fn align_candle_with_the_set() {
+    if matches!(std::env::var(ENV).as_deref().map(str::trim), Ok("avx2" | "scalar")) && std::env::var_os("MISTRALRS_FORCE_AVX2").is_none() {
+        std::env::set_var("MISTRALRS_FORCE_AVX2", "1");
     }
 }
 

@@ -136,6 +136,8 @@ impl Decoder {
     }
 
     pub fn from_gguf<R: Read + Seek>(content: &Content, reader: &mut R, device: &Device, options: LoadOptions) -> Result<Self> {
+        // A kernel set the CPU lacks (HYBRID_KERNELS) stops here, before any kernel runs.
+        super::cpu::KernelSet::select()?;
         let weight = |t: QTensor| QWeight::new(t, options.kernels);
         let config = ModelConfig::from_gguf(content)?;
         let mut qtensor = |name: &str| tensor(content, reader, name, device);
@@ -273,10 +275,15 @@ impl Decoder {
         let [q, k, v] = Linear::forward_each([&layer.q, &layer.k, &layer.v], x)?;
         let (mut q, mut k, v) = (flat(q)?, flat(k)?, flat(v)?);
         let (q_row, kv_row) = (cfg.n_head * hd, cfg.n_head_kv * hd);
-        for (r, &pos) in positions.iter().enumerate() {
-            self.rope.apply(&mut q[r * q_row..][..q_row], pos);
-            self.rope.apply(&mut k[r * kv_row..][..kv_row], pos);
-        }
+        super::cpu::vectorized(
+            #[inline(always)]
+            || {
+                for (r, &pos) in positions.iter().enumerate() {
+                    self.rope.apply(&mut q[r * q_row..][..q_row], pos);
+                    self.rope.apply(&mut k[r * kv_row..][..kv_row], pos);
+                }
+            },
+        );
         let mut out = Vec::with_capacity(rows * q_row);
         let mut first = 0;
         for (i, seq) in batch.iter_mut().enumerate() {

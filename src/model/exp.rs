@@ -32,7 +32,10 @@ pub fn exp(x: f32) -> f32 {
 
 /// `out = silu(gate) · up`, value by value: the feed-forward's gate.
 pub fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    out.iter_mut().zip(gate.iter().zip(up)).for_each(|(o, (&g, &u))| *o = g / (1.0 + exp(-g)) * u);
+    super::cpu::vectorized(
+        #[inline(always)]
+        || out.iter_mut().zip(gate.iter().zip(up)).for_each(|(o, (&g, &u))| *o = g / (1.0 + exp(-g)) * u),
+    )
 }
 
 #[cfg(test)]

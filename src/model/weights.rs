@@ -62,12 +62,7 @@ impl QWeight {
             GgmlDType::Q4_1 => {
                 let (q4_0, offsets) = q4_1_to_q4_0(&tensor.data()?)?;
                 let offsets = transpose(&offsets, out, inp / BLOCK);
-                Self {
-                    matmul: qmatmul(q4_0, GgmlDType::Q4_0, (out, inp), &device)?,
-                    batched,
-                    block_offsets: Some(offsets),
-                    repacked: None,
-                }
+                Self { matmul: qmatmul(q4_0, GgmlDType::Q4_0, (out, inp), &device)?, batched, block_offsets: Some(offsets), repacked: None }
             }
             _ => Self { matmul: QMatMul::from_qtensor(tensor)?, batched, block_offsets: None, repacked: None },
         })
@@ -171,15 +166,21 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// Per 32-value block, the sum of `x` as ggml's Q8_1 activations carry it (quantized to
 /// 8 bits, summed, stored as f16), so Q4_1 offsets meet the same numbers as in llama.cpp.
 fn q8_block_sums(x: &[f32]) -> Vec<f32> {
-    x.chunks_exact(BLOCK)
-        .map(|block| {
-            let amax = block.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let q: i32 = block.iter().map(|&v| (v * id).round() as i32).sum();
-            f16::from_f32(q as f32 * d).to_f32()
-        })
-        .collect()
+    let mut sums = Vec::with_capacity(x.len() / BLOCK);
+    // A loop, not `collect`: `collect`'s own function would not be compiled for the set.
+    super::cpu::vectorized(
+        #[inline(always)]
+        || {
+            for block in x.chunks_exact(BLOCK) {
+                let amax = block.iter().fold(0f32, |a, &v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let q: i32 = block.iter().map(|&v| (v * id).round() as i32).sum();
+                sums.push(f16::from_f32(q as f32 * d).to_f32());
+            }
+        },
+    );
+    sums
 }
 
 fn qtensor(bytes: Vec<u8>, dtype: GgmlDType, shape: (usize, usize), device: &Device) -> Result<QTensor> {
@@ -232,7 +233,6 @@ pub fn q4_1_to_q4_0(bytes: &[u8]) -> Result<(Vec<u8>, Vec<f32>)> {
 mod tests {
     use super::*;
     use crate::model::test_values as random;
-
 
     /// The rewritten weight encodes exactly the values of the original.
     fn check_lossless(dtype: GgmlDType) {

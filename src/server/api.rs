@@ -850,6 +850,7 @@ pub async fn health_details(State(app): State<Arc<AppState>>) -> Response {
         "status": if app.engine.down_reason().is_none() { "ok" } else { "unavailable" },
         "model": app.model_name,
         "uptime_s": app.started.elapsed().as_secs(),
+        "kernels": crate::model::cpu::KernelSet::active().describe(),
         "engine": app.engine.stats(),
         "memory": {"rss_bytes": rss, "peak_rss_bytes": peak},
     }))

@@ -176,12 +176,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let app = router(state, &config, addr);
     println!(
-        "hybrid serve: listening on http://{addr} (web app: {} in the browser; model {model_name}, context {context_length}, batch {}, queue {}, prefix cache {} MiB{}{keys})",
+        "hybrid serve: listening on http://{addr} (web app: {} in the browser; model {model_name}, context {context_length}, batch {}, queue {}, prefix cache {} MiB{}, kernels {}{keys})",
         config.browser_model,
         config.engine.max_batch,
         config.engine.max_queue,
         config.engine.kv_cache_bytes >> 20,
         config.engine.kv_budget_bytes.map_or(String::new(), |b| format!(", KV budget {} MiB", b >> 20)) + &format!(", KV cache {:?}", config.kv_dtype).to_lowercase(),
+        crate::model::cpu::KernelSet::active().describe(),
     );
     use std::io::Write;
     std::io::stdout().flush()?;

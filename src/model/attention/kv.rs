@@ -38,7 +38,7 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     ///
     /// # Safety
     /// AVX512F is available and 16 values are readable at `p`.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[cfg(target_arch = "x86_64")]
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
@@ -48,7 +48,7 @@ impl KvElem for f32 {
         self
     }
 
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
         std::arch::x86_64::_mm512_loadu_ps(p)
@@ -61,7 +61,7 @@ impl KvElem for f16 {
         f16::to_f32(self)
     }
 
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load16(p: *const f16) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;

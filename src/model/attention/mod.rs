@@ -7,7 +7,7 @@
 //! bit-identical attention outputs. Appending to the cache is amortised O(1), and truncating
 //! it is free.
 mod kv;
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use kv::{KvCache, KvDtype, KvElem, KvValues, LayerKv};
@@ -38,6 +38,7 @@ impl Rope {
     }
 
     /// Rotates every head of one row (`n_heads * head_dim` values) for position `pos`.
+    #[inline(always)]
     pub fn apply(&self, row: &mut [f32], pos: usize) {
         let (cos, sin) = (&self.cos[pos * self.half..][..self.half], &self.sin[pos * self.half..][..self.half]);
         for head in row.chunks_exact_mut(2 * self.half) {
@@ -92,62 +93,66 @@ fn attend_over<E: KvElem>(cfg: &ModelConfig, q: &[f32], positions: &[usize], key
         rest = tail;
     }
     outputs.into_par_iter().for_each(|(t, out)| {
-        let h = t / chunks;
-        let kv_off = (h / group) * hd;
-        let queries: Vec<&[f32]> = task_rows(t).map(|r| &q[(r * n_head + h) * hd..][..hd]).collect();
-        let seen: Vec<usize> = task_rows(t).map(|r| positions[r] + 1).collect();
-        let longest = seen.iter().copied().max().unwrap_or(0);
-        // Keys a block at a time, so each block is read from memory once for every query of
-        // the task.
-        const KEYS_PER_BLOCK: usize = 32;
-        let keys = &keys[kv_off..];
-        let mut scores: Vec<Vec<f32>> = seen.iter().map(|&n| vec![0f32; n]).collect();
-        for block in (0..longest).step_by(KEYS_PER_BLOCK) {
-            // The keys of this block for a query that sees `seen`.
-            let part = |seen: usize| block.min(seen)..seen.min(block + KEYS_PER_BLOCK);
-            let keys = &keys[block * row..];
-            // Two queries at a time: each key read serves both.
-            for (queries, scores) in queries.chunks(2).zip(scores.chunks_mut(2)) {
-                match (queries, scores) {
-                    ([q0, q1], [s0, s1]) => {
-                        let (r0, r1) = (part(s0.len()), part(s1.len()));
-                        score_keys_pair([q0, q1], keys, row, scale, [&mut s0[r0], &mut s1[r1]]);
-                    }
-                    (queries, scores) => {
-                        let r = part(scores[0].len());
-                        score_keys(queries[0], keys, row, scale, &mut scores[0][r]);
+        super::cpu::vectorized(
+            #[inline(always)]
+            || {
+                let h = t / chunks;
+                let kv_off = (h / group) * hd;
+                let queries: Vec<&[f32]> = task_rows(t).map(|r| &q[(r * n_head + h) * hd..][..hd]).collect();
+                let seen: Vec<usize> = task_rows(t).map(|r| positions[r] + 1).collect();
+                let longest = seen.iter().copied().max().unwrap_or(0);
+                // Keys a block at a time, so each block is read from memory once for every query of
+                // the task.
+                const KEYS_PER_BLOCK: usize = 32;
+                let keys = &keys[kv_off..];
+                let mut scores: Vec<Vec<f32>> = seen.iter().map(|&n| vec![0f32; n]).collect();
+                for block in (0..longest).step_by(KEYS_PER_BLOCK) {
+                    // The keys of this block for a query that sees `seen`.
+                    let part = |seen: usize| block.min(seen)..seen.min(block + KEYS_PER_BLOCK);
+                    let keys = &keys[block * row..];
+                    // Two queries at a time: each key read serves both.
+                    for (queries, scores) in queries.chunks(2).zip(scores.chunks_mut(2)) {
+                        match (queries, scores) {
+                            ([q0, q1], [s0, s1]) => {
+                                let (r0, r1) = (part(s0.len()), part(s1.len()));
+                                score_keys_pair([q0, q1], keys, row, scale, [&mut s0[r0], &mut s1[r1]]);
+                            }
+                            (queries, scores) => {
+                                let r = part(scores[0].len());
+                                score_keys(queries[0], keys, row, scale, &mut scores[0][r]);
+                            }
+                        }
                     }
                 }
-            }
-        }
-        let mut sums = Vec::with_capacity(scores.len());
-        for scores in &mut scores {
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            scores.iter_mut().for_each(|s| *s = exp(*s - max));
-            sums.push(sum(scores));
-        }
-        let values = &values[kv_off..];
-        for block in (0..longest).step_by(KEYS_PER_BLOCK) {
-            // The weights of this block's positions, for a query that sees `p.len()`.
-            let part = |p: &[f32]| -> (usize, usize) { (block.min(p.len()), p.len().min(block + KEYS_PER_BLOCK)) };
-            let values = &values[block * row..];
-            // Two queries at a time: each value read serves both.
-            let mut rows = out.chunks_exact_mut(hd).zip(&scores);
-            while let Some((out0, p0)) = rows.next() {
-                let (a0, b0) = part(p0);
-                match rows.next() {
-                    Some((out1, p1)) => {
-                        let (a1, b1) = part(p1);
-                        add_weighted_pair([&p0[a0..b0], &p1[a1..b1]], values, row, [out0, out1]);
-                    }
-                    None => add_weighted(&p0[a0..b0], values, row, out0),
+                // A loop, not `collect`: `collect`'s own function would not be compiled for the set.
+                let mut sums = Vec::with_capacity(scores.len());
+                for scores in &mut scores {
+                    sums.push(exponentiate(scores));
                 }
-            }
-        }
-        for (out, sum) in out.chunks_exact_mut(hd).zip(sums) {
-            let inv = 1.0 / sum;
-            out.iter_mut().for_each(|o| *o *= inv);
-        }
+                let values = &values[kv_off..];
+                for block in (0..longest).step_by(KEYS_PER_BLOCK) {
+                    // The weights of this block's positions, for a query that sees `p.len()`.
+                    let part = |p: &[f32]| -> (usize, usize) { (block.min(p.len()), p.len().min(block + KEYS_PER_BLOCK)) };
+                    let values = &values[block * row..];
+                    // Two queries at a time: each value read serves both.
+                    let mut rows = out.chunks_exact_mut(hd).zip(&scores);
+                    while let Some((out0, p0)) = rows.next() {
+                        let (a0, b0) = part(p0);
+                        match rows.next() {
+                            Some((out1, p1)) => {
+                                let (a1, b1) = part(p1);
+                                add_weighted_pair([&p0[a0..b0], &p1[a1..b1]], values, row, [out0, out1]);
+                            }
+                            None => add_weighted(&p0[a0..b0], values, row, out0),
+                        }
+                    }
+                }
+                for (out, sum) in out.chunks_exact_mut(hd).zip(sums) {
+                    let inv = 1.0 / sum;
+                    out.iter_mut().for_each(|o| *o *= inv);
+                }
+            },
+        )
     });
     let mut out = vec![0f32; q.len()];
     let mut from = by_task.chunks_exact(hd);
@@ -159,14 +164,23 @@ fn attend_over<E: KvElem>(cfg: &ModelConfig, q: &[f32], positions: &[usize], key
     out
 }
 
+/// Whether the attention kernels of the AVX512 set run (elsewhere the plain loops, which
+/// give other bits: the whole process uses one or the other).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    super::cpu::KernelSet::active() == super::cpu::KernelSet::Avx512
+}
+
 /// `out += Σ_j p[j] · value j`, value `j` being the `out.len()` floats at `values[j · stride..]`,
 /// added in order of `j` (so adding a range of positions at a time gives the same sums).
+#[inline(always)]
 fn add_weighted<E: KvElem>(p: &[f32], values: &[E], stride: usize, out: &mut [f32]) {
     let hd = out.len();
     assert!(p.is_empty() || values.len() >= (p.len() - 1) * stride + hd, "a value for every weight");
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    // SAFETY: AVX512F is enabled at compile time; the values were checked above.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the AVX512 set runs only where the CPU has it; the values were checked above.
     match hd {
+        _ if !avx512() => {}
         64 => return unsafe { x86::add_weighted::<E, 4>(p, values, stride, out) },
         128 => return unsafe { x86::add_weighted::<E, 8>(p, values, stride, out) },
         _ => {}
@@ -178,14 +192,15 @@ fn add_weighted<E: KvElem>(p: &[f32], values: &[E], stride: usize, out: &mut [f3
 
 /// [`add_weighted`] for two queries over the same values, with the same sums: the positions
 /// both weigh together, then each one's rest.
+#[inline(always)]
 fn add_weighted_pair<E: KvElem>(p: [&[f32]; 2], values: &[E], stride: usize, out: [&mut [f32]; 2]) {
     let common = p[0].len().min(p[1].len());
     let [out0, out1] = out;
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    if common > 0 && out0.len() == out1.len() && matches!(out0.len(), 64 | 128) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && common > 0 && out0.len() == out1.len() && matches!(out0.len(), 64 | 128) {
         let hd = out0.len();
         assert!(values.len() >= (common - 1) * stride + hd, "a value for every weight");
-        // SAFETY: AVX512F is enabled at compile time; the values were checked above.
+        // SAFETY: `avx512()`: the CPU has AVX512F; the values were checked above.
         unsafe {
             match hd {
                 64 => x86::add_weighted_pair::<E, 4>([&p[0][..common], &p[1][..common]], values, stride, [&mut *out0, &mut *out1]),
@@ -202,12 +217,14 @@ fn add_weighted_pair<E: KvElem>(p: [&[f32]; 2], values: &[E], stride: usize, out
 
 /// `scores[j] = scale · (query · key j)`, key `j` being the `query.len()` floats at
 /// `keys[j · stride..]`.
+#[inline(always)]
 fn score_keys<E: KvElem>(query: &[f32], keys: &[E], stride: usize, scale: f32, scores: &mut [f32]) {
     let hd = query.len();
     assert!(scores.is_empty() || keys.len() >= (scores.len() - 1) * stride + hd, "keys for every score");
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    // SAFETY: AVX512F is enabled at compile time; the keys were checked above.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the AVX512 set runs only where the CPU has it; the keys were checked above.
     match hd {
+        _ if !avx512() => {}
         64 => return unsafe { x86::score_keys::<E, 4>(query, keys, stride, scale, scores) },
         128 => return unsafe { x86::score_keys::<E, 8>(query, keys, stride, scale, scores) },
         _ => {}
@@ -219,14 +236,15 @@ fn score_keys<E: KvElem>(query: &[f32], keys: &[E], stride: usize, scale: f32, s
 
 /// [`score_keys`] for two queries, with the same scores: the keys both see in whole groups
 /// of eight together, then each one's rest.
+#[inline(always)]
 fn score_keys_pair<E: KvElem>(query: [&[f32]; 2], keys: &[E], stride: usize, scale: f32, scores: [&mut [f32]; 2]) {
     let [s0, s1] = scores;
     // `score_keys` reduces keys in groups of eight from the first on, the rest one by one.
     let common = s0.len().min(s1.len()) / 8 * 8;
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    if common > 0 && query[0].len() == query[1].len() && matches!(query[0].len(), 64 | 128) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && common > 0 && query[0].len() == query[1].len() && matches!(query[0].len(), 64 | 128) {
         assert!(keys.len() >= (common - 1) * stride + query[0].len(), "keys for every score");
-        // SAFETY: AVX512F is enabled at compile time; the keys were checked above.
+        // SAFETY: `avx512()`: the CPU has AVX512F; the keys were checked above.
         unsafe {
             match query[0].len() {
                 64 => x86::score_keys_pair::<E, 4>(query, keys, stride, scale, [&mut s0[..common], &mut s1[..common]]),
@@ -242,7 +260,18 @@ fn score_keys_pair<E: KvElem>(query: [&[f32]; 2], keys: &[E], stride: usize, sca
     score_keys(query[1], keys, stride, scale, s1);
 }
 
+/// `e^(s - max)` for each score, in place; returns their sum (the softmax's denominator).
+#[inline(always)]
+fn exponentiate(scores: &mut [f32]) -> f32 {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for s in scores.iter_mut() {
+        *s = exp(*s - max);
+    }
+    sum(scores)
+}
+
 /// The sum of `values` in sixteen interleaved partial sums (vectorises; the order is fixed).
+#[inline(always)]
 fn sum(values: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = values.chunks_exact(16);
@@ -254,6 +283,7 @@ fn sum(values: &[f32]) -> f32 {
 }
 
 /// Dot product with eight independent accumulators (vectorises; the order is fixed).
+#[inline(always)]
 fn dot<E: KvElem>(a: &[f32], b: &[E]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));

@@ -9,6 +9,7 @@ use std::arch::x86_64::*;
 ///
 /// # Safety
 /// AVX512F is available; `query` holds `16 · V` values and `keys` every key of `scores`.
+#[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
 pub(super) unsafe fn score_keys<E: KvElem, const V: usize>(query: &[f32], keys: &[E], stride: usize, scale: f32, scores: &mut [f32]) {
     debug_assert_eq!(query.len(), 16 * V);
     let q: [__m512; V] = std::array::from_fn(|c| _mm512_loadu_ps(query.as_ptr().add(16 * c)));
@@ -33,6 +34,7 @@ pub(super) unsafe fn score_keys<E: KvElem, const V: usize>(query: &[f32], keys: 
 /// # Safety
 /// AVX512F is available; both queries hold `16 · V` values, both score lists are as long, a
 /// multiple of 4, and `keys` has every key of them.
+#[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
 pub(super) unsafe fn score_keys_pair<E: KvElem, const V: usize>(query: [&[f32]; 2], keys: &[E], stride: usize, scale: f32, scores: [&mut [f32]; 2]) {
     debug_assert!(query.iter().all(|q| q.len() == 16 * V) && scores[0].len() == scores[1].len() && scores[0].len() % 4 == 0);
     let load = |q: &[f32]| -> [__m512; V] { std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c))) };
@@ -88,6 +90,7 @@ unsafe fn sums8(a: [__m512; 8]) -> __m256 {
 ///
 /// # Safety
 /// AVX512F is available; `out` holds `16 · V` values and `values` one for every weight.
+#[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
 pub(super) unsafe fn add_weighted<E: KvElem, const V: usize>(p: &[f32], values: &[E], stride: usize, out: &mut [f32]) {
     debug_assert_eq!(out.len(), 16 * V);
     let mut acc: [__m512; V] = std::array::from_fn(|c| _mm512_loadu_ps(out.as_ptr().add(16 * c)));
@@ -109,6 +112,7 @@ pub(super) unsafe fn add_weighted<E: KvElem, const V: usize>(p: &[f32], values: 
 /// # Safety
 /// AVX512F is available; both outputs hold `16 · V` values, both weight lists are as long,
 /// and `values` has one value for every weight.
+#[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
 pub(super) unsafe fn add_weighted_pair<E: KvElem, const V: usize>(p: [&[f32]; 2], values: &[E], stride: usize, out: [&mut [f32]; 2]) {
     debug_assert!(out[0].len() == 16 * V && out[1].len() == 16 * V && p[0].len() == p[1].len());
     let load = |out: &[f32]| -> [__m512; V] { std::array::from_fn(|c| _mm512_loadu_ps(out.as_ptr().add(16 * c))) };

@@ -21,6 +21,7 @@ mod wasm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
+use super::cpu::KernelSet;
 use candle_core::quantized::GgmlDType;
 pub use unpack::supports;
 use unpack::GROUP;
@@ -46,6 +47,7 @@ pub struct Decoded {
 }
 
 impl Decoded {
+    #[inline(always)]
     fn decode(&mut self, dtype: GgmlDType, data: &[u8], rows: usize, cols: usize) {
         let blocks = cols / BLOCK;
         let row_bytes = unpack::row_bytes(dtype, cols);
@@ -128,25 +130,41 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// The kernel of the process's kernel set.
     pub fn best() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-            *BEST.get_or_init(|| x86::Kernel::detect().map_or(Kernel::Scalar, Kernel::X86))
-        }
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return Kernel::Simd128;
-        #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
-        Kernel::Scalar
+        Self::for_set(KernelSet::active())
     }
 
-    /// Every kernel this machine can run, best first (the tests compare them).
+    fn for_set(set: KernelSet) -> Self {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return Kernel::Simd128;
+        #[allow(unreachable_code)]
+        match set {
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::Avx512 => Kernel::X86(x86::Kernel::Avx512Vnni),
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::Avx2 if super::cpu::has_avx_vnni() => Kernel::X86(x86::Kernel::AvxVnni),
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::Avx2 => Kernel::X86(x86::Kernel::Avx2),
+            _ => Kernel::Scalar,
+        }
+    }
+
+    /// Every kernel this machine can run, the process's first (the tests compare them).
     pub fn available() -> Vec<Self> {
         let mut all = vec![Self::best()];
-        #[cfg(target_arch = "x86_64")]
-        all.extend(x86::Kernel::below(Self::best()).into_iter().map(Kernel::X86));
-        if !all.contains(&Self::Scalar) {
-            all.push(Self::Scalar);
+        for set in KernelSet::available() {
+            let kernel = Self::for_set(set);
+            if !all.contains(&kernel) {
+                all.push(kernel);
+            }
+            #[cfg(target_arch = "x86_64")]
+            if set == KernelSet::Avx2 && !all.contains(&Kernel::X86(x86::Kernel::Avx2)) {
+                all.push(Kernel::X86(x86::Kernel::Avx2));
+            }
+        }
+        if !all.contains(&Kernel::Scalar) {
+            all.push(Kernel::Scalar);
         }
         all
     }
@@ -202,9 +220,7 @@ fn scalar_tile<const C: usize>(tile: &Tile<'_>, out: &mut [[f32; ROWS]; C]) {
                 let d = tile.d[j * blocks + b];
                 let at = |half: usize| (2 * b + half) * ROWS + row;
                 total += match tile.halves {
-                    true => (0..2)
-                        .map(|h| d * tile.scales[at(h)] * halves[h] as f32 + tile.mins[at(h)] * tile.sum(j, b, h))
-                        .sum::<f32>(),
+                    true => (0..2).map(|h| d * tile.scales[at(h)] * halves[h] as f32 + tile.mins[at(h)] * tile.sum(j, b, h)).sum::<f32>(),
                     false => d * tile.scales[at(0)] * (halves[0] + halves[1]) as f32 + tile.mins[at(0)] * tile.sum(j, b, 0),
                 };
             }
@@ -230,11 +246,16 @@ impl Activations {
         let blocks = x.len() / BLOCK;
         let (mut q, mut d, mut sums) = (vec![0i8; x.len()], vec![0f32; blocks], vec![0f32; blocks * 2]);
         let quantize_block = |((block, q), (d, sums)): ((&[f32], &mut [i8]), (&mut f32, &mut [f32]))| {
-            let scale = super::int8::quantize_block(block, q);
-            *d = scale;
-            for (sum, half) in sums.iter_mut().zip(q.chunks_exact(GROUP)) {
-                *sum = scale * half.iter().map(|&v| v as i32).sum::<i32>() as f32;
-            }
+            super::cpu::vectorized(
+                #[inline(always)]
+                || {
+                    let scale = super::int8::quantize_block(block, q);
+                    *d = scale;
+                    for (sum, half) in sums.iter_mut().zip(q.chunks_exact(GROUP)) {
+                        *sum = scale * half.iter().map(|&v| v as i32).sum::<i32>() as f32;
+                    }
+                },
+            )
         };
         #[cfg(not(target_arch = "wasm32"))]
         {
@@ -246,10 +267,7 @@ impl Activations {
                 .for_each(quantize_block);
         }
         #[cfg(target_arch = "wasm32")]
-        x.chunks_exact(BLOCK)
-            .zip(q.chunks_exact_mut(BLOCK))
-            .zip(d.iter_mut().zip(sums.chunks_exact_mut(2)))
-            .for_each(quantize_block);
+        x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(d.iter_mut().zip(sums.chunks_exact_mut(2))).for_each(quantize_block);
         Self { rows, cols, q, d, sums }
     }
 }
@@ -260,11 +278,7 @@ impl Activations {
 /// it multiplies one activation row at a time.
 pub fn preferred(dtype: GgmlDType, n: usize, k: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512vnni")
-        && matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q8_0)
-        && n % 16 == 0
-        && k % 256 == 0
-    {
+    if KernelSet::active() == KernelSet::Avx512 && matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q8_0) && n % 16 == 0 && k % 256 == 0 {
         return false;
     }
     let _ = (n, k); // only read where candle has tiles (x86)
@@ -288,7 +302,10 @@ pub fn matmul_with(kernel: Kernel, dtype: GgmlDType, data: &[u8], n: usize, k: u
     // into its own slice (`m × 16`), scattered into `y` at the end.
     let work = |decoded: &mut Decoded, (chunk, out): (usize, &mut [f32])| {
         let rows = (n - chunk * ROWS).min(ROWS);
-        decoded.decode(dtype, &data[chunk * ROWS * row_bytes..][..rows * row_bytes], rows, k);
+        super::cpu::vectorized(
+            #[inline(always)]
+            || decoded.decode(dtype, &data[chunk * ROWS * row_bytes..][..rows * row_bytes], rows, k),
+        );
         let mut dots = [[0f32; ROWS]; 4];
         let mut j = 0;
         while j < m {
@@ -339,17 +356,8 @@ mod tests {
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
-
-    const FORMATS: [GgmlDType; 8] = [
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ];
+    const FORMATS: [GgmlDType; 8] =
+        [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
 
     fn quantized(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
         let w = Tensor::from_vec(random(n * k, seed), (n, k), &Device::Cpu).unwrap();
@@ -388,9 +396,7 @@ mod tests {
         let acts = Activations::quantize(&x, m, k);
         for dtype in FORMATS {
             let (data, w) = quantized(dtype, n, k, 2);
-            let exact: Vec<f32> = (0..m * n)
-                .map(|i| (0..k).map(|c| x[(i / n) * k + c] * w[(i % n) * k + c]).sum())
-                .collect();
+            let exact: Vec<f32> = (0..m * n).map(|i| (0..k).map(|c| x[(i / n) * k + c] * w[(i % n) * k + c]).sum()).collect();
             let scale = exact.iter().fold(0f32, |a, v| a.max(v.abs()));
             let reference = matmul_with(Kernel::Scalar, dtype, &data, n, k, &acts);
             for kernel in Kernel::available() {

@@ -15,32 +15,6 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub fn detect() -> Option<Self> {
-        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        if avx2 && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") {
-            Some(Self::Avx512Vnni)
-        } else if avx2 && is_x86_feature_detected!("avxvnni") {
-            Some(Self::AvxVnni)
-        } else if avx2 {
-            Some(Self::Avx2)
-        } else {
-            None
-        }
-    }
-
-    /// The kernels this CPU also runs, below `best`.
-    pub fn below(best: super::Kernel) -> Vec<Self> {
-        let super::Kernel::X86(best) = best else { return Vec::new() };
-        let mut below = Vec::new();
-        if best == Self::Avx512Vnni && is_x86_feature_detected!("avxvnni") {
-            below.push(Self::AvxVnni);
-        }
-        if best != Self::Avx2 {
-            below.push(Self::Avx2);
-        }
-        below
-    }
-
     /// Activation rows per call: what the registers hold alongside the accumulators.
     pub fn cols(self) -> usize {
         match self {

@@ -4,6 +4,8 @@
 //! else `vpmaddubsw` + `vpmaddwd` (whose 16-bit pair sums saturate above 127 · 127 · 2: the
 //! levels up to 255 of Q8_0 go through [`Dot::dot_wide`]). The integer sums and float steps
 //! are those of the scalar reference, so the results are the same bits.
+// `h` (the half) and `j` (the activation row) index several arrays and pointers at once.
+#![allow(clippy::needless_range_loop)]
 use super::{b32, q4k, q6k, Format, Row, QB, QK, ROWS};
 use crate::model::gemm::x86::{dot_avx2, dot_avx2_wide, dot_avxvnni};
 use std::arch::x86_64::*;

@@ -264,7 +264,10 @@ impl Packed {
         assert!(Self::can_multiply_together(weights), "weights multiplied together share their input size, activation format and kernel");
         let first = weights[0];
         let cols = first.cols;
-        let x = Activations::quantize(x, rows, cols, first.format.values());
+        let x = super::cpu::vectorized(
+            #[inline(always)]
+            || Activations::quantize(x, rows, cols, first.format.values()),
+        );
         let acts: Vec<Row<'_>> = (0..rows).map(|j| x.row(j, cols)).collect();
         let mut ys: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows * rows]).collect();
         if rows == 1 {
@@ -274,11 +277,8 @@ impl Packed {
                 // One weight (the vocabulary projection has thousands of tile rows): no task list.
                 [w] => ys[0].par_chunks_exact_mut(ROWS).enumerate().with_min_len(4).for_each(|(t, out)| work((w, t, out))),
                 _ => {
-                    let tasks: Vec<(&Packed, usize, &mut [f32])> = weights
-                        .iter()
-                        .zip(&mut ys)
-                        .flat_map(|(&w, y)| y.chunks_exact_mut(ROWS).enumerate().map(move |(t, out)| (w, t, out)))
-                        .collect();
+                    let tasks: Vec<(&Packed, usize, &mut [f32])> =
+                        weights.iter().zip(&mut ys).flat_map(|(&w, y)| y.chunks_exact_mut(ROWS).enumerate().map(move |(t, out)| (w, t, out))).collect();
                     tasks.into_par_iter().with_min_len(4).for_each(work);
                 }
             }
@@ -301,9 +301,9 @@ impl Packed {
     /// Whether `multiply_each` takes these weights: one or more, with the same input size,
     /// activation format and kernel.
     pub fn can_multiply_together(weights: &[&Packed]) -> bool {
-        weights.first().is_some_and(|first| {
-            weights.iter().all(|w| w.cols == first.cols && w.format.values() == first.format.values() && w.kernel == first.kernel)
-        })
+        weights
+            .first()
+            .is_some_and(|first| weights.iter().all(|w| w.cols == first.cols && w.format.values() == first.format.values() && w.kernel == first.kernel))
     }
 
     /// Tile row `t` (16 weight rows) times every activation row, into `out` (`rows × 16`).
@@ -404,6 +404,7 @@ impl Activations {
         }
     }
 
+    #[inline(always)]
     fn quantize(x: &[f32], rows: usize, cols: usize, group: usize) -> Self {
         assert_eq!(x.len(), rows * cols, "{rows} activation rows of {cols} values");
         let mut q = vec![0i8; x.len()];
@@ -420,10 +421,7 @@ impl Activations {
         // Each sum of 32 levels is within ±32 · 127: it fits 16 bits.
         let pair = |a: i32, b: i32| (a as u16 as u32 | (b as u16 as u32) << 16) as i32;
         let (pair_sums, pair_sums16) = match group {
-            QK => (
-                sums.chunks_exact(4).map(|s| pair(s[0] + s[1], s[2] + s[3])).collect(),
-                sums.chunks_exact(2).map(|s| pair(s[0], s[1])).collect(),
-            ),
+            QK => (sums.chunks_exact(4).map(|s| pair(s[0] + s[1], s[2] + s[3])).collect(), sums.chunks_exact(2).map(|s| pair(s[0], s[1])).collect()),
             _ => (Vec::new(), Vec::new()),
         };
         Self { q, d, sums, pair_sums, pair_sums16 }
@@ -447,7 +445,11 @@ fn pack_q4k(block: &[u8], r: usize, tile: &mut [u8]) {
     let qs = &block[16..144];
     let level = |v: usize| {
         let byte = qs[v / 64 * 32 + v % 32];
-        if v % 64 < 32 { byte & 0xF } else { byte >> 4 }
+        if v % 64 < 32 {
+            byte & 0xF
+        } else {
+            byte >> 4
+        }
     };
     for g in 0..QK / 8 {
         for j in 0..4 {
@@ -527,7 +529,11 @@ fn pack_block32(format: Format, block: &[u8], r: usize, tile: &mut [u8]) {
 fn tile_level(format: Format, tile: &[u8], r: usize, v: usize) -> u8 {
     let nibble = |at: usize, v: usize| {
         let byte = tile[at + r * 4 + v % 4];
-        if v % 8 < 4 { byte & 0xF } else { byte >> 4 }
+        if v % 8 < 4 {
+            byte & 0xF
+        } else {
+            byte >> 4
+        }
     };
     match format {
         Format::Q4K | Format::Q4_0 | Format::Q4_1 => nibble(q4k::QS + v / 8 * 64, v),
@@ -545,9 +551,7 @@ fn scalar_tile_row(format: Format, tiles: &[u8], act: &Row<'_>, out: &mut [f32; 
         for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
             let x = &act.q[b * values..][..values];
             let sums = &act.sums[b * values / 16..][..values / 16];
-            let dot = |from: usize, n: usize| -> i32 {
-                (from..from + n).map(|v| tile_level(format, tile, r, v) as i32 * x[v] as i32).sum()
-            };
+            let dot = |from: usize, n: usize| -> i32 { (from..from + n).map(|v| tile_level(format, tile, r, v) as i32 * x[v] as i32).sum() };
             let xd = act.d[b];
             match format {
                 Format::Q4K => {
@@ -685,11 +689,8 @@ mod tests {
         let k = 512;
         let shapes = [(GgmlDType::Q4K, 64), (GgmlDType::Q6K, 32), (GgmlDType::Q4K, 16)];
         for kernel in kernels() {
-            let weights: Vec<Packed> = shapes
-                .iter()
-                .enumerate()
-                .map(|(i, &(dtype, n))| Packed::new(dtype, &quantized(dtype, n, k, 20 + i as u64).0, n, k, kernel).unwrap())
-                .collect();
+            let weights: Vec<Packed> =
+                shapes.iter().enumerate().map(|(i, &(dtype, n))| Packed::new(dtype, &quantized(dtype, n, k, 20 + i as u64).0, n, k, kernel).unwrap()).collect();
             let together: Vec<&Packed> = weights.iter().collect();
             assert!(Packed::can_multiply_together(&together));
             for m in [1, 12] {

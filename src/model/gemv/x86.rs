@@ -32,6 +32,7 @@ pub(super) unsafe fn tile_rows(format: Format, tiles: &[u8], acts: &[Row<'_>], o
     }
 }
 
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn tile_rows_n<const C: usize>(format: Format, tiles: &[u8], acts: &[Row<'_>], out: &mut [[f32; ROWS]]) {
     let blocks = tiles.len() / format.tile_bytes();
     let values = blocks * format.values();
