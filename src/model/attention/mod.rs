@@ -194,8 +194,9 @@ fn add_weighted<E: KvElem>(p: &[f32], values: &[E], stride: usize, out: &mut [f3
 /// both weigh together, then each one's rest.
 #[inline(always)]
 fn add_weighted_pair<E: KvElem>(p: [&[f32]; 2], values: &[E], stride: usize, out: [&mut [f32]; 2]) {
-    let common = p[0].len().min(p[1].len());
     let [out0, out1] = out;
+    #[cfg(target_arch = "x86_64")]
+    let common = p[0].len().min(p[1].len());
     #[cfg(target_arch = "x86_64")]
     if avx512() && common > 0 && out0.len() == out1.len() && matches!(out0.len(), 64 | 128) {
         let hd = out0.len();
@@ -240,6 +241,7 @@ fn score_keys<E: KvElem>(query: &[f32], keys: &[E], stride: usize, scale: f32, s
 fn score_keys_pair<E: KvElem>(query: [&[f32]; 2], keys: &[E], stride: usize, scale: f32, scores: [&mut [f32]; 2]) {
     let [s0, s1] = scores;
     // `score_keys` reduces keys in groups of eight from the first on, the rest one by one.
+    #[cfg(target_arch = "x86_64")]
     let common = s0.len().min(s1.len()) / 8 * 8;
     #[cfg(target_arch = "x86_64")]
     if avx512() && common > 0 && query[0].len() == query[1].len() && matches!(query[0].len(), 64 | 128) {

@@ -137,7 +137,10 @@ impl Kernel {
 
     fn for_set(set: KernelSet) -> Self {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return Kernel::Simd128;
+        {
+            let _ = set; // the browser has one SIMD kernel
+            return Kernel::Simd128;
+        }
         #[allow(unreachable_code)]
         match set {
             #[cfg(target_arch = "x86_64")]
