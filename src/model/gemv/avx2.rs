@@ -7,18 +7,30 @@
 // `h` (the half) and `j` (the activation row) index several arrays and pointers at once.
 #![allow(clippy::needless_range_loop)]
 use super::{b32, q4k, q6k, Format, Row, QB, QK, ROWS};
-use crate::model::gemm::x86::{dot_avx2, dot_avx2_wide, dot_avxvnni};
+use crate::model::gemm::x86::{dot_avx2_wide, dot_avxvnni};
 use std::arch::x86_64::*;
 
 /// Activation rows per pass over a tile row: two float accumulators each (one per half) and
 /// two integer chains while a sub-block is summed fill the 16 registers at four.
 pub const ROWS_PER_PASS: usize = 4;
 
-/// The 8-bit dot product: `acc` + Σ of 4 products of unsigned `w` and signed `x` bytes, per lane.
+/// Sums of 8-bit products per 32-bit lane (4 unsigned levels of a row times 4 signed
+/// activations), over a few vectors at a time. Without AVX-VNNI, `vpmaddubsw` leaves each
+/// lane's sum in two 16-bit halves; those are added up in 16 bits for as long as they fit and
+/// widened once (`vpmaddwd`, which also applies a scale), instead of after every product.
 trait Dot {
-    /// Levels up to 63 (pair sums within 16 bits).
-    unsafe fn dot(acc: __m256i, w: __m256i, x: __m256i) -> __m256i;
-    /// Levels up to 255.
+    /// A running sum; `add` may be called as long as the lane's total stays within ±32767
+    /// (or without limit where `WIDE_SUMS`: the sums are 32 bits).
+    type Sum: Copy;
+    const WIDE_SUMS: bool;
+    unsafe fn zero() -> Self::Sum;
+    /// `s` + the products of levels up to 63 (`w`) and activations (`x`).
+    unsafe fn add(s: Self::Sum, w: __m256i, x: __m256i) -> Self::Sum;
+    /// The lanes' totals as 32-bit integers.
+    unsafe fn total(s: Self::Sum) -> __m256i;
+    /// The totals times `scales16`: 32-bit lanes holding one 16-bit scale in both halves.
+    unsafe fn scaled(s: Self::Sum, scales16: __m256i) -> __m256i;
+    /// `acc` + the products of levels up to 255, as 32-bit lanes.
     unsafe fn dot_wide(acc: __m256i, w: __m256i, x: __m256i) -> __m256i;
 }
 
@@ -26,9 +38,24 @@ struct Maddubs;
 struct Vnni;
 
 impl Dot for Maddubs {
+    /// Two 16-bit partial sums per lane.
+    type Sum = __m256i;
+    const WIDE_SUMS: bool = false;
     #[inline(always)]
-    unsafe fn dot(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
-        dot_avx2(acc, w, x)
+    unsafe fn zero() -> __m256i {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn add(s: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_add_epi16(s, _mm256_maddubs_epi16(w, x))
+    }
+    #[inline(always)]
+    unsafe fn total(s: __m256i) -> __m256i {
+        _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+    }
+    #[inline(always)]
+    unsafe fn scaled(s: __m256i, scales16: __m256i) -> __m256i {
+        _mm256_madd_epi16(s, scales16)
     }
     #[inline(always)]
     unsafe fn dot_wide(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
@@ -37,9 +64,25 @@ impl Dot for Maddubs {
 }
 
 impl Dot for Vnni {
+    /// One 32-bit sum per lane.
+    type Sum = __m256i;
+    const WIDE_SUMS: bool = true;
     #[inline(always)]
-    unsafe fn dot(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
-        dot_avxvnni(acc, w, x)
+    unsafe fn zero() -> __m256i {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn add(s: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        dot_avxvnni(s, w, x)
+    }
+    #[inline(always)]
+    unsafe fn total(s: __m256i) -> __m256i {
+        s
+    }
+    #[inline(always)]
+    unsafe fn scaled(s: __m256i, scales16: __m256i) -> __m256i {
+        // The total fits 16 bits: its low half, signed, times the scale.
+        _mm256_madd_epi16(_mm256_and_si256(s, _mm256_set1_epi32(0xFFFF)), scales16)
     }
     #[inline(always)]
     unsafe fn dot_wide(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
@@ -155,21 +198,20 @@ unsafe fn q4k_rows<D: Dot, const C: usize>(tiles: *const u8, blocks: usize, acts
                 if h == 0 {
                     prefetch(tile.add(q4k::BYTES), s * 5 * 64, 5);
                 }
-                let (mut a, mut c) = ([_mm256_setzero_si256(); C], [_mm256_setzero_si256(); C]);
+                // A sub-block's 32 levels (≤ 15) times activations (≤ 127): within 16 bits.
+                let mut sum = [D::zero(); C];
                 for g in 4 * s..4 * s + 4 {
                     let w = load(tile, q4k::QS + g * 64, h);
                     let (lo, hi) = (_mm256_and_si256(w, low4), _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
                     for j in 0..C {
-                        a[j] = D::dot(a[j], lo, broadcast4(x[j], 8 * g));
-                        c[j] = D::dot(c[j], hi, broadcast4(x[j], 8 * g + 4));
+                        sum[j] = D::add(sum[j], lo, broadcast4(x[j], 8 * g));
+                        sum[j] = D::add(sum[j], hi, broadcast4(x[j], 8 * g + 4));
                     }
                 }
-                // Each chain is within 16 bits (16 levels ≤ 15 times activations ≤ 127): both
-                // take the sub-block's scale in one 16-bit multiply-add.
                 let scales = bytes_u(tile, q4k::SCALES + s * ROWS, h);
                 let scales = pairs16(scales, scales);
                 for j in 0..C {
-                    total[j] = _mm256_add_epi32(total[j], _mm256_madd_epi16(pairs16(a[j], c[j]), scales));
+                    total[j] = _mm256_add_epi32(total[j], D::scaled(sum[j], scales));
                 }
             }
             let mut mins = [_mm256_setzero_si256(); C];
@@ -213,12 +255,17 @@ unsafe fn q6k_rows<D: Dot, const C: usize>(tiles: *const u8, blocks: usize, acts
                     _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w1, 4), low4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), high2)),
                 ];
                 let scales = bytes_i(tile, q6k::SCALES + t * ROWS, h);
+                let scales16 = pairs16(scales, scales);
                 for j in 0..C {
-                    let a = D::dot(_mm256_setzero_si256(), levels[0], broadcast4(x[j], 16 * t));
-                    let a = D::dot(a, levels[1], broadcast4(x[j], 16 * t + 4));
-                    let a = D::dot(a, levels[2], broadcast4(x[j], 16 * t + 8));
-                    let a = D::dot(a, levels[3], broadcast4(x[j], 16 * t + 12));
-                    total[j] = _mm256_add_epi32(total[j], _mm256_mullo_epi32(a, scales));
+                    // Two vectors of levels (≤ 63) at a time stay within 16 bits.
+                    let first = D::add(D::add(D::zero(), levels[0], broadcast4(x[j], 16 * t)), levels[1], broadcast4(x[j], 16 * t + 4));
+                    let second = D::add(D::add(D::zero(), levels[2], broadcast4(x[j], 16 * t + 8)), levels[3], broadcast4(x[j], 16 * t + 12));
+                    let product = match D::WIDE_SUMS {
+                        // One 32-bit sum per lane, up to 16 · 63 · 127: a 32-bit multiply.
+                        true => _mm256_mullo_epi32(_mm256_add_epi32(D::total(first), D::total(second)), scales),
+                        false => _mm256_add_epi32(D::scaled(first, scales16), D::scaled(second, scales16)),
+                    };
+                    total[j] = _mm256_add_epi32(total[j], product);
                 }
             }
             // Levels are stored +32: take 32 · Σ_t scale_t · (sum of sub-block t) back off.
@@ -265,6 +312,7 @@ unsafe fn block32_rows<D: Dot, const F: usize, const C: usize>(tiles: *const u8,
                     }
                 }
             } else {
+                let (mut lo_sum, mut hi_sum) = ([D::zero(); C], [D::zero(); C]);
                 let high = if F == 2 { load(tile, b32::QH5, h) } else { _mm256_setzero_si256() };
                 for g in 0..4 {
                     let w = load(tile, b32::QS + g * 64, h);
@@ -285,9 +333,13 @@ unsafe fn block32_rows<D: Dot, const F: usize, const C: usize>(tiles: *const u8,
                         hi = _mm256_or_si256(hi, _mm256_and_si256(to_bit4(2 * g as u32 + 1), bit4));
                     }
                     for j in 0..C {
-                        a[j] = D::dot(a[j], lo, broadcast4(x[j], 8 * g));
-                        c[j] = D::dot(c[j], hi, broadcast4(x[j], 8 * g + 4));
+                        lo_sum[j] = D::add(lo_sum[j], lo, broadcast4(x[j], 8 * g));
+                        hi_sum[j] = D::add(hi_sum[j], hi, broadcast4(x[j], 8 * g + 4));
                     }
+                }
+                // 16 levels (≤ 31) times activations per sum: within 16 bits.
+                for j in 0..C {
+                    (a[j], c[j]) = (D::total(lo_sum[j]), D::total(hi_sum[j]));
                 }
             }
             let d = halves_f16(tile, d_at, h);
