@@ -140,6 +140,8 @@ fn concurrent_sessions_get_their_own_answers() {
         assert_eq!(got, expected[i % 4], "session {i}");
     }
     let health = call("GET", &format!("{}/health/details", server.url), &[], None).json();
+    let kernels = health["kernels"].as_str().unwrap_or_default();
+    assert!(kernels.starts_with(hybrid_assistant::model::cpu::KernelSet::detect().name()), "the kernel set in use: {health}");
     let engine = &health["engine"];
     // Batched: fewer forward passes than tokens generated.
     assert!(engine["forward_passes"].as_u64().unwrap() < engine["generated_tokens"].as_u64().unwrap(), "no batching happened: {engine}");
