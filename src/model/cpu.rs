@@ -173,4 +173,15 @@ mod tests {
         #[cfg(target_arch = "aarch64")]
         assert!(!KernelSet::Avx2.runs_here() && KernelSet::Neon.runs_here());
     }
+
+    /// tests/arm/run.sh runs the tests under qemu on CPUs with and without the dot-product
+    /// extension and says which (`HYBRID_TEST_DOTPROD=1|0`), so that each run is sure to take
+    /// the NEON flavour it is meant to test.
+    #[test]
+    #[cfg(target_arch = "aarch64")]
+    fn dotprod_is_detected_where_the_cpu_has_it() {
+        let Ok(want) = std::env::var("HYBRID_TEST_DOTPROD") else { return };
+        assert_eq!(has_neon_dotprod(), want == "1", "HYBRID_TEST_DOTPROD={want}");
+        assert_eq!(KernelSet::Neon.describe(), if want == "1" { "neon+dotprod" } else { "neon" });
+    }
 }

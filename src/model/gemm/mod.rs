@@ -9,12 +9,15 @@
 //! kernel then broadcasts 4 activation bytes and multiplies them with the 16 rows at once,
 //! summing into 16 integer lanes, one per output: no horizontal sums, and the scales and
 //! mins are applied once per block (`x86.rs`: AVX512-VNNI, or AVX-VNNI/AVX2 in 256 bits;
-//! `wasm.rs`: SIMD128; `scalar_tile` elsewhere and as the tests' reference). With
+//! `neon.rs`: aarch64 NEON, with `sdot` where the CPU has it; `wasm.rs`: SIMD128;
+//! `scalar_tile` elsewhere and as the tests' reference). With
 //! `w = scale · level + min` per group and `x ≈ d · q` per block,
 //! `x · w = Σ_groups (d · scale · Σ level·q + min · Σx)`.
 //!
 //! One activation row is not worth decoding the weights for: the decoder leaves single
 //! decode steps to candle's matrix-vector kernels.
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
 mod unpack;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
@@ -127,6 +130,11 @@ pub enum Kernel {
     X86(x86::Kernel),
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     Simd128,
+    /// Plain NEON, and NEON with the dot-product extension.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
 }
 
 impl Kernel {
@@ -149,6 +157,10 @@ impl Kernel {
             KernelSet::Avx2 if super::cpu::has_avx_vnni() => Kernel::X86(x86::Kernel::AvxVnni),
             #[cfg(target_arch = "x86_64")]
             KernelSet::Avx2 => Kernel::X86(x86::Kernel::Avx2),
+            #[cfg(target_arch = "aarch64")]
+            KernelSet::Neon if super::cpu::has_neon_dotprod() => Kernel::NeonDot,
+            #[cfg(target_arch = "aarch64")]
+            KernelSet::Neon => Kernel::Neon,
             _ => Kernel::Scalar,
         }
     }
@@ -164,6 +176,10 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             if set == KernelSet::Avx2 && !all.contains(&Kernel::X86(x86::Kernel::Avx2)) {
                 all.push(Kernel::X86(x86::Kernel::Avx2));
+            }
+            #[cfg(target_arch = "aarch64")]
+            if set == KernelSet::Neon && !all.contains(&Kernel::Neon) {
+                all.push(Kernel::Neon);
             }
         }
         if !all.contains(&Kernel::Scalar) {
@@ -201,8 +217,14 @@ impl Kernel {
             Kernel::X86(k) => unsafe { k.run(tile, wide, out) },
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Kernel::Simd128 => wasm::tile(tile, out),
+            // SAFETY: NEON kernels come from `for_set` of a set this CPU runs (`NeonDot` where
+            // it has dotprod); `run` checked the tile.
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => unsafe { neon::tile_neon(tile, wide, out) },
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonDot => unsafe { neon::tile_dotprod(tile, wide, out) },
         }
-        let _ = wide; // only the x86 AVX2 kernels take another path for levels above 127
+        let _ = wide; // only the x86 AVX2 and NEON kernels take another path for levels above 127
     }
 }
 
@@ -397,6 +419,8 @@ mod tests {
         let (n, k, m) = (37, 512, 7);
         let x = random(m * k, 9);
         let acts = Activations::quantize(&x, m, k);
+        #[cfg(target_arch = "aarch64")]
+        assert!(Kernel::available().contains(&Kernel::Neon), "the plain NEON kernel is tested wherever it runs");
         for dtype in FORMATS {
             let (data, w) = quantized(dtype, n, k, 2);
             let exact: Vec<f32> = (0..m * n).map(|i| (0..k).map(|c| x[(i / n) * k + c] * w[(i % n) * k + c]).sum()).collect();
@@ -408,6 +432,11 @@ mod tests {
                     assert!((y[i] - exact[i]).abs() < 1e-2 * scale, "{kernel:?} {dtype:?} [{i}]: {} vs {}", y[i], exact[i]);
                     // Integer sums are exact; only the order of float additions differs.
                     assert!((y[i] - reference[i]).abs() < 1e-5 * scale, "{kernel:?} {dtype:?} [{i}]: {} vs scalar {}", y[i], reference[i]);
+                    // The NEON kernels keep the scalar order too.
+                    #[cfg(target_arch = "aarch64")]
+                    if matches!(kernel, Kernel::Neon | Kernel::NeonDot) {
+                        assert_eq!(y[i], reference[i], "{kernel:?} {dtype:?} [{i}] against the scalar kernel");
+                    }
                 }
             }
         }

@@ -6,8 +6,9 @@
 //! scale and min as an f32 (0.75 bytes per weight against the GGUF's 0.5625), by Q6_K with a
 //! 256-bit kernel, and by the 32-value block formats with one dot product per row on its own
 //! thread pool. Here 16 weight rows are interleaved so that one 512-bit `vpdpbusd` multiplies
-//! 4 activation bytes into 16 row sums, and a tile is as large as the 16 GGUF blocks it came
-//! from (Q4_K: 3% more):
+//! 4 activation bytes into 16 row sums (`x86.rs`; `avx2.rs` takes a tile vector as two 256-bit
+//! halves, aarch64's `neon.rs` as four 128-bit quarters), and a tile is as large as the 16
+//! GGUF blocks it came from (Q4_K: 3% more):
 //! - k-quants (Q4_K, Q6_K): 16 rows × one 256-value super-block; 4-bit or 4 + 2-bit levels,
 //!   the sub-block scales as bytes applied to the integer sums, the super-block scales as
 //!   f16, so there is one float conversion per super-block and row.
@@ -20,6 +21,8 @@
 //! rows are multiplied with it.
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -160,6 +163,12 @@ pub enum Kernel {
     /// [`Kernel::Avx2`] with AVX-VNNI's `vpdpbusd` for the dot products.
     #[cfg(target_arch = "x86_64")]
     AvxVnni,
+    /// 128-bit quarters of each tile, widening multiplies for the 8-bit dot products.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    /// [`Kernel::Neon`] with the dot-product extension's `sdot`.
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
 }
 
 impl Kernel {
@@ -171,6 +180,8 @@ impl Kernel {
             Kernel::Avx512Vnni => x86::ROWS_PER_PASS,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 | Kernel::AvxVnni => avx2::ROWS_PER_PASS,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon | Kernel::NeonDot => neon::ROWS_PER_PASS,
         }
     }
 
@@ -188,6 +199,10 @@ impl Kernel {
             KernelSet::Avx2 if super::cpu::has_avx_vnni() => Some(Self::AvxVnni),
             #[cfg(target_arch = "x86_64")]
             KernelSet::Avx2 => Some(Self::Avx2),
+            #[cfg(target_arch = "aarch64")]
+            KernelSet::Neon if super::cpu::has_neon_dotprod() => Some(Self::NeonDot),
+            #[cfg(target_arch = "aarch64")]
+            KernelSet::Neon => Some(Self::Neon),
             _ => None,
         }
     }
@@ -200,6 +215,10 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             if set == KernelSet::Avx2 && super::cpu::has_avx_vnni() {
                 all.push(Self::Avx2);
+            }
+            #[cfg(target_arch = "aarch64")]
+            if set == KernelSet::Neon && super::cpu::has_neon_dotprod() {
+                all.push(Self::Neon);
             }
         }
         all
@@ -322,6 +341,10 @@ impl Packed {
                 Kernel::Avx2 => unsafe { avx2::tile_rows(false, self.format, tiles, acts, out) },
                 #[cfg(target_arch = "x86_64")]
                 Kernel::AvxVnni => unsafe { avx2::tile_rows(true, self.format, tiles, acts, out) },
+                #[cfg(target_arch = "aarch64")]
+                Kernel::Neon => unsafe { neon::tile_rows(false, self.format, tiles, acts, out) },
+                #[cfg(target_arch = "aarch64")]
+                Kernel::NeonDot => unsafe { neon::tile_rows(true, self.format, tiles, acts, out) },
             }
         }
     }
@@ -371,9 +394,11 @@ struct Row<'a> {
     d: &'a [f32],
     sums: &'a [i32],
     /// k-quants: the sums of values `64p..` and `64p + 32..`, as the low and high 16 bits
-    /// (Q4_K's sub-blocks, two at a time).
+    /// (Q4_K's sub-blocks, two at a time; the x86 kernels' 16-bit multiply-adds take them).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pair_sums: &'a [i32],
     /// k-quants: the sums of values `32p..` and `32p + 16..`, likewise (Q6_K's).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pair_sums16: &'a [i32],
 }
 
@@ -608,6 +633,8 @@ mod tests {
         let all = Kernel::available();
         #[cfg(target_arch = "x86_64")]
         assert!(!KernelSet::Avx2.runs_here() || all.contains(&Kernel::Avx2), "the AVX2 kernel is tested wherever it runs");
+        #[cfg(target_arch = "aarch64")]
+        assert!(all.contains(&Kernel::Neon), "the plain NEON kernel is tested wherever it runs");
         all
     }
 

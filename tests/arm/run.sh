@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The aarch64 kernels, tested for real: cross-builds the tests for aarch64 (musl, statically
+# linked, so no aarch64 sysroot is needed) and runs them under qemu-user:
+#   1. the library's model:: tests (gemv, gemm, cpu, attention, int8, exp, ...) on qemu's
+#      default CPU (`max`: NEON with the dot-product extension), on a Cortex-A53 (NEON without
+#      it, so the plain NEON kernels are the detected ones), and with HYBRID_KERNELS=scalar;
+#   2. tests/batched_forward.rs on smollm2-135m (the real model through the decode and batched
+#      kernels) with HYBRID_KERNELS=neon and =scalar.
+# Idempotent: what is missing is installed into ~/.cache/hybrid-assistant/arm (rustup's
+# aarch64 musl standard library; zig and cargo-zigbuild from PyPI as the linker and C
+# compiler; qemu-aarch64-static from Debian's qemu-user-static, unpacked without root).
+# The build goes to target/arm so that it never waits on, nor invalidates, the native one.
+# ARM_STEPS=unit or ARM_STEPS=model runs one part only.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+TRIPLE=aarch64-unknown-linux-musl
+CACHE=${HYBRID_ARM_CACHE:-$HOME/.cache/hybrid-assistant/arm}
+ZIGLANG_VERSION=0.17.1
+CARGO_ZIGBUILD_VERSION=0.24.1
+QEMU=$CACHE/qemu/qemu-aarch64-static
+STEPS=${ARM_STEPS:-unit model}
+
+say() { printf '\n== %s\n' "$*"; }
+elapsed() { echo "$(($(date +%s) - $1)) s"; }
+
+rustup target list --installed | grep -qx "$TRIPLE" || rustup target add "$TRIPLE"
+if [ "$("$CACHE/venv/bin/cargo-zigbuild" --version 2>/dev/null)" != "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ]; then
+    python3 -m venv "$CACHE/venv"
+    "$CACHE/venv/bin/pip" install --quiet "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION"
+fi
+if ! [ -x "$QEMU" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download qemu-user-static >/dev/null)
+    dpkg -x "$tmp"/qemu-user-static_*.deb "$tmp/root"
+    install -D -m 755 "$tmp/root/usr/bin/qemu-aarch64-static" "$QEMU"
+    rm -rf "$tmp"
+fi
+
+export PATH=$CACHE/venv/bin:$PATH
+export CARGO_TARGET_DIR=${ARM_TARGET_DIR:-target/arm}
+RUNNER_VAR=CARGO_TARGET_$(echo "$TRIPLE" | tr 'a-z-' 'A-Z_')_RUNNER
+# `cargo-zigbuild test` is `cargo test` with zig as the linker; the runner is qemu on CPU, with
+# HYBRID_KERNELS=KERNELS unless that is empty. qemu's `max` has the dot-product extension, a
+# Cortex-A53 does not: HYBRID_TEST_DOTPROD tells src/model/cpu.rs's test which to expect.
+on_cpu() {
+    local cpu=$1 kernels=$2 dotprod=1
+    shift 2
+    [ "$cpu" = max ] || dotprod=0
+    env ${kernels:+HYBRID_KERNELS=$kernels} HYBRID_TEST_DOTPROD=$dotprod "$RUNNER_VAR=$QEMU -cpu $cpu" \
+        cargo-zigbuild test --quiet --target "$TRIPLE" "$@"
+}
+
+start=$(date +%s)
+say "build (aarch64, $TRIPLE)"
+targets=()
+[[ $STEPS == *unit* ]] && targets+=(--lib)
+[[ $STEPS == *model* ]] && targets+=(--test batched_forward)
+cargo-zigbuild test --target "$TRIPLE" --no-run "${targets[@]}"
+echo "build: $(elapsed "$start")"
+
+if [[ $STEPS == *unit* ]]; then
+    for run in "max" "cortex-a53" "max scalar"; do
+        read -r cpu kernels <<<"$run"
+        say "model:: unit tests, cpu $cpu${kernels:+, HYBRID_KERNELS=$kernels}"
+        t=$(date +%s)
+        on_cpu "$cpu" "$kernels" --lib -- model::
+        echo "model:: tests on $cpu${kernels:+ ($kernels)}: $(elapsed "$t")"
+    done
+fi
+
+if [[ $STEPS == *model* ]]; then
+    for kernels in neon scalar; do
+        say "tests/batched_forward.rs on smollm2-135m, HYBRID_KERNELS=$kernels"
+        t=$(date +%s)
+        on_cpu max "$kernels" --test batched_forward -- smollm2
+        echo "smollm2 batched_forward ($kernels): $(elapsed "$t")"
+    done
+fi
+say "aarch64 tests passed in $(elapsed "$start")"
