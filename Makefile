@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 
-.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-engines test-engines-if-built test-slow bench bench-gpu bench-browser bench-serve reward-data reward-head eval-humaneval
+.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-engines test-engines-if-built test-slow test-arm bench bench-gpu bench-browser bench-serve reward-data reward-head eval-humaneval
 PORT ?= 8080
 HYBRID := ./target/debug/hybrid
 # Mesa's Vulkan drivers (the GPU tests) complain on every device open without a runtime dir.
@@ -106,6 +106,13 @@ test-e2e:
 	node tests/e2e/backend.test.mjs
 	node tests/e2e/verify.test.mjs
 	node tests/e2e/sdk.test.mjs
+
+## The aarch64 NEON kernels for real: cross-built (musl, zig from PyPI) and run under qemu-user
+## with and without the dot-product extension, then smollm2-135m's batched_forward test
+## (tests/arm/run.sh; its tools go to ~/.cache/hybrid-assistant/arm). On 2 cores: about 22
+## minutes the first time (the aarch64 build of every dependency), then about 3.
+test-arm:
+	tests/arm/run.sh
 
 ## Slow checks kept out of CI's time budget: parity and llama.cpp agreement on qwen2.5-coder-1.5b.
 test-slow:
