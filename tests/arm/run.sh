@@ -6,12 +6,15 @@
 #      attention, int8, exp) on a Cortex-A53 (NEON without it, so the plain NEON kernels are
 #      the detected ones);
 #   2. tests/batched_forward.rs on smollm2-135m (the real model through the decode and batched
-#      kernels) with HYBRID_KERNELS=neon on both CPUs, and =scalar.
+#      kernels) with HYBRID_KERNELS=neon on both CPUs, and =scalar;
+#   3. tests/kernel_sets.rs's checks, which spawn `hybrid` (qemu-user cannot run an aarch64
+#      child without binfmt_misc, so they are done from here): HYBRID_KERNELS=avx2 refused,
+#      and qwen2.5-coder-0.5b's greedy answer the same with neon and with scalar.
 # Idempotent: what is missing is installed into ~/.cache/hybrid-assistant/arm (rustup's
 # aarch64 musl standard library; zig and cargo-zigbuild from PyPI as the linker and C
 # compiler; qemu-aarch64-static from Debian's qemu-user-static, unpacked without root).
 # The build goes to target/arm so that it never waits on, nor invalidates, the native one.
-# ARM_STEPS=unit or ARM_STEPS=model runs one part only.
+# ARM_STEPS (default "unit model answer") runs some parts only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,7 +23,7 @@ CACHE=${HYBRID_ARM_CACHE:-$HOME/.cache/hybrid-assistant/arm}
 ZIGLANG_VERSION=0.17.1
 CARGO_ZIGBUILD_VERSION=0.24.1
 QEMU=$CACHE/qemu/qemu-aarch64-static
-STEPS=${ARM_STEPS:-unit model}
+STEPS=${ARM_STEPS:-unit model answer}
 
 say() { printf '\n== %s\n' "$*"; }
 elapsed() { echo "$(($(date +%s) - $1)) s"; }
@@ -54,9 +57,11 @@ on_cpu() {
 
 start=$(date +%s)
 say "build (aarch64, $TRIPLE)"
+# An integration test builds `hybrid` too, with the tests' features: no second build of the
+# dependencies for a plain `cargo build`.
 targets=()
 [[ $STEPS == *unit* ]] && targets+=(--lib)
-[[ $STEPS == *model* ]] && targets+=(--test batched_forward)
+[[ $STEPS == *model* || $STEPS == *answer* ]] && targets+=(--test batched_forward)
 cargo-zigbuild test --target "$TRIPLE" --no-run "${targets[@]}"
 echo "build: $(elapsed "$start")"
 
@@ -85,5 +90,27 @@ if [[ $STEPS == *model* ]]; then
         on_cpu "$cpu" "$kernels" --test batched_forward -- smollm2
         echo "smollm2 batched_forward on $cpu ($kernels): $(elapsed "$t")"
     done
+fi
+if [[ $STEPS == *answer* ]]; then
+    hybrid() { "$QEMU" -cpu max "$CARGO_TARGET_DIR/$TRIPLE/debug/hybrid" "$@"; }
+    say "hybrid generate: HYBRID_KERNELS=avx2 refused"
+    if HYBRID_KERNELS=avx2 hybrid generate --model smollm2-135m --prompt Hello --max-tokens 1 >/dev/null 2>"$CARGO_TARGET_DIR/refused.txt" ||
+        ! grep -q "HYBRID_KERNELS=avx2.*neon, scalar" "$CARGO_TARGET_DIR/refused.txt"; then
+        echo "HYBRID_KERNELS=avx2 was not refused with the sets this CPU runs:" >&2
+        cat "$CARGO_TARGET_DIR/refused.txt" >&2
+        exit 1
+    fi
+    prompt=$'def is_palindrome(s: str) -> bool:\n    """Return True if s reads the same backwards."""\n'
+    for kernels in neon scalar; do
+        say "hybrid generate: qwen2.5-coder-0.5b's greedy answer, HYBRID_KERNELS=$kernels"
+        t=$(date +%s)
+        HYBRID_KERNELS=$kernels hybrid generate --model qwen2.5-coder-0.5b --prompt "$prompt" --max-tokens 24 >"$CARGO_TARGET_DIR/answer-$kernels.txt"
+        cat "$CARGO_TARGET_DIR/answer-$kernels.txt"
+        echo "answer ($kernels): $(elapsed "$t")"
+    done
+    if ! cmp -s "$CARGO_TARGET_DIR/answer-neon.txt" "$CARGO_TARGET_DIR/answer-scalar.txt" || [ "$(wc -c <"$CARGO_TARGET_DIR/answer-neon.txt")" -le 20 ]; then
+        echo "neon and scalar answers differ (or are empty)" >&2
+        exit 1
+    fi
 fi
 say "aarch64 tests passed in $(elapsed "$start")"
