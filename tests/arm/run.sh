@@ -13,7 +13,8 @@
 # Idempotent: what is missing is installed into ~/.cache/hybrid-assistant/arm (rustup's
 # aarch64 musl standard library; zig and cargo-zigbuild from PyPI as the linker and C
 # compiler; qemu-aarch64-static from Debian's qemu-user-static, unpacked without root).
-# The build goes to target/arm so that it never waits on, nor invalidates, the native one.
+# The build goes to target/arm (or ARM_TARGET_DIR) so that it never waits on, nor
+# invalidates, the native one.
 # ARM_STEPS (default "unit model answer") runs some parts only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

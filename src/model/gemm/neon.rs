@@ -78,7 +78,7 @@ unsafe fn tile_with<D: Dot, const C: usize>(tile: &Tile<'_>, wide: bool, out: &m
     let mut first = [[vdupq_n_f32(0.0); 4]; C];
     // `d · scale · Σ level·x + min · Σx` of one half-block (of the block, with `halves` off),
     // each operation rounded as in `scalar_tile`; the integer sums start over.
-    let half = |sums: &mut [[int32x4_t; 4]; C], offsets: &mut [int32x4_t; C], b: usize, half: usize| {
+    let flush = |sums: &mut [[int32x4_t; 4]; C], offsets: &mut [int32x4_t; C], b: usize, half: usize| {
         let at = (2 * b + half) * ROWS;
         let mut terms = [[vdupq_n_f32(0.0); 4]; C];
         for j in 0..C {
@@ -112,11 +112,11 @@ unsafe fn tile_with<D: Dot, const C: usize>(tile: &Tile<'_>, wide: bool, out: &m
                 }
             }
             if g == 3 && tile.halves {
-                first = half(&mut sums, &mut offsets, b, 0);
+                first = flush(&mut sums, &mut offsets, b, 0);
             }
         }
         // The scalar tile adds a block's two halves together before the running total.
-        let last = half(&mut sums, &mut offsets, b, tile.halves as usize);
+        let last = flush(&mut sums, &mut offsets, b, tile.halves as usize);
         for j in 0..C {
             for q in 0..4 {
                 let term = if tile.halves { vaddq_f32(first[j][q], last[j][q]) } else { last[j][q] };
