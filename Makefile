@@ -108,9 +108,10 @@ test-e2e:
 	node tests/e2e/sdk.test.mjs
 
 ## The aarch64 NEON kernels for real: cross-built (musl, zig from PyPI) and run under qemu-user
-## with and without the dot-product extension, then smollm2-135m's batched_forward test
-## (tests/arm/run.sh; its tools go to ~/.cache/hybrid-assistant/arm). On 2 cores: about 22
-## minutes the first time (the aarch64 build of every dependency), then about 3.
+## with and without the dot-product extension: the model:: unit tests, smollm2-135m's
+## batched_forward test, qwen2.5-coder-0.5b's greedy answer under neon and scalar
+## (tests/arm/run.sh; its tools go to ~/.cache/hybrid-assistant/arm). On 2 cores: about 15
+## minutes the first time (the aarch64 build of every dependency), then 3 to 5.
 test-arm:
 	tests/arm/run.sh
 
