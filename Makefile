@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 
-.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-engines test-engines-if-built test-slow test-arm bench bench-gpu bench-browser bench-serve reward-data reward-head eval-humaneval
+.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-engines test-engines-if-built test-slow test-arm test-arm-if-ready bench bench-gpu bench-browser bench-serve reward-data reward-head eval-humaneval
 PORT ?= 8080
 HYBRID := ./target/debug/hybrid
 # Mesa's Vulkan drivers (the GPU tests) complain on every device open without a runtime dir.
@@ -38,7 +38,7 @@ extension: setup-build pkg
 	$(CARGO) run --quiet -- site --extension --out dist/extension --cloud-url $(CLOUD_URL) $(SITE_ARGS)
 
 ## The whole test suite, installing what it needs.
-test: setup models pkg test-native test-wasm test-e2e test-engines-if-built
+test: setup models pkg test-native test-wasm test-e2e test-engines-if-built test-arm-if-ready
 
 # Tools, installed once: the wasm target, wasm-pack and the wasm-bindgen-cli matching
 # Cargo.lock (their own downloads do not work offline), Debian's chromium and chromedriver for
@@ -114,6 +114,12 @@ test-e2e:
 ## minutes the first time (the aarch64 build of every dependency), then 3 to 5.
 test-arm:
 	tests/arm/run.sh
+
+# `make test` runs the ARM tests where their tools are already cached (a clean CI machine skips them).
+ARM_TOOLS := $(HOME)/.cache/hybrid-assistant/arm
+test-arm-if-ready:
+	@if [ -x $(ARM_TOOLS)/qemu/qemu-aarch64-static ] && [ -x $(ARM_TOOLS)/venv/bin/cargo-zigbuild ]; then $(MAKE) test-arm; \
+	  else echo "test-arm skipped: its tools are not cached (make test-arm installs them)"; fi
 
 ## Slow checks kept out of CI's time budget: parity and llama.cpp agreement on qwen2.5-coder-1.5b.
 test-slow:
