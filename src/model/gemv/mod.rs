@@ -330,11 +330,12 @@ impl Packed {
         let tile_row_bytes = self.cols / self.format.values() * self.format.tile_bytes();
         let tiles = &self.tiles[t * tile_row_bytes..][..tile_row_bytes];
         let out: &mut [[f32; ROWS]] = as_rows(out);
+        assert!(acts.iter().all(|act| act.covers(self.format, self.cols)), "activation rows of {} values", self.cols);
         for (acts, out) in acts.chunks(self.kernel.rows_per_pass()).zip(out.chunks_mut(self.kernel.rows_per_pass())) {
             match self.kernel {
                 Kernel::Scalar => acts.iter().zip(out).for_each(|(act, out)| scalar_tile_row(self.format, tiles, act, out)),
                 // SAFETY: SIMD kernels come from `Kernel::for_set` of a set this CPU runs; `tiles`
-                // and `acts` hold whole tiles.
+                // holds whole tiles and `acts` cover them (asserted above).
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512Vnni => unsafe { x86::tile_rows(self.format, tiles, acts, out) },
                 #[cfg(target_arch = "x86_64")]
@@ -400,6 +401,19 @@ struct Row<'a> {
     /// k-quants: the sums of values `32p..` and `32p + 16..`, likewise (Q6_K's).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pair_sums16: &'a [i32],
+}
+
+impl Row<'_> {
+    /// Whether the row holds all that the SIMD kernels read, unchecked, for `values` values
+    /// of `format`.
+    fn covers(&self, format: Format, values: usize) -> bool {
+        let blocks = values / format.values();
+        self.q.len() >= values
+            && self.d.len() >= blocks
+            && self.sums.len() >= values / 16
+            && (format != Format::Q4K || self.pair_sums.len() >= values / 64)
+            && (format != Format::Q6K || self.pair_sums16.len() >= values / 32)
+    }
 }
 
 /// Activation rows quantized per `group` values (ggml's Q8_K for 256, Q8_0 for 32).

@@ -18,13 +18,9 @@ pub const ROWS_PER_PASS: usize = 4;
 ///
 /// # Safety
 /// The CPU has the dot-product extension if `dotprod`; `tiles` holds whole tiles and every
-/// row as many values.
+/// row covers them (`Row::covers`).
 pub(super) unsafe fn tile_rows(dotprod: bool, format: Format, tiles: &[u8], acts: &[Row<'_>], out: &mut [[f32; ROWS]]) {
     let blocks = tiles.len() / format.tile_bytes();
-    let values = blocks * format.values();
-    for act in acts {
-        assert!(act.q.len() >= values && act.d.len() >= blocks && act.sums.len() >= values / 16);
-    }
     match (acts.len(), dotprod) {
         (1, false) => rows_neon::<1>(format, tiles.as_ptr(), blocks, acts, out),
         (2, false) => rows_neon::<2>(format, tiles.as_ptr(), blocks, acts, out),

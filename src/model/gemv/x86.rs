@@ -14,7 +14,7 @@ pub const ROWS_PER_PASS: usize = 12;
 /// `out[j]` = the 16 weight rows of `tiles` · activation row `acts[j]`, for 1 to 12 rows.
 ///
 /// # Safety
-/// The CPU has AVX512F/BW/VNNI; `tiles` holds whole tiles and every row as many values.
+/// The CPU has AVX512F/BW/VNNI; `tiles` holds whole tiles and every row covers them (`Row::covers`).
 pub(super) unsafe fn tile_rows(format: Format, tiles: &[u8], acts: &[Row<'_>], out: &mut [[f32; ROWS]]) {
     match acts.len() {
         1 => tile_rows_n::<1>(format, tiles, acts, out),
@@ -35,13 +35,7 @@ pub(super) unsafe fn tile_rows(format: Format, tiles: &[u8], acts: &[Row<'_>], o
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn tile_rows_n<const C: usize>(format: Format, tiles: &[u8], acts: &[Row<'_>], out: &mut [[f32; ROWS]]) {
     let blocks = tiles.len() / format.tile_bytes();
-    let values = blocks * format.values();
     let acts: &[Row<'_>; C] = acts.try_into().expect("C activation rows");
-    for act in acts {
-        assert!(act.q.len() >= values && act.d.len() >= blocks && act.sums.len() >= values / 16);
-        assert!(format != Format::Q4K || act.pair_sums.len() >= values / 64);
-        assert!(format != Format::Q6K || act.pair_sums16.len() >= values / 32);
-    }
     let t = tiles.as_ptr();
     let acc = match format {
         Format::Q4K => q4k_rows(t, blocks, acts),
