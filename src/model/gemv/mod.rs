@@ -388,8 +388,7 @@ fn as_rows(out: &mut [f32]) -> &mut [[f32; ROWS]] {
 }
 
 /// One activation row: 8-bit values, a scale per tile's worth of values (256 or 32) and the
-/// sum of each 16 values. The pair sums serve the SIMD kernels only (none in the browser).
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+/// sum of each 16 values.
 struct Row<'a> {
     q: &'a [i8],
     d: &'a [f32],
