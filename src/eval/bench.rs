@@ -131,14 +131,15 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         true => None,
         false => {
             eprintln!("measuring llama.cpp ({repeats} runs)…");
-            Some(bench_llama_cpp(&path, threads, prompt_tokens, gen_tokens, repeats, None)?.0)
+            Some(bench_llama_cpp(&path, threads, prompt_tokens, gen_tokens, repeats, LlamaCppBuild::Cpu)?.0)
         }
     };
     let (llama_cpp_vulkan, llama_cpp_vulkan_device) = match args.no_llama_cpp || !args.gpu {
         true => (None, None),
         false => {
             eprintln!("measuring llama.cpp's Vulkan build ({repeats} runs)…");
-            let (speed, device) = bench_llama_cpp(&path, threads, prompt_tokens, gen_tokens, repeats, Some("vulkan"))?;
+            let build = LlamaCppBuild::Vulkan { device: gpu_adapter.as_deref() };
+            let (speed, device) = bench_llama_cpp(&path, threads, prompt_tokens, gen_tokens, repeats, build)?;
             (Some(speed), Some(device))
         }
     };
@@ -311,23 +312,50 @@ fn llama_cpp_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/llamacpp")
 }
 
-/// Runs tests/llamacpp/bench.mjs (installing its npm packages on first use): llama.cpp's CPU
-/// build, or with `gpu` its Vulkan (or CUDA) build with every layer on the GPU. The speed, and
-/// the device it ran on.
-pub fn bench_llama_cpp(path: &Path, threads: usize, prompt_tokens: usize, gen_tokens: usize, repeats: usize, gpu: Option<&str>) -> Result<(Speed, String)> {
+/// Our adapter's index among the Vulkan devices, for `GGML_VK_VISIBLE_DEVICES`: wgpu and
+/// llama.cpp both list them in the driver's order. llama.cpp's Vulkan build skips CPU-type
+/// devices such as lavapipe unless that variable names them, and then runs on the CPU.
+fn vulkan_index(adapter: &str) -> Option<usize> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+    adapters.iter().position(|a| a.get_info().name == adapter)
+}
+
+/// Which of llama.cpp's prebuilt builds tests/llamacpp/bench.mjs runs.
+pub enum LlamaCppBuild<'a> {
+    Cpu,
+    /// The Vulkan build with every layer on the GPU: on `device` (an adapter name) where given,
+    /// else on the device llama.cpp picks.
+    Vulkan { device: Option<&'a str> },
+}
+
+/// Runs tests/llamacpp/bench.mjs (installing its npm packages on first use) with `build`;
+/// bench.mjs refuses to report a Vulkan run that is not on the named device. The speed, and the
+/// device it ran on.
+pub fn bench_llama_cpp(path: &Path, threads: usize, prompt_tokens: usize, gen_tokens: usize, repeats: usize, build: LlamaCppBuild) -> Result<(Speed, String)> {
     let dir = llama_cpp_dir();
     if !dir.join("node_modules/node-llama-cpp").is_dir() {
         eprintln!("installing node-llama-cpp into {} …", dir.display());
         run_checked(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir), "npm ci")?;
     }
-    let output = Command::new("node")
-        .arg(dir.join("bench.mjs"))
+    let mut node = Command::new("node");
+    node.arg(dir.join("bench.mjs"));
+    match build {
+        LlamaCppBuild::Cpu => node.args(["--gpu", "none"]),
+        LlamaCppBuild::Vulkan { device: None } => node.args(["--gpu", "vulkan"]),
+        LlamaCppBuild::Vulkan { device: Some(device) } => {
+            if let (Some(index), None) = (vulkan_index(device), std::env::var_os("GGML_VK_VISIBLE_DEVICES")) {
+                node.env("GGML_VK_VISIBLE_DEVICES", index.to_string());
+            }
+            node.args(["--gpu", "vulkan", "--expect-device", device])
+        }
+    };
+    let output = node
         .args(["--model".as_ref(), path.as_os_str()])
         .args(["--threads", &threads.to_string()])
         .args(["--prompt-tokens", &prompt_tokens.to_string()])
         .args(["--gen-tokens", &gen_tokens.to_string()])
         .args(["--repeats", &repeats.to_string()])
-        .args(["--gpu", gpu.unwrap_or("none")])
         .output()
         .map_err(|e| Error::InvalidInput(format!("cannot run node ({e}); install Node.js 18+ to measure llama.cpp")))?;
     if !output.status.success() {

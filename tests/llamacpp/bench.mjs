@@ -1,7 +1,15 @@
 // llama.cpp speed reference (node-llama-cpp, prebuilt CPU binary; with --gpu vulkan its prebuilt
 // Vulkan binary with every layer on the GPU).
 //
-//   node bench.mjs --model PATH.gguf --threads N [--prompt-tokens 256] [--gen-tokens 64] [--repeats 3] [--gpu vulkan]
+//   node bench.mjs --model PATH.gguf --threads N [--prompt-tokens 256] [--gen-tokens 64] [--repeats 3]
+//                  [--gpu vulkan [--expect-device NAME]]
+//
+// llama.cpp's Vulkan build skips CPU-type devices (lavapipe, SwiftShader) unless
+// GGML_VK_VISIBLE_DEVICES names them, and then runs every layer on the CPU without an error:
+// a figure from such a run is no GPU anchor. So with --gpu vulkan this refuses to report unless
+// llama.cpp named the Vulkan device it uses (and, with --expect-device, that it is NAME) and
+// put every layer on it. `hybrid bench decode --gpu` sets GGML_VK_VISIBLE_DEVICES to its own
+// adapter's index and passes that adapter's name.
 //
 // Each repeat uses a fresh context/sequence: the prompt (real English text, tokenized and
 // repeated/cut to exactly --prompt-tokens ids, no BOS) is evaluated in ONE batch (batchSize >=
@@ -12,9 +20,9 @@
 // per-repeat figures and llama.cpp's own log lines go to stderr.
 // Install first: `npm ci --no-audit --no-fund` (postinstall is skipped via package.json config;
 // NODE_LLAMA_CPP_SKIP_DOWNLOAD=true also works) — nothing is downloaded or built.
-import { parseArgs, die, loadLlama, describeLlama, nodeLlamaCppVersion, vulkanDevices } from "./common.mjs";
+import { parseArgs, die, loadLlama, describeLlama, nodeLlamaCppVersion } from "./common.mjs";
 
-const args = parseArgs(["model", "threads"], { "prompt-tokens": "256", "gen-tokens": "64", repeats: "3", gpu: "none" });
+const args = parseArgs(["model", "threads"], { "prompt-tokens": "256", "gen-tokens": "64", repeats: "3", gpu: "none", "expect-device": "" });
 if (!["none", "vulkan", "cuda"].includes(args.gpu)) die(`--gpu takes none, vulkan or cuda, not ${args.gpu}`);
 const gpu = args.gpu === "none" ? false : args.gpu;
 const threads = Number(args.threads);
@@ -39,6 +47,19 @@ process.stderr.write(`${describeLlama(llama)}\n`);
 // getLlama falls back to the CPU when the GPU build cannot load: that is no GPU anchor.
 if (gpu && llama.gpu !== gpu) die(`llama.cpp's ${gpu} build did not load (it runs on ${llama.gpu || "the CPU"})`);
 const model = await llama.loadModel({ modelPath: args.model, gpuLayers: gpu ? "max" : 0 });
+const gpuDevices = gpu ? await llama.getGpuDeviceNames() : [];
+if (gpu === "vulkan") {
+    if (gpuDevices.length === 0) {
+        die("llama.cpp's Vulkan build uses no Vulkan device and would run on the CPU: it skips CPU-type adapters " +
+            "(lavapipe, SwiftShader) unless GGML_VK_VISIBLE_DEVICES names them (e.g. GGML_VK_VISIBLE_DEVICES=0)");
+    }
+    const expected = args["expect-device"];
+    if (expected && !gpuDevices.includes(expected)) {
+        die(`llama.cpp's Vulkan build runs on ${gpuDevices.join(", ")}, not on ${expected}: set GGML_VK_VISIBLE_DEVICES to that device's index`);
+    }
+}
+const layers = model.fileInsights.totalLayers;
+if (gpu && model.gpuLayers < layers) die(`llama.cpp put ${model.gpuLayers} of ${layers} layers on the GPU: no GPU anchor`);
 
 const textIds = Array.from(model.tokenize(TEXT, false));
 const promptIds = Array.from({ length: promptTokens }, (_, i) => textIds[i % textIds.length]);
@@ -67,7 +88,7 @@ const r = llama.llamaCppRelease;
 console.log(JSON.stringify({
     engine: "llama.cpp",
     version: `node-llama-cpp ${nodeLlamaCppVersion()} (${llama.buildType} ${r.repo}@${r.release}, ${gpu || "cpu"})`,
-    device: gpu ? (vulkanDevices.join("; ") || (await llama.getGpuDeviceNames()).join(", ") || "Vulkan device 0") : "cpu",
+    device: gpu ? gpuDevices.join(", ") : "cpu",
     model: args.model,
     threads,
     prompt_tokens: promptTokens,

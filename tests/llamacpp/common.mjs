@@ -25,7 +25,8 @@ export function die(msg) {
 
 /** A llama instance from the prebuilt binaries: the CPU build by default, or `gpu: "vulkan"` for
  * the prebuilt Vulkan build (`@node-llama-cpp/linux-x64-vulkan`, the GPU anchor; on lavapipe
- * where there is no GPU). All llama.cpp logging goes to stderr. */
+ * where there is no GPU; `getGpuDeviceNames()` says which devices it uses). llama.cpp's warnings and errors go
+ * to stderr. */
 export async function loadLlama(gpu = false) {
     return await getLlama({
         gpu,
@@ -33,18 +34,10 @@ export async function loadLlama(gpu = false) {
         skipDownload: true,
         usePrebuiltBinaries: true,
         progressLogs: false,
-        // The Vulkan backend names its device only in an info line (`ggml_vulkan: 0 = NAME ...`).
-        logLevel: gpu ? LlamaLogLevel.info : LlamaLogLevel.error,
-        logger: (level, message) => {
-            const device = /ggml_vulkan: \d+ = (.*)/.exec(message);
-            if (device) vulkanDevices.push(device[1].trim());
-            if (!gpu || level === "error" || level === "warn" || device) process.stderr.write(`[llama.cpp ${level}] ${message}\n`);
-        },
+        logLevel: LlamaLogLevel.warn,
+        logger: (level, message) => process.stderr.write(`[llama.cpp ${level}] ${message}\n`),
     });
 }
-
-/** The Vulkan devices llama.cpp reported while loading, with its feature summary. */
-export const vulkanDevices = [];
 
 export function describeLlama(llama) {
     const r = llama.llamaCppRelease;
