@@ -23,6 +23,9 @@ pub enum GpuChoice {
     Auto,
     /// The GPU whenever it can take the model, a software adapter too.
     Force,
+    /// As `Auto`, but times both backends on a software adapter too (to check the choice where
+    /// only a software adapter exists, as in headless browsers).
+    Calibrate,
 }
 
 impl std::str::FromStr for GpuChoice {
@@ -32,7 +35,8 @@ impl std::str::FromStr for GpuChoice {
             "off" => Ok(Self::Off),
             "auto" => Ok(Self::Auto),
             "force" => Ok(Self::Force),
-            other => Err(Error::InvalidInput(format!("gpu is auto, force or off, not `{other}`"))),
+            "calibrate" => Ok(Self::Calibrate),
+            other => Err(Error::InvalidInput(format!("gpu is auto, force, calibrate or off, not `{other}`"))),
         }
     }
 }
@@ -96,7 +100,7 @@ impl SmallModel {
                 };
                 cpu(&gguf, format!("the only GPU adapter{name} is a software renderer, slower than the CPU path (gpu=force uses it anyway)"))
             }
-            (GpuChoice::Auto, gpu @ Some(_)) => Self::load_calibrated(gguf, content, gpu).await,
+            (GpuChoice::Auto | GpuChoice::Calibrate, gpu @ Some(_)) => Self::load_calibrated(gguf, content, gpu).await,
             (_, gpu) => Self::load(gguf, content, gpu).await,
         }
     }

@@ -116,7 +116,8 @@ impl Engine {
 
     /// Like the constructor, with `gpu` choosing the backend (`info()` says which and why):
     /// "auto" WebGPU when the adapter is hardware and a few timed decode steps find it faster
-    /// than the CPU, "force" WebGPU whenever an adapter takes the model, "off" the CPU.
+    /// than the CPU, "calibrate" the same timing on a software adapter too, "force" WebGPU
+    /// whenever an adapter takes the model, "off" the CPU.
     pub async fn load(gguf_bytes: Vec<u8>, reward_head: Option<Vec<u8>>, gpu: String) -> std::result::Result<Engine, JsError> {
         let choice: GpuChoice = gpu.parse()?;
         let adapter = match choice {

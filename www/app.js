@@ -357,13 +357,15 @@ async function loadEngine() {
   setState('ready');
 }
 
-// The engine's `gpu` (auto | force | off): off when unticked, else the page's ?gpu=, else
+// The engine's `gpu` (auto | force | calibrate | off): off when unticked, else the page's ?gpu=, else
 // what calibration found on an earlier load of this model in this browser, else auto (a
 // software adapter is left for the CPU; on a hardware one a few timed steps on each pick).
 function gpuChoice() {
   if (!controls.gpu) return { gpu: 'off', why: 'WebGPU is switched off' };
   const asked = new URLSearchParams(location.search).get('gpu');
   if (asked === 'force' || asked === 'off') return { gpu: asked, why: `?gpu=${asked}` };
+  // Times both backends even on a software adapter (not cached: it is asked for each load).
+  if (asked === 'calibrate') return { gpu: asked };
   const cached = load(`backend:${config.model.sha256}`, null);
   if (cached) return { gpu: cached.backend === 'webgpu' ? 'force' : 'off', why: cached.why };
   return { gpu: 'auto' };

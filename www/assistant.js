@@ -5,6 +5,7 @@
 //     model: {name, url, sha256, bytes}, rewardHead: {name, url, sha256, bytes} | null,
 //     cloud: {url, apiKey, model, timeoutMs},
 //     gpu: 'auto',   // 'auto': WebGPU on a hardware adapter when timed faster than the CPU;
+//                    // 'calibrate': the same timing on a software adapter too;
 //                    // 'force': WebGPU whenever an adapter takes the model; 'off': the CPU
 //     onProgress: ({file, loaded, total, fromCache}) => {} });
 //   assistant.info.backend: 'webgpu' | 'cpu' (info.cpuReason says why, info.calibration has

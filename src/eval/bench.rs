@@ -68,6 +68,12 @@ struct Report {
     llama_cpp_vulkan_device: Option<String>,
     gpu_prefill_vs_llamacpp_vulkan: Option<f64>,
     gpu_decode_vs_llamacpp_vulkan: Option<f64>,
+    /// llama.cpp's CUDA build (with --gpu, where its prebuilt binary loads: an NVIDIA GPU and
+    /// its driver), else why it did not run.
+    llama_cpp_cuda: Option<Speed>,
+    llama_cpp_cuda_skipped: Option<String>,
+    gpu_prefill_vs_llamacpp_cuda: Option<f64>,
+    gpu_decode_vs_llamacpp_cuda: Option<f64>,
     /// With --profile: per kernel kind, a decode step's and a prefill chunk's time.
     gpu_profile: Option<GpuProfile>,
 }
@@ -143,6 +149,16 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
             (Some(speed), Some(device))
         }
     };
+    let (llama_cpp_cuda, llama_cpp_cuda_skipped) = match args.no_llama_cpp || !args.gpu {
+        true => (None, None),
+        false => {
+            eprintln!("measuring llama.cpp's CUDA build where it loads ({repeats} runs)…");
+            match bench_llama_cpp(&path, threads, prompt_tokens, gen_tokens, repeats, LlamaCppBuild::Cuda) {
+                Ok((speed, _)) => (Some(speed), None),
+                Err(e) => (None, Some(e.to_string())),
+            }
+        }
+    };
     let ratio = |a: Option<&Speed>, b: Option<&Speed>, f: fn(&Speed) -> f64| a.zip(b).map(|(a, b)| round2(f(a) / f(b)));
     type Metric = fn(&Speed) -> f64;
     let (prefill, decode): (Metric, Metric) = (|s| s.prefill_tok_s, |s| s.decode_tok_s);
@@ -157,6 +173,10 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         decode_vs_llama_cpp: ratio(ours.as_ref(), llama_cpp.as_ref(), decode),
         gpu_prefill_vs_llamacpp_vulkan: ratio(gpu.as_ref(), llama_cpp_vulkan.as_ref(), prefill),
         gpu_decode_vs_llamacpp_vulkan: ratio(gpu.as_ref(), llama_cpp_vulkan.as_ref(), decode),
+        gpu_prefill_vs_llamacpp_cuda: ratio(gpu.as_ref(), llama_cpp_cuda.as_ref(), prefill),
+        gpu_decode_vs_llamacpp_cuda: ratio(gpu.as_ref(), llama_cpp_cuda.as_ref(), decode),
+        llama_cpp_cuda,
+        llama_cpp_cuda_skipped,
         gpu,
         gpu_adapter,
         ours,
@@ -194,6 +214,13 @@ pub fn bench_decode(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         row("llama.cpp Vulkan", s, &format!("   on {device}"));
     }
     ratios("GPU/llama.cpp Vulkan", report.gpu_prefill_vs_llamacpp_vulkan, report.gpu_decode_vs_llamacpp_vulkan);
+    if let Some(s) = &report.llama_cpp_cuda {
+        row("llama.cpp CUDA", s, "");
+    }
+    ratios("GPU/llama.cpp CUDA", report.gpu_prefill_vs_llamacpp_cuda, report.gpu_decode_vs_llamacpp_cuda);
+    if let Some(why) = &report.llama_cpp_cuda_skipped {
+        println!("{:<22}   did not run: {why}", "llama.cpp CUDA");
+    }
     if let Some(profile) = &report.gpu_profile {
         print_profile(&format!("a decode step (timed by {}; the whole step, wall clock: {:.1} ms)", profile.timer, profile.decode_wall_ms), &profile.decode);
         print_profile(&format!("a {}-token prefill chunk (timed by {})", profile.prefill_tokens, profile.timer), &profile.prefill);
@@ -326,7 +353,11 @@ pub enum LlamaCppBuild<'a> {
     Cpu,
     /// The Vulkan build with every layer on the GPU: on `device` (an adapter name) where given,
     /// else on the device llama.cpp picks.
-    Vulkan { device: Option<&'a str> },
+    Vulkan {
+        device: Option<&'a str>,
+    },
+    /// The CUDA build with every layer on the GPU (an NVIDIA GPU with its driver).
+    Cuda,
 }
 
 /// Runs tests/llamacpp/bench.mjs (installing its npm packages on first use) with `build`;
@@ -343,6 +374,7 @@ pub fn bench_llama_cpp(path: &Path, threads: usize, prompt_tokens: usize, gen_to
     match build {
         LlamaCppBuild::Cpu => node.args(["--gpu", "none"]),
         LlamaCppBuild::Vulkan { device: None } => node.args(["--gpu", "vulkan"]),
+        LlamaCppBuild::Cuda => node.args(["--gpu", "cuda"]),
         LlamaCppBuild::Vulkan { device: Some(device) } => {
             if let (Some(index), None) = (vulkan_index(device), std::env::var_os("GGML_VK_VISIBLE_DEVICES")) {
                 node.env("GGML_VK_VISIBLE_DEVICES", index.to_string());

@@ -1,6 +1,7 @@
 //! `hybrid bench browser`: prefill and decode speed of our engine in headless Chromium (the
-//! wasm build in pkg/, CPU path) against wllama (llama.cpp compiled to wasm, one thread, no
-//! GPU) on the same GGUF and prompt in the same tab, with ratios. The page and its runner are
+//! wasm build in pkg/, CPU path; with `--webgpu` also its WebGPU path) against wllama (llama.cpp
+//! compiled to wasm, one thread; with `--webgpu` also on llama.cpp's WebGPU backend) on the same
+//! GGUF and prompt in the same tab, with ratios. The page and its runner are
 //! tests/e2e/bench/ and tests/e2e/bench-browser.mjs.
 use super::bench::MeasureArgs;
 use super::{resolve_model, round2};
@@ -33,12 +34,21 @@ enum GpuResult {
     Refused { error: Option<String> },
 }
 
+/// wllama on its WebGPU backend, or why it did not run there.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum WllamaGpu {
+    Ran { prefill_tok_s: f64, decode_tok_s: f64, offload: String },
+    Failed { error: String },
+}
+
 /// What the page reports.
 #[derive(Debug, Deserialize)]
 struct PageResult {
     ours: Speed,
     webgpu: Option<GpuResult>,
     wllama: Speed,
+    wllama_webgpu: Option<WllamaGpu>,
     webgpu_adapter: bool,
     browser: String,
 }
@@ -55,18 +65,20 @@ struct Report {
     webgpu: Option<GpuResult>,
     webgpu_adapter: bool,
     wllama: Speed,
+    /// wllama on WebGPU, the same adapter (null unless --webgpu).
+    wllama_webgpu: Option<WllamaGpu>,
     cpu_prefill_vs_wllama: f64,
     cpu_decode_vs_wllama: f64,
     webgpu_decode_vs_wllama: Option<f64>,
+    webgpu_prefill_vs_wllama_webgpu: Option<f64>,
+    webgpu_decode_vs_wllama_webgpu: Option<f64>,
+    /// Our WebGPU decode against our own wasm CPU path in the same tab.
+    webgpu_decode_vs_wasm_cpu: Option<f64>,
 }
 
 pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    anyhow::ensure!(
-        root.join("pkg/hybrid_assistant_bg.wasm").is_file(),
-        "no wasm build in {}: build it with `make pkg`",
-        root.join("pkg").display()
-    );
+    anyhow::ensure!(root.join("pkg/hybrid_assistant_bg.wasm").is_file(), "no wasm build in {}: build it with `make pkg`", root.join("pkg").display());
     let e2e = root.join("tests/e2e");
     if !e2e.join("node_modules/@wllama/wllama").is_dir() || !e2e.join("node_modules/playwright-core").is_dir() {
         eprintln!("installing the benchmark's npm packages into {} …", e2e.display());
@@ -74,7 +86,8 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "npm ci failed in {}", e2e.display());
     }
     let path = resolve_model(&args.model)?;
-    eprintln!("measuring in headless chromium: ours (wasm CPU) and wllama (1 thread), best of {} …", args.measure.repeats);
+    let on = if args.webgpu { " and on WebGPU" } else { "" };
+    eprintln!("measuring in headless chromium: ours (wasm CPU) and wllama (1 thread){on}, best of {} …", args.measure.repeats);
     let output = Command::new("node")
         .arg(e2e.join("bench-browser.mjs"))
         .args(["--model".as_ref(), path.as_os_str()])
@@ -88,10 +101,15 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
     let line = stdout.lines().rev().find(|l| l.starts_with('{'));
     let page: PageResult = match (output.status.success(), line) {
         (true, Some(line)) => serde_json::from_str(line).with_context(|| format!("unexpected benchmark output `{line}`"))?,
-        _ => anyhow::bail!(
-            "the browser benchmark failed: {}",
-            String::from_utf8_lossy(&output.stderr).lines().rev().take(6).collect::<Vec<_>>().join(" | ")
-        ),
+        _ => anyhow::bail!("the browser benchmark failed: {}", String::from_utf8_lossy(&output.stderr).lines().rev().take(6).collect::<Vec<_>>().join(" | ")),
+    };
+    let ours_gpu = match &page.webgpu {
+        Some(GpuResult::Ran { prefill_tok_s, decode_tok_s, .. }) => Some((*prefill_tok_s, *decode_tok_s)),
+        _ => None,
+    };
+    let wllama_gpu = match &page.wllama_webgpu {
+        Some(WllamaGpu::Ran { prefill_tok_s, decode_tok_s, .. }) => Some((*prefill_tok_s, *decode_tok_s)),
+        _ => None,
     };
     let report = Report {
         model: args.model.clone(),
@@ -101,14 +119,15 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
         repeats: args.measure.repeats,
         cpu_prefill_vs_wllama: round2(page.ours.prefill_tok_s / page.wllama.prefill_tok_s),
         cpu_decode_vs_wllama: round2(page.ours.decode_tok_s / page.wllama.decode_tok_s),
-        webgpu_decode_vs_wllama: match &page.webgpu {
-            Some(GpuResult::Ran { decode_tok_s, .. }) => Some(round2(decode_tok_s / page.wllama.decode_tok_s)),
-            _ => None,
-        },
+        webgpu_decode_vs_wllama: ours_gpu.map(|(_, decode)| round2(decode / page.wllama.decode_tok_s)),
+        webgpu_prefill_vs_wllama_webgpu: ours_gpu.zip(wllama_gpu).map(|((p, _), (wp, _))| round2(p / wp)),
+        webgpu_decode_vs_wllama_webgpu: ours_gpu.zip(wllama_gpu).map(|((_, d), (_, wd))| round2(d / wd)),
+        webgpu_decode_vs_wasm_cpu: ours_gpu.map(|(_, decode)| round2(decode / page.ours.decode_tok_s)),
         cpu: page.ours,
         webgpu: page.webgpu,
         webgpu_adapter: page.webgpu_adapter,
         wllama: page.wllama,
+        wllama_webgpu: page.wllama_webgpu,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -122,12 +141,31 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
     println!("{:<22}{:>16.1}{:>16.1}", "ours, wasm CPU", report.cpu.prefill_tok_s, report.cpu.decode_tok_s);
     match &report.webgpu {
         Some(GpuResult::Ran { prefill_tok_s, decode_tok_s, adapter }) => {
-            println!("{:<22}{:>16.1}{:>16.1}   on {}", "ours, WebGPU", prefill_tok_s, decode_tok_s, adapter.as_deref().filter(|a| !a.is_empty()).unwrap_or("an unnamed adapter"))
+            println!(
+                "{:<22}{:>16.1}{:>16.1}   on {}",
+                "ours, WebGPU",
+                prefill_tok_s,
+                decode_tok_s,
+                adapter.as_deref().filter(|a| !a.is_empty()).unwrap_or("an unnamed adapter")
+            )
         }
         Some(GpuResult::Refused { error }) => println!("{:<22}   did not run: {}", "ours, WebGPU", error.as_deref().unwrap_or("no adapter")),
         None => println!("{:<22}   not measured (--webgpu)", "ours, WebGPU"),
     }
     println!("{:<22}{:>16.1}{:>16.1}", "wllama, 1 thread", report.wllama.prefill_tok_s, report.wllama.decode_tok_s);
+    match &report.wllama_webgpu {
+        Some(WllamaGpu::Ran { prefill_tok_s, decode_tok_s, offload }) => {
+            println!("{:<22}{prefill_tok_s:>16.1}{decode_tok_s:>16.1}   ({offload})", "wllama, WebGPU")
+        }
+        Some(WllamaGpu::Failed { error }) => println!("{:<22}   did not run: {error}", "wllama, WebGPU"),
+        None => {}
+    }
     println!("{:<22}{:>15.2}x{:>15.2}x", "wasm CPU / wllama", report.cpu_prefill_vs_wllama, report.cpu_decode_vs_wllama);
+    if let (Some(p), Some(d)) = (report.webgpu_prefill_vs_wllama_webgpu, report.webgpu_decode_vs_wllama_webgpu) {
+        println!("{:<22}{p:>15.2}x{d:>15.2}x", "WebGPU / wllama WebGPU");
+    }
+    if let Some(d) = report.webgpu_decode_vs_wasm_cpu {
+        println!("{:<22}{:>16}{d:>15.2}x", "WebGPU / wasm CPU", "");
+    }
     Ok(())
 }

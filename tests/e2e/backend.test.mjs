@@ -1,6 +1,7 @@
 // The web app's choice of backend in chromium with WebGPU on (`--enable-unsafe-webgpu`; without
 // a GPU its adapter is SwiftShader, a software renderer): by default the model runs on the CPU
-// and the header (#backend) says so and why; `?gpu=force` puts it on the software adapter.
+// and the header (#backend) says so and why; `?gpu=calibrate` times both backends there and
+// picks the CPU; `?gpu=force` puts it on the software adapter.
 //
 //   node tests/e2e/backend.test.mjs      (make test-e2e; needs `make pkg` and a built hybrid)
 import { mkdirSync } from 'node:fs';
@@ -34,6 +35,13 @@ async function main() {
     assert.equal(auto.backend, 'cpu', `a software adapter is not used by default: ${auto.text}`);
     assert.match(auto.text, /CPU · wasm SIMD \(.*software renderer/, 'the header says the CPU and why');
     console.log(`ok auto on "${adapter}": ${auto.text}`);
+
+    // Calibration on the same adapter (auto skips it on a software one): a few timed decode
+    // steps on each backend pick the CPU, and the header gives both speeds.
+    const calibrated = await backendAfterLoad(page, `${server.url}?gpu=calibrate`);
+    assert.equal(calibrated.backend, 'cpu', `calibration on SwiftShader picks the CPU: ${calibrated.text}`);
+    assert.match(calibrated.text, /CPU · wasm SIMD \(measured faster here: CPU [\d.]+ tok\/s, WebGPU [\d.]+ tok\/s\)/);
+    console.log(`ok calibrate: ${calibrated.text}`);
 
     const forced = await backendAfterLoad(page, `${server.url}?gpu=force`);
     assert.equal(forced.backend, 'webgpu', `?gpu=force runs on the software adapter: ${forced.text}`);

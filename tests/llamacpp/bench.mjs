@@ -42,7 +42,7 @@ Language models running on ordinary laptops are a good example: most of their ti
 large matrices of quantized weights, so the speed of a token depends on memory bandwidth as much as on
 arithmetic throughput.`;
 
-const llama = await loadLlama(gpu);
+const llama = await loadLlama(gpu).catch((e) => die(`llama.cpp's ${gpu || "CPU"} build does not load here: ${String(e.message).split("\n")[0]}`));
 process.stderr.write(`${describeLlama(llama)}\n`);
 // getLlama falls back to the CPU when the GPU build cannot load: that is no GPU anchor.
 if (gpu && llama.gpu !== gpu) die(`llama.cpp's ${gpu} build did not load (it runs on ${llama.gpu || "the CPU"})`);

@@ -1,5 +1,6 @@
-// `hybrid bench browser`'s page: our engine (the wasm build in pkg/, on the CPU) and wllama
-// (llama.cpp in wasm, one thread, no GPU) on the same GGUF and prompt, in the same tab.
+// `hybrid bench browser`'s page: our engine (the wasm build in pkg/, on the CPU, and with
+// `webgpu` on WebGPU) and wllama (llama.cpp in wasm, one thread; with `webgpu` also on its WebGPU
+// backend) on the same GGUF and prompt, in the same tab.
 import init, { Engine } from '/pkg/hybrid_assistant.js';
 import { Wllama } from '/wllama/esm/index.js';
 
@@ -27,22 +28,43 @@ window.runBench = async ({ modelUrl, promptTokens, genTokens, repeats, webgpu })
     log(`ours (WebGPU): ${JSON.stringify(gpu)}`);
   }
 
-  const wllama = new Wllama({ default: '/wllama/esm/wasm/wllama.wasm' }, { suppressNativeLog: true });
-  await wllama.loadModel([new Blob([bytes])], { n_threads: 1, n_gpu_layers: 0, n_ctx: 2048, n_batch: 512, seed: 1 });
-  const anchor = { prefill_tok_s: 0, decode_tok_s: 0, prompt_tokens: 0 };
-  for (let i = 0; i < Math.max(1, repeats); i++) {
-    const r = await wllama.createCompletion({
-      prompt: ours.prompt_text, max_tokens: genTokens, temperature: 0, cache_prompt: false, ignore_eos: true,
-    });
-    const t = r.timings;
-    anchor.prefill_tok_s = Math.max(anchor.prefill_tok_s, t.prompt_per_second);
-    anchor.decode_tok_s = Math.max(anchor.decode_tok_s, t.predicted_per_second);
-    anchor.prompt_tokens = t.prompt_n;
-    anchor.decoded_tokens = t.predicted_n;
-  }
-  await wllama.exit();
-  log(`wllama (1 thread): ${JSON.stringify(anchor)}`);
+  const wllama = await measureWllama(bytes, ours.prompt_text, genTokens, repeats, 0);
+  log(`wllama (1 thread): ${JSON.stringify(wllama)}`);
+  // wllama's WebGPU backend (llama.cpp's ggml-webgpu) on the same adapter: the GPU anchor.
+  const wllamaGpu = webgpu ? await measureWllama(bytes, ours.prompt_text, genTokens, repeats, 999).catch((e) => ({ error: String(e) })) : null;
+  if (wllamaGpu) log(`wllama (WebGPU): ${JSON.stringify(wllamaGpu)}`);
   const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
-  return { ours: { ...ours, prompt_text: undefined }, webgpu: gpu, wllama: anchor, webgpu_adapter: Boolean(adapter) };
+  return { ours: { ...ours, prompt_text: undefined }, webgpu: gpu, wllama, wllama_webgpu: wllamaGpu, webgpu_adapter: Boolean(adapter) };
 };
+
+/** wllama's best prefill and decode of `prompt` over `repeats` runs, one thread, `gpuLayers`
+ * layers on WebGPU. A GPU run must say (in llama.cpp's load log) that it put every layer on the
+ * GPU: llama.cpp falls back to the CPU without an error where it finds no usable adapter. */
+async function measureWllama(bytes, prompt, genTokens, repeats, gpuLayers) {
+  const lines = [];
+  const keep = (...a) => lines.push(a.join(' '));
+  const wllama = new Wllama({ default: '/wllama/esm/wasm/wllama.wasm' }, { logger: { debug: keep, log: keep, warn: keep, error: keep } });
+  try {
+    await wllama.loadModel([new Blob([bytes])], { n_threads: 1, n_gpu_layers: gpuLayers, n_ctx: 2048, n_batch: 512, seed: 1 });
+    const result = { prefill_tok_s: 0, decode_tok_s: 0, prompt_tokens: 0 };
+    if (gpuLayers > 0) {
+      const offload = lines.map((l) => /offloaded (\d+)\/(\d+) layers to GPU/.exec(l)).find(Boolean);
+      const gpuLines = lines.filter((l) => /gpu|adapter/i.test(l)).slice(0, 8).join(' / ');
+      if (!offload || offload[1] !== offload[2]) throw new Error(`wllama did not put every layer on WebGPU: ${offload ? offload[0] : 'no offload line in its log'} (${gpuLines})`);
+      result.offload = offload[0];
+      result.log = gpuLines;
+    }
+    for (let i = 0; i < Math.max(1, repeats); i++) {
+      const r = await wllama.createCompletion({ prompt, max_tokens: genTokens, temperature: 0, cache_prompt: false, ignore_eos: true });
+      const t = r.timings;
+      result.prefill_tok_s = Math.max(result.prefill_tok_s, t.prompt_per_second);
+      result.decode_tok_s = Math.max(result.decode_tok_s, t.predicted_per_second);
+      result.prompt_tokens = t.prompt_n;
+      result.decoded_tokens = t.predicted_n;
+    }
+    return result;
+  } finally {
+    await wllama.exit();
+  }
+}
 log('ready');
