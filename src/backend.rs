@@ -174,6 +174,24 @@ impl SmallModel {
         self.cpu_reason.as_deref()
     }
 
+    /// On the GPU: each kernel's time in a step of `tokens` after what is cached (see
+    /// [`GpuDecoder::profile`]); `None` on the CPU.
+    pub async fn gpu_profile(&mut self, tokens: &[u32]) -> Option<Result<Vec<(String, u64, u64, f64)>>> {
+        match &mut self.backend {
+            Backend::Gpu(g) => Some(g.profile(tokens).await),
+            Backend::Cpu(_) => None,
+        }
+    }
+
+    /// How [`SmallModel::gpu_profile`] times kernels: "timestamp queries" on the device, or
+    /// "cpu" (each dispatch waited for).
+    pub fn gpu_timer(&self) -> &'static str {
+        match &self.backend {
+            Backend::Gpu(g) if g.has_timestamps() => "timestamp queries",
+            _ => "cpu",
+        }
+    }
+
     /// Makes the GPU fail as a lost device does (for tests of the fallback).
     pub fn lose_gpu(&self) {
         if let Backend::Gpu(g) = &self.backend {

@@ -8,7 +8,7 @@
 //! ever sees bytes and JSON, so its interface is small and the worker is its only caller.
 use crate::backend::{GpuChoice, SmallModel};
 use crate::cloud::{Completion, CompletionRequest};
-use crate::generate::{CloudTransport, HybridConfig, HybridLoop, LoopEvent};
+use crate::generate::{CloudTransport, HybridConfig, HybridLoop, LoopEvent, Slm};
 use crate::gpu::Gpu;
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::decoder::Decoder;
@@ -187,6 +187,29 @@ impl Engine {
                 })
                 .to_string(),
             ))
+        })
+    }
+
+    /// Where a WebGPU decode step's time goes (`hybrid bench browser --webgpu --profile`): a
+    /// `prompt_tokens`-token prompt is prefilled, then one step is run kernel by kernel
+    /// (timestamp queries where the adapter has them, else each dispatch waited for). Resolves
+    /// to JSON `{timer, kernels: [[kind, seconds], ...]}` in dispatch order; rejects on the CPU.
+    pub fn profile(&self, prompt_tokens: usize) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut loaded = inner.try_borrow_mut().map_err(|_| JsError::new("a generation is running on this engine: profile it when idle"))?;
+            let loaded = &mut *loaded;
+            let prompt = speed::bench_prompt(&loaded.tokenizer, prompt_tokens + 1).map_err(to_js)?;
+            let (last, cached) = prompt.split_last().ok_or_else(|| JsError::new("profile needs a prompt"))?;
+            loaded.slm.reset();
+            loaded.slm.forward(cached).await.map_err(to_js)?;
+            let timer = loaded.slm.gpu_timer();
+            let Some(times) = loaded.slm.gpu_profile(&[*last]).await else {
+                return Err(JsError::new("the model runs on the CPU: nothing to profile on WebGPU").into());
+            };
+            let kernels: Vec<(String, f64)> = times.map_err(to_js)?.into_iter().map(|(kind, _, _, seconds)| (kind, seconds)).collect();
+            loaded.slm.reset();
+            Ok(JsValue::from_str(&serde_json::json!({ "timer": timer, "kernels": kernels }).to_string()))
         })
     }
 

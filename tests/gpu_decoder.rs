@@ -165,10 +165,11 @@ fn the_backend_choice_leaves_a_software_adapter_for_the_cpu_unless_forced() {
     assert!(auto.cpu_reason().unwrap().contains("software renderer"), "{:?}", auto.cpu_reason());
     assert_eq!(choose(GpuChoice::Force).backend(), "webgpu");
     assert_eq!(choose(GpuChoice::Off).backend(), "cpu");
-    assert!("fast".parse::<GpuChoice>().unwrap_err().to_string().contains("auto, force or off"));
+    assert!("fast".parse::<GpuChoice>().unwrap_err().to_string().contains("auto, force, calibrate or off"));
 
-    // What auto does on a hardware adapter, here on lavapipe: both timed, the faster kept.
-    let calibrated = pollster::block_on(SmallModel::load_calibrated(bytes.clone(), &content, Some(gpu()))).unwrap();
+    // What auto does on a hardware adapter and `calibrate` on any, here on lavapipe: both
+    // timed, the faster kept.
+    let calibrated = choose("calibrate".parse().unwrap());
     let c = calibrated.calibration().expect("both backends timed");
     eprintln!("calibration on lavapipe: WebGPU {:.1} tok/s, CPU {:.1} tok/s", c.gpu_tok_s, c.cpu_tok_s);
     assert!(c.gpu_tok_s > 0.0 && c.cpu_tok_s > 0.0);

@@ -22,6 +22,9 @@ pub struct BrowserBenchArgs {
     /// is a software adapter, slow).
     #[arg(long)]
     pub webgpu: bool,
+    /// With --webgpu: each kernel's share of a WebGPU decode step.
+    #[arg(long, requires = "webgpu")]
+    pub profile: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -30,8 +33,24 @@ pub struct BrowserBenchArgs {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 enum GpuResult {
-    Ran { prefill_tok_s: f64, decode_tok_s: f64, adapter: Option<String> },
+    Ran { prefill_tok_s: f64, decode_tok_s: f64, adapter: Option<String>, profile: Option<StepProfile> },
     Refused { error: Option<String> },
+}
+
+/// A WebGPU decode step kernel by kernel, summed per kind (the page's `byKind`).
+#[derive(Debug, Serialize, Deserialize)]
+struct StepProfile {
+    timer: String,
+    step_ms: f64,
+    kernels: Vec<KindTime>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct KindTime {
+    kind: String,
+    calls: usize,
+    ms: f64,
+    share: f64,
 }
 
 /// wllama on its WebGPU backend, or why it did not run there.
@@ -95,6 +114,7 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
         .args(["--gen-tokens", &args.measure.gen_tokens.to_string()])
         .args(["--repeats", &args.measure.repeats.to_string()])
         .args(args.webgpu.then_some("--webgpu"))
+        .args(args.profile.then_some("--profile"))
         .output()
         .context("cannot run node; install Node.js 18+")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -140,7 +160,7 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
     println!("{:<22}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s");
     println!("{:<22}{:>16.1}{:>16.1}", "ours, wasm CPU", report.cpu.prefill_tok_s, report.cpu.decode_tok_s);
     match &report.webgpu {
-        Some(GpuResult::Ran { prefill_tok_s, decode_tok_s, adapter }) => {
+        Some(GpuResult::Ran { prefill_tok_s, decode_tok_s, adapter, .. }) => {
             println!(
                 "{:<22}{:>16.1}{:>16.1}   on {}",
                 "ours, WebGPU",
@@ -166,6 +186,13 @@ pub fn bench_browser(args: &BrowserBenchArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = report.webgpu_decode_vs_wasm_cpu {
         println!("{:<22}{:>16}{d:>15.2}x", "WebGPU / wasm CPU", "");
+    }
+    if let Some(GpuResult::Ran { profile: Some(p), .. }) = &report.webgpu {
+        println!("\na WebGPU decode step, kernel by kernel (timed by {}): {:.1} ms", p.timer, p.step_ms);
+        println!("{:<40}{:>6}{:>10}{:>8}", "kernel", "calls", "ms", "share");
+        for k in &p.kernels {
+            println!("{:<40}{:>6}{:>10.2}{:>7.1}%", k.kind, k.calls, k.ms, 100.0 * k.share);
+        }
     }
     Ok(())
 }

@@ -294,6 +294,11 @@ impl GpuDecoder {
         &self.config
     }
 
+    /// Whether [`GpuDecoder::profile`] times kernels on the device (timestamp queries).
+    pub fn has_timestamps(&self) -> bool {
+        self.gpu.has_timestamps()
+    }
+
     pub fn adapter(&self) -> &wgpu::AdapterInfo {
         &self.gpu.adapter
     }

@@ -23,6 +23,7 @@ const CHUNK_VALUES: usize = 32;
 /// Rows each thread of a product computes, and the tokens it computes them for in a prefill
 /// (`R`, `TT` of quant.wgsl).
 const ROWS_PER_THREAD: u32 = 4;
+const _: () = assert!(ROWS_PER_THREAD == 4, "quant.wgsl's matvec is written for 4 rows per thread");
 const TOKENS_PER_THREAD: u32 = 4;
 
 /// Threads of a product workgroup (`WG` of quant.wgsl). A software adapter runs a workgroup
@@ -462,7 +463,7 @@ impl GpuMatrix {
                     flops_per_token: 2 * (part.rows * self.cols) as u64,
                     ..op
                 };
-                let vector = gpu.op(self.pipeline(gpu, "product", 1), &buffers, Groups::fixed(groups, 1));
+                let vector = gpu.op(self.pipeline(gpu, "matvec", 1), &buffers, Groups::fixed(groups, 1));
                 let matrix = gpu.op(self.pipeline(gpu, "product", TOKENS_PER_THREAD), &buffers, Groups { x: groups, y: Span::TokenTiles(TOKENS_PER_THREAD) });
                 MatOp { vector: costed(vector, "matvec"), matrix: costed(matrix, "matmul") }
             })

@@ -181,6 +181,63 @@ fn dot_q8(q: vec4<u32>, x: vec4<u32>) -> i32 {
   return dot4I8Packed(q.x, x.x) + dot4I8Packed(q.y, x.y) + dot4I8Packed(q.z, x.z) + dot4I8Packed(q.w, x.w);
 }
 
+// A pair of chunks (2p, 2p + 1) of a row against the input's levels `x0..x3` and its
+// (scale, scale · Σ levels) `xs` of the same chunks.
+fn pair_dot(row: u32, p: u32, x0: vec4<u32>, x1: vec4<u32>, x2: vec4<u32>, x3: vec4<u32>, xs: vec4<f32>) -> f32 {
+  let s = scales_of(row, p);
+  if (LAYOUT == Q4) {
+    let q0 = w[row * dims.chunks + 2u * p];
+    let q1 = w[row * dims.chunks + 2u * p + 1u];
+    let d = s * xs.xxzz;
+    return d.x * f32(dot_q4(q0, x0, x1)) + s.y * xs.y + d.z * f32(dot_q4(q1, x2, x3)) + s.w * xs.w;
+  }
+  let b = (row * dims.chunks + 2u * p) * 2u;
+  return xs.x * (s.x * f32(dot_q8(w[b], x0)) + s.y * f32(dot_q8(w[b + 1u], x1)))
+       + xs.z * (s.z * f32(dot_q8(w[b + 2u], x2)) + s.w * f32(dot_q8(w[b + 3u], x3)));
+}
+
+// y = W x for one token (a decode step): `product` with TT = 1 and R = 4, written without
+// arrays. A shader compiler that does not unroll loops (SwiftShader's) keeps an array indexed
+// by a loop counter in memory, every access a gather: `product` ran 7× slower there.
+@compute @workgroup_size(WG)
+fn matvec(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let row0 = gid.x * 4u;
+  if (row0 >= dims.rows) {
+    return;
+  }
+  let pairs = dims.chunks / 2u;
+  let last = dims.rows - 1u;
+  let r1 = min(row0 + 1u, last);
+  let r2 = min(row0 + 2u, last);
+  let r3 = min(row0 + 3u, last);
+  var a0 = 0.0;
+  var a1 = 0.0;
+  var a2 = 0.0;
+  var a3 = 0.0;
+  for (var p = 0u; p < pairs; p++) {
+    let x0 = xq[4u * p];
+    let x1 = xq[4u * p + 1u];
+    let x2 = xq[4u * p + 2u];
+    let x3 = xq[4u * p + 3u];
+    let xs = bitcast<vec4<f32>>(xq[dims.chunks * 2u + p]);
+    a0 += pair_dot(row0, p, x0, x1, x2, x3, xs);
+    a1 += pair_dot(r1, p, x0, x1, x2, x3, xs);
+    a2 += pair_dot(r2, p, x0, x1, x2, x3, xs);
+    a3 += pair_dot(r3, p, x0, x1, x2, x3, xs);
+  }
+  let r = dims.first_row + row0;
+  if (GATED) {
+    // Rows 2i and 2i + 1 are gate and up of output i.
+    store(0u, r / 2u, a0 / (1.0 + exp(-a0)) * a1);
+    if (row0 + 2u < dims.rows) { store(0u, r / 2u + 1u, a2 / (1.0 + exp(-a2)) * a3); }
+  } else {
+    store(0u, r, a0);
+    if (row0 + 1u < dims.rows) { store(0u, r + 1u, a1); }
+    if (row0 + 2u < dims.rows) { store(0u, r + 2u, a2); }
+    if (row0 + 3u < dims.rows) { store(0u, r + 3u, a3); }
+  }
+}
+
 // Y = X Wᵀ: a thread computes R neighbouring rows for TT neighbouring tokens (workgroup y is
 // the tile of tokens), stepping through the row a pair of chunks at a time: each input word
 // it loads serves R rows, each weight word TT tokens.

@@ -2,7 +2,7 @@
 // page, wllama and the GGUF on a loopback port, runs the page in headless chromium and prints
 // one JSON line with both engines' figures.
 //
-//   node tests/e2e/bench-browser.mjs --model PATH.gguf [--prompt-tokens 256] [--gen-tokens 64] [--repeats 3] [--webgpu]
+//   node tests/e2e/bench-browser.mjs --model PATH.gguf [--prompt-tokens 256] [--gen-tokens 64] [--repeats 3] [--webgpu [--profile]]
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -15,6 +15,7 @@ const { values: args } = parseArgs({
     'gen-tokens': { type: 'string', default: '64' },
     repeats: { type: 'string', default: '3' },
     webgpu: { type: 'boolean', default: false },
+    profile: { type: 'boolean', default: false },
   },
 });
 if (!args.model) throw new Error('--model PATH.gguf is required');
@@ -41,6 +42,7 @@ try {
     genTokens: Number(args['gen-tokens']),
     repeats: Number(args.repeats),
     webgpu: args.webgpu,
+    profile: args.profile,
   });
   result.browser = browser.version();
   console.log(JSON.stringify(result));

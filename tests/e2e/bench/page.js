@@ -6,7 +6,7 @@ import { Wllama } from '/wllama/esm/index.js';
 
 const log = (line) => { document.getElementById('log').textContent += `${line}\n`; };
 
-window.runBench = async ({ modelUrl, promptTokens, genTokens, repeats, webgpu }) => {
+window.runBench = async ({ modelUrl, promptTokens, genTokens, repeats, webgpu, profile }) => {
   const bytes = new Uint8Array(await (await fetch(modelUrl)).arrayBuffer());
   log(`model: ${bytes.length} bytes`);
 
@@ -24,6 +24,7 @@ window.runBench = async ({ modelUrl, promptTokens, genTokens, repeats, webgpu })
     gpu = info.backend === 'webgpu'
       ? { ...JSON.parse(await onGpu.bench(promptTokens, genTokens, repeats)), adapter: info.adapter, prompt_text: undefined }
       : { error: info.cpuReason };
+    if (profile && info.backend === 'webgpu') gpu.profile = byKind(JSON.parse(await onGpu.profile(promptTokens)));
     onGpu.free();
     log(`ours (WebGPU): ${JSON.stringify(gpu)}`);
   }
@@ -31,11 +32,32 @@ window.runBench = async ({ modelUrl, promptTokens, genTokens, repeats, webgpu })
   const wllama = await measureWllama(bytes, ours.prompt_text, genTokens, repeats, 0);
   log(`wllama (1 thread): ${JSON.stringify(wllama)}`);
   // wllama's WebGPU backend (llama.cpp's ggml-webgpu) on the same adapter: the GPU anchor.
-  const wllamaGpu = webgpu ? await measureWllama(bytes, ours.prompt_text, genTokens, repeats, 999).catch((e) => ({ error: String(e) })) : null;
+  // llama.cpp's WebGPU backend requires shader-f16 of the device and, on an adapter without it
+  // (SwiftShader), quietly runs every layer on the CPU.
+  const adapterInfo = webgpu && navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
+  const wllamaGpu = !webgpu ? null
+    : !adapterInfo?.features.has('shader-f16')
+      ? { error: `llama.cpp's WebGPU backend needs shader-f16, which this adapter (${adapterInfo?.info?.architecture || 'none'}) lacks` }
+      : await measureWllama(bytes, ours.prompt_text, genTokens, repeats, 999).catch((e) => ({ error: String(e) }));
   if (wllamaGpu) log(`wllama (WebGPU): ${JSON.stringify(wllamaGpu)}`);
   const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
   return { ours: { ...ours, prompt_text: undefined }, webgpu: gpu, wllama, wllama_webgpu: wllamaGpu, webgpu_adapter: Boolean(adapter) };
 };
+
+/** A profiled step's kernels summed per kind, largest first: {timer, step_ms, kernels: [{kind,
+ * calls, ms, share}]}. */
+function byKind({ timer, kernels }) {
+  const kinds = new Map();
+  for (const [kind, seconds] of kernels) {
+    const k = kinds.get(kind) ?? { kind, calls: 0, ms: 0 };
+    k.calls += 1;
+    k.ms += seconds * 1e3;
+    kinds.set(kind, k);
+  }
+  const stepMs = [...kinds.values()].reduce((a, k) => a + k.ms, 0);
+  const list = [...kinds.values()].sort((a, b) => b.ms - a.ms).map((k) => ({ ...k, share: k.ms / stepMs }));
+  return { timer, step_ms: stepMs, kernels: list };
+}
 
 /** wllama's best prefill and decode of `prompt` over `repeats` runs, one thread, `gpuLayers`
  * layers on WebGPU. A GPU run must say (in llama.cpp's load log) that it put every layer on the
