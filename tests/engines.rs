@@ -2,8 +2,9 @@
 //! source package by tests/engines/build_llama_server.sh; `make test-engines` builds it and
 //! runs these) on 127.0.0.1 with smollm2-135m: consults read ids, alternatives,
 //! `finish_reason` and `usage`; an end-of-text answer is "stop", its end-of-text token last;
-//! a consult that asks for no alternatives still gets ids; a wrong key is a 401 the client
-//! tells from a failure; and the cloud's greedy token is our CPU decoder's.
+//! a consult that asks for no alternatives still gets ids; the native /completion shape reads
+//! the same; a wrong key is a 401 the client tells from a failure; the cloud's greedy token is
+//! our CPU decoder's; and every policy runs in front of it.
 #![cfg(not(target_arch = "wasm32"))] // native only
 mod common;
 
@@ -93,6 +94,25 @@ fn consults_against_llama_server() {
     assert_eq!(plain.tokens.len(), 4, "{plain:?}");
     assert_eq!(plain.tokens[0].id, token.id);
 
+    // llama.cpp's native /completion, read by the same normaliser: the same ids, and why it
+    // ended and what it counted from its own fields (`stop_type`, `tokens_evaluated`, …).
+    let url = format!("{}/completion", server.url);
+    let native = serde_json::json!({"prompt": prompt, "n_predict": 4, "n_probs": 1, "temperature": 0.0, "cache_prompt": true});
+    let text = ureq::post(&url)
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .header("Content-Type", "application/json")
+        .send(native.to_string().as_bytes())
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let read = hybrid_assistant::cloud::Completion::from_http(&url, 200, 0, &text).unwrap();
+    let ids = |c: &hybrid_assistant::cloud::Completion| c.tokens.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(&read), ids(&plain), "{text}");
+    assert_eq!(read.finish_reason.as_deref(), Some("length"), "{text}");
+    let usage = read.usage.as_ref().unwrap_or_else(|| panic!("no usage in {text}"));
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (prompt.len(), 4), "{text}");
+
     // An answer that ends: "stop", with the tokens before the end.
     let chat = model.tokenizer.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n").unwrap();
     let ended = client.complete(&CompletionRequest::consult(MODEL, Prompt::Ids(chat), 64, 1)).unwrap();
@@ -143,4 +163,87 @@ fn always_against_llama_server_gives_its_greedy_answer() {
     .unwrap();
     assert_eq!(ids, greedy, "{stats:?}");
     assert_eq!(stats.cloud_tokens, ids.len());
+}
+
+/// The answer and statistics of the hybrid loop with `kind` at `threshold`, in front of
+/// `cloud` (a greedy small model, 4 tokens per consult).
+fn answer(
+    model: &mut Model,
+    cloud: Option<&mut hybrid_assistant::cloud::CloudClient>,
+    kind: hybrid_assistant::policy::PolicyKind,
+    threshold: f32,
+    prompt: &[u32],
+) -> hybrid_assistant::Result<(Vec<u32>, hybrid_assistant::generate::HybridStats)> {
+    use hybrid_assistant::generate::{HybridConfig, HybridLoop, LoopEvent};
+    use hybrid_assistant::policy::Policy;
+    use hybrid_assistant::sampler::{Sampler, SamplerConfig};
+    let mut hybrid = HybridLoop {
+        slm: &mut model.decoder,
+        tokenizer: &model.tokenizer,
+        head: None,
+        cloud,
+        policy: Policy::new(kind, threshold, 7).unwrap(),
+        sampler: Sampler::new(SamplerConfig::default()),
+        config: HybridConfig { max_tokens: 32, consult_tokens: 4, ..Default::default() },
+    };
+    let mut ids = Vec::new();
+    let stats = pollster::block_on(hybrid.run(prompt, async |e| {
+        if let LoopEvent::Token(t) = e {
+            ids.push(t.id);
+        }
+        true
+    }))?;
+    Ok((ids, stats))
+}
+
+/// Every policy but `reward` (which needs a trained head) in front of llama-server, which
+/// answers consults but does not score prompts (no `echo` of the prompt's logprobs): `never`
+/// sends no consult and gives the small model's own answer; `always` and the gated policies
+/// get every consult answered, check no local token and say why (consults go on unchecked);
+/// `verify`, whose point is the check, stops with an error that names the engines that score.
+#[test]
+#[ignore = "needs llama-server: make test-engines"]
+fn every_policy_answers_in_front_of_llama_server() {
+    use hybrid_assistant::policy::PolicyKind;
+    let server = LlamaServer::start();
+    let mut client = server.client(KEY);
+    let mut model = Model::load(&common::model_path(MODEL)).unwrap();
+    let prompt = model.tokenizer.encode(&model.chat_prompt("Write a short poem about the sea.").unwrap()).unwrap();
+    let (alone, _) = answer(&mut model, None, PolicyKind::Never, 0.5, &prompt).unwrap();
+    for (kind, threshold) in [
+        (PolicyKind::Never, 0.5),
+        (PolicyKind::Always, 0.5),
+        (PolicyKind::MaxProb, 0.9),
+        (PolicyKind::Entropy, 1.0),
+        (PolicyKind::Random, 0.3),
+        (PolicyKind::Verify, 0.9),
+    ] {
+        let result = answer(&mut model, Some(&mut client), kind, threshold, &prompt);
+        if kind == PolicyKind::Verify {
+            let error = result.unwrap_err().to_string();
+            assert!(error.contains("verify policy needs the cloud to score") && error.contains("hybrid serve or vLLM"), "{error}");
+            continue;
+        }
+        let (ids, stats) = result.unwrap();
+        eprintln!(
+            "{kind:?}@{threshold}: {} tokens, {} from the cloud in {} consults, {} verified, last error {:?}",
+            stats.tokens, stats.cloud_tokens, stats.consults, stats.verified_tokens, stats.last_cloud_error
+        );
+        assert!(!ids.is_empty(), "{kind:?}: {stats:?}");
+        match kind {
+            PolicyKind::Never => {
+                assert_eq!(stats.consults, 0);
+                assert_eq!(ids, alone, "never is the small model alone");
+            }
+            _ => {
+                assert!(stats.consults > 0 && stats.cloud_tokens > 0, "{kind:?}: {stats:?}");
+                assert_eq!(stats.verified_tokens, 0, "llama-server cannot have checked local tokens: {stats:?}");
+                // Local tokens before a consult were to be checked by it (`always` has none).
+                if stats.cloud_tokens < stats.tokens && stats.consults > 1 {
+                    let why = stats.last_cloud_error.as_deref().unwrap_or_default();
+                    assert!(why.contains("no scores") && why.contains("consults go on"), "{kind:?}: {why}");
+                }
+            }
+        }
+    }
 }
