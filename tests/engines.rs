@@ -135,35 +135,20 @@ fn consults_against_llama_server() {
 #[test]
 #[ignore = "needs llama-server: make test-engines"]
 fn always_against_llama_server_gives_its_greedy_answer() {
-    use hybrid_assistant::generate::{HybridConfig, HybridLoop, LoopEvent};
-    use hybrid_assistant::policy::{Policy, PolicyKind};
-    use hybrid_assistant::sampler::{Sampler, SamplerConfig};
+    use hybrid_assistant::policy::PolicyKind;
     let server = LlamaServer::start();
     let mut client = server.client(KEY);
     let mut model = Model::load(&common::model_path(MODEL)).unwrap();
     let prompt = model.tokenizer.encode(&model.chat_prompt("What is the capital of France?").unwrap()).unwrap();
-    let whole = client.complete(&CompletionRequest::consult(MODEL, Prompt::Ids(prompt.clone()), 40, 1)).unwrap();
+    let whole = client.complete(&CompletionRequest::consult(MODEL, Prompt::Ids(prompt.clone()), MAX_TOKENS, 1)).unwrap();
     let greedy: Vec<u32> = whole.tokens.iter().map(|t| t.id).filter(|&id| !model.tokenizer.is_eog(id)).collect();
-    let mut hybrid = HybridLoop {
-        slm: &mut model.decoder,
-        tokenizer: &model.tokenizer,
-        head: None,
-        cloud: Some(&mut client),
-        policy: Policy::new(PolicyKind::Always, 0.5, 1).unwrap(),
-        sampler: Sampler::new(SamplerConfig::default()),
-        config: HybridConfig { max_tokens: 40, consult_tokens: 4, ..Default::default() },
-    };
-    let mut ids = Vec::new();
-    let stats = pollster::block_on(hybrid.run(&prompt, async |e| {
-        if let LoopEvent::Token(t) = e {
-            ids.push(t.id);
-        }
-        true
-    }))
-    .unwrap();
+    let (ids, stats) = answer(&mut model, Some(&mut client), PolicyKind::Always, 0.5, &prompt).unwrap();
     assert_eq!(ids, greedy, "{stats:?}");
     assert_eq!(stats.cloud_tokens, ids.len());
 }
+
+/// Tokens of an answer in these tests.
+const MAX_TOKENS: usize = 32;
 
 /// The answer and statistics of the hybrid loop with `kind` at `threshold`, in front of
 /// `cloud` (a greedy small model, 4 tokens per consult).
@@ -184,7 +169,7 @@ fn answer(
         cloud,
         policy: Policy::new(kind, threshold, 7).unwrap(),
         sampler: Sampler::new(SamplerConfig::default()),
-        config: HybridConfig { max_tokens: 32, consult_tokens: 4, ..Default::default() },
+        config: HybridConfig { max_tokens: MAX_TOKENS, consult_tokens: 4, ..Default::default() },
     };
     let mut ids = Vec::new();
     let stats = pollster::block_on(hybrid.run(prompt, async |e| {
