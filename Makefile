@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 
-.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-engines test-engines-if-built test-slow test-arm test-arm-if-ready bench bench-gpu bench-browser bench-serve reward-data reward-head eval-humaneval
+.PHONY: demo serve chat site extension test setup setup-build models pkg test-native test-wasm test-e2e test-engines test-engines-if-built test-slow test-arm test-arm-if-ready bench bench-gpu device-bundle bench-browser bench-serve reward-data reward-head eval-humaneval
 PORT ?= 8080
 HYBRID := ./target/debug/hybrid
 # Mesa's Vulkan drivers (the GPU tests) complain on every device open without a runtime dir.
@@ -139,6 +139,17 @@ bench-gpu: models
 	timeout $(BENCH_GPU_SECONDS) bash -c 'echo "["; sep=""; for m in smollm2-135m qwen2.5-coder-0.5b; do \
 	  echo "$$sep"; $(HYBRID) bench decode --model $$m --gpu --gpu-only --profile --repeats 2 --gen-tokens 32 --json || exit 1; sep=","; done; echo "]"' \
 	  > target/bench-gpu.json.part && mv target/bench-gpu.json.part target/bench-gpu.json && echo "wrote target/bench-gpu.json"
+
+## What tests/device/bench_gpu.sh needs on a lent GPU machine, in .device/ (under the device
+## tool's 64 MiB): a stripped hybrid, the browser models' GGUF headers (the weights are made up
+## there) and Debian's Vulkan loader. Run it there with carry [".device"].
+device-bundle: models
+	$(CARGO) build --quiet
+	rm -rf .device && mkdir -p .device
+	strip -o .device/hybrid $(HYBRID)
+	for m in smollm2-135m qwen2.5-coder-0.5b; do $(HYBRID) synth-gguf --from $$m --out .device/$$m.header --header-only; done
+	cd .device && apt-get download libvulkan1 2>/dev/null || echo "no libvulkan1 .deb: the machine's own Vulkan loader must do"
+	du -sh .device
 
 ## Our engine in headless Chromium (wasm CPU) against wllama on the same GGUF, both browser models.
 bench-browser: setup pkg

@@ -44,6 +44,19 @@ enum Command {
         #[command(subcommand)]
         which: EvalCommand,
     },
+    /// A stand-in for a model where its file cannot be sent (a lent GPU machine takes 64 MiB):
+    /// with --header-only, the file cut to its header (metadata, tokenizer and tensor table, a
+    /// few MB); else a GGUF of the same shapes with made-up weights, from a header or a file.
+    /// Speed runs on it run as on the model; its text is noise.
+    SynthGguf {
+        /// A model name, a .gguf file or a header written by --header-only.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        header_only: bool,
+    },
     /// Benchmarks, with ratios against an anchor measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -211,6 +224,24 @@ enum BenchCommand {
     Browser(hybrid_assistant::eval::bench_browser::BrowserBenchArgs),
 }
 
+fn synth_gguf(from: &str, out: &std::path::Path, header_only: bool) -> anyhow::Result<()> {
+    use hybrid_assistant::model::gguf;
+    let path = match std::path::Path::new(from).is_file() {
+        true => std::path::PathBuf::from(from),
+        false => hybrid_assistant::eval::resolve_model(from)?,
+    };
+    let bytes = std::fs::read(&path)?;
+    let header = gguf::header_bytes(&bytes)?;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
+    match header_only {
+        true => std::io::Write::write_all(&mut file, &header)?,
+        false => gguf::write_synthetic(&header, &mut file)?,
+    }
+    std::io::Write::flush(&mut file)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
 fn main() {
     hybrid_assistant::model::cpu::align_candle_with_the_set();
     let cli = Cli::parse();
@@ -224,6 +255,7 @@ fn main() {
         Command::Reward { which: RewardCommand::Train(args) } => reward_train(&args),
         Command::Reward { which: RewardCommand::Report(args) } => reward_report(&args),
         Command::Eval { which: EvalCommand::Humaneval(args) } => hybrid_assistant::eval::humaneval_run::run(&args),
+        Command::SynthGguf { from, out, header_only } => synth_gguf(&from, &out, header_only),
         Command::Bench { which: BenchCommand::Decode(args) } => hybrid_assistant::eval::bench::bench_decode(&args),
         Command::Bench { which: BenchCommand::Serve(args) } => hybrid_assistant::eval::bench_serve::bench_serve(&args),
         Command::Bench { which: BenchCommand::Browser(args) } => hybrid_assistant::eval::bench_browser::bench_browser(&args),
