@@ -70,9 +70,7 @@ impl CompletionRequest {
             stream: false,
             echo: false,
             echo_from: None,
-            // A vLLM from before `return_token_ids` ignores it; with this it names tokens
-            // `token_id:N`, which carry the ids too.
-            return_tokens_as_token_ids: true,
+            return_tokens_as_token_ids: false,
             cache_salt: None,
         }
     }
@@ -82,6 +80,7 @@ impl CompletionRequest {
     pub fn scoring(mut self, from: usize, alternatives: usize) -> Self {
         self.echo = true;
         self.echo_from = Some(from);
+        self.return_tokens_as_token_ids = true;
         self.logprobs = Some(self.logprobs.unwrap_or(0).max(alternatives).max(1));
         self
     }

@@ -61,17 +61,6 @@ fn vllm_tokens_as_token_ids() {
     assert_eq!(tokens[0].top[1], top(Some(1052), "token_id:1052", -1.875));
 }
 
-/// A vLLM from before `return_token_ids` ignores it and names tokens by their text alone: every
-/// consult also asks for `return_tokens_as_token_ids`, so such a vLLM names them `token_id:N`
-/// (the shape of vllm_tokens_as_ids.json, read above) and the ids come through.
-#[test]
-fn every_consult_asks_for_ids_in_both_of_vllms_ways() {
-    use hybrid_assistant::cloud::{CompletionRequest, Prompt};
-    let request = serde_json::to_value(CompletionRequest::consult("m", Prompt::Ids(vec![1, 2]), 4, 0)).unwrap();
-    assert_eq!(request["return_token_ids"], true, "{request}");
-    assert_eq!(request["return_tokens_as_token_ids"], true, "{request}");
-}
-
 #[test]
 fn a_response_without_ids_says_what_to_ask_for() {
     let mut v = fixture("vllm_completion.json");
