@@ -205,6 +205,11 @@ pub struct HybridConfig {
     pub verify: bool,
     /// The `verify` policy consults after at most this many unchecked local tokens.
     pub verify_every: usize,
+    /// With verification on, gated policies check the answer's tail before it ends too (the
+    /// end proposal, the last token of `max_tokens` and the consumer's stop are the cloud's
+    /// call), so their answers are the cloud's as well; it costs a consult per answer and one
+    /// per correction there. Off, the tokens after the last consult stay unchecked.
+    pub final_check: bool,
     /// Alternatives the cloud returns per checked position (sampling's residual reads them).
     pub verify_alternatives: usize,
     /// Sent as `cache_salt` (vLLM's and our server's): only requests with the same salt share
@@ -223,6 +228,7 @@ impl Default for HybridConfig {
             backoff: BackoffConfig::default(),
             verify: true,
             verify_every: DEFAULT_VERIFY_EVERY,
+            final_check: true,
             verify_alternatives: 5,
             cache_salt: None,
         }
@@ -428,6 +434,8 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
             ));
         }
         let lossless = self.policy.kind().lossless();
+        // Whether the answer's tail is checked before it ends (always so under `verify`).
+        let checks_tail = lossless || (self.config.verify && self.config.final_check && self.policy.kind().may_consult() && self.cloud.is_some());
         if lossless && !self.config.verify {
             return Err(Error::InvalidInput("the verify policy checks every token: it cannot run with verification off (drop --no-verify)".into()));
         }
@@ -460,13 +468,11 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
             let signals = Signals { reward, top1_prob: features.top1_p, entropy: features.entropy };
             let slm_prob = Some(features.log_p.exp());
             let unchecked = answer.len() - checked;
-            // The verify policy checks every token before the answer ends: the last one and an
-            // end proposal are the cloud's call, and a stretch never grows past `verify_every`.
-            let forced = lossless
-                && (stop_requested
-                    || unchecked >= self.config.verify_every.max(1)
-                    || self.tokenizer.is_eog(proposal)
-                    || stats.tokens + 1 >= self.config.max_tokens);
+            // A checked tail: the last token and an end proposal are the cloud's call. The
+            // verify policy's stretches never grow past `verify_every` either.
+            let forced =
+                (checks_tail && !scoring_unavailable && (stop_requested || self.tokenizer.is_eog(proposal) || stats.tokens + 1 >= self.config.max_tokens))
+                    || (lossless && unchecked >= self.config.verify_every.max(1));
 
             // What this position emits: the proposal, or the cloud's token(s).
             let mut emitted: Vec<TokenEvent> = Vec::new();
@@ -585,7 +591,7 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
                 }
                 fed.push(event.id);
                 if !on_event(&LoopEvent::Token(event)).await {
-                    if !lossless || checked == answer.len() {
+                    if !checks_tail || scoring_unavailable || checked == answer.len() {
                         stats.stop = StopReason::Stopped;
                         break 'generation;
                     }

@@ -76,6 +76,8 @@ pub struct GenerateOptions {
     pub verify: bool,
     /// The verify policy consults after at most this many unchecked local tokens.
     pub verify_every: usize,
+    /// Gated policies check the answer's tail before it ends (`HybridConfig::final_check`).
+    pub final_check: bool,
     /// The model name to send to the cloud; required when the policy may consult.
     pub cloud_model: Option<String>,
     /// Shown in error messages about the cloud.
@@ -94,6 +96,7 @@ impl Default for GenerateOptions {
             consult_tokens: 1,
             verify: true,
             verify_every: crate::generate::DEFAULT_VERIFY_EVERY,
+            final_check: true,
             cloud_model: None,
             cloud_url: "the cloud".into(),
         }
@@ -258,6 +261,7 @@ async fn run_generation(
             consult_tokens: options.consult_tokens,
             verify: options.verify,
             verify_every: options.verify_every,
+            final_check: options.final_check,
             ..Default::default()
         },
     };

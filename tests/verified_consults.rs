@@ -66,6 +66,7 @@ struct Setup {
     threshold: f32,
     verify: bool,
     verify_every: usize,
+    final_check: bool,
     sampler: SamplerConfig,
     max_tokens: usize,
 }
@@ -78,7 +79,7 @@ fn run<C: CloudTransport>(slm: &mut Model, cloud: Option<&mut C>, prompt: &[u32]
         cloud,
         policy: Policy::new(s.policy, s.threshold, 1).unwrap(),
         sampler: Sampler::new(s.sampler),
-        config: HybridConfig { max_tokens: s.max_tokens, verify: s.verify, verify_every: s.verify_every, ..Default::default() },
+        config: HybridConfig { max_tokens: s.max_tokens, verify: s.verify, verify_every: s.verify_every, final_check: s.final_check, ..Default::default() },
     };
     let mut screen = Screen::default();
     let stats = pollster::block_on(hybrid.run(prompt, async |e| {
@@ -89,7 +90,7 @@ fn run<C: CloudTransport>(slm: &mut Model, cloud: Option<&mut C>, prompt: &[u32]
 }
 
 fn greedy(policy: PolicyKind, threshold: f32, max_tokens: usize) -> Setup {
-    Setup { policy, threshold, verify: true, verify_every: 32, sampler: SamplerConfig::default(), max_tokens }
+    Setup { policy, threshold, verify: true, verify_every: 32, final_check: true, sampler: SamplerConfig::default(), max_tokens }
 }
 
 /// The screen agrees with the statistics and its text is the ids' text.
@@ -133,21 +134,38 @@ fn verify_gives_the_cloud_models_greedy_answer_id_for_id_on_twenty_prompts() {
 }
 
 #[test]
-fn gated_policies_verify_by_default_and_no_verify_keeps_consults_unchecked() {
+fn gated_policies_verify_by_default_and_their_final_check_makes_the_answer_the_cloud_models() {
+    const MAX_TOKENS: usize = 48;
     let server = Server::start(&["--cloud-model", "qwen2.5-coder-1.5b"]);
     let mut slm = model("qwen2.5-coder-0.5b");
     let mut cloud = Recording { client: client(&server, "qwen2.5-coder-1.5b"), scored: 0, plain: 0, drop_echo_after: usize::MAX };
-    let prompt = slm.tokenizer.encode(&slm.chat_prompt(&prompts(3)[2]).unwrap()).unwrap();
-    let setup = greedy(PolicyKind::MaxProb, 0.6, 48);
-    let (screen, stats) = run(&mut slm, Some(&mut cloud), &prompt, &setup);
-    let stats = stats.unwrap();
-    consistent(&screen, &stats, &slm);
-    assert!(cloud.scored > 0 && stats.verified_tokens + stats.withdrawn_tokens > 0, "{stats:?}");
-    // Tokens after the last consult stay unchecked (no final check for gated policies).
-    assert_eq!(stats.unverified_tokens, screen.ids.len() - screen.verified_to.max(last_cloud(&screen)));
+    let mut cloud_model = model("qwen2.5-coder-1.5b");
+    let (mut corrections, mut unchecked_without) = (0, 0);
+    for text in &prompts(4)[1..] {
+        let prompt = slm.tokenizer.encode(&slm.chat_prompt(text).unwrap()).unwrap();
+        let (reference, _) = run::<NoCloud>(&mut cloud_model, None, &prompt, &greedy(PolicyKind::Never, 0.0, MAX_TOKENS));
+        let setup = greedy(PolicyKind::MaxProb, 0.4, MAX_TOKENS);
+        let (screen, stats) = run(&mut slm, Some(&mut cloud), &prompt, &setup);
+        let stats = stats.unwrap();
+        consistent(&screen, &stats, &slm);
+        assert!(cloud.scored > 0 && stats.verified_tokens + stats.withdrawn_tokens > 0, "{stats:?}");
+        assert_eq!(stats.unverified_tokens, 0, "{text}: {stats:?}");
+        assert_eq!(screen.ids, reference.ids, "{text}");
+        corrections += stats.corrections;
 
+        // Without the final check, the tokens after the last consult stay unchecked.
+        let (screen, stats) = run(&mut slm, Some(&mut cloud), &prompt, &Setup { final_check: false, ..setup });
+        let stats = stats.unwrap();
+        consistent(&screen, &stats, &slm);
+        assert_eq!(stats.unverified_tokens, screen.ids.len() - screen.verified_to.max(last_cloud(&screen)));
+        unchecked_without += stats.unverified_tokens;
+    }
+    assert!(corrections > 0, "no correction in 3 answers: the rollback path did not run");
+    assert!(unchecked_without > 0, "every answer ended on a consult: the test shows nothing about the final check");
+
+    let prompt = slm.tokenizer.encode(&slm.chat_prompt(&prompts(3)[2]).unwrap()).unwrap();
     let (before_scored, before_plain) = (cloud.scored, cloud.plain);
-    let (screen, stats) = run(&mut slm, Some(&mut cloud), &prompt, &Setup { verify: false, ..setup });
+    let (screen, stats) = run(&mut slm, Some(&mut cloud), &prompt, &Setup { verify: false, ..greedy(PolicyKind::MaxProb, 0.6, MAX_TOKENS) });
     let stats = stats.unwrap();
     assert_eq!(cloud.scored, before_scored, "--no-verify sent a scoring consult");
     assert!(cloud.plain > before_plain);

@@ -11,7 +11,7 @@
 //   assistant.info.backend: 'webgpu' | 'cpu' (info.cpuReason says why, info.calibration has
 //   both speeds when auto timed them)
 //   for await (const item of assistant.generate(messages, {policy, threshold, maxTokens,
-//       temperature, consultTokens, verify, verifyEvery, signal, onConsult})) {
+//       temperature, consultTokens, verify, verifyEvery, finalCheck, signal, onConsult})) {
 //     if (item.done) console.log(item.stats);          // last item: the statistics
 //     else if ('withdraw_from' in item) ...            // see below
 //     else if ('verified_to' in item) ...
@@ -30,8 +30,10 @@
 //                        corrections, withdrawn_tokens, unverified_tokens, …; stats.tail: bytes
 //                        of an unfinished character to append)
 // Options the caller leaves out take the engine's defaults (src/web.rs GenerateOptions):
-// `verify` (true: every consult also checks the local tokens since the previous one) and
-// `verifyEvery` (the verify policy consults after at most this many unchecked tokens).
+// `verify` (true: every consult also checks the local tokens since the previous one),
+// `verifyEvery` (the verify policy consults after at most this many unchecked tokens) and
+// `finalCheck` (true: gated policies check the answer's tail before it ends, so the answer is
+// the cloud's; false leaves the tokens after the last consult unchecked).
 //
 // A failed load rejects with an Error whose `download` is true when retrying may help.
 

@@ -139,6 +139,10 @@ struct ChatArgs {
     /// The verify policy consults after at most this many unchecked local tokens.
     #[arg(long, default_value_t = hybrid_assistant::generate::DEFAULT_VERIFY_EVERY)]
     verify_every: usize,
+    /// Gated policies leave the tokens after their last consult unchecked (by default the
+    /// answer's tail is checked before it ends, which makes the answer the cloud's).
+    #[arg(long)]
+    no_final_check: bool,
 }
 
 #[derive(clap::Args)]
@@ -410,6 +414,7 @@ fn chat(args: ChatArgs) -> Result<()> {
             consult_tokens: args.consult_tokens,
             verify: !args.no_verify,
             verify_every: args.verify_every,
+            final_check: !args.no_final_check,
             ..Default::default()
         },
     };

@@ -60,6 +60,10 @@ pub struct HumanEvalArgs {
     /// The verify policy consults after at most this many unchecked local tokens.
     #[arg(long, default_value_t = crate::generate::DEFAULT_VERIFY_EVERY)]
     pub verify_every: usize,
+    /// Gated policies with verification leave the tokens after their last consult unchecked
+    /// (rows `policy@t+verify`; with the final check they are `policy@t+verify+final`).
+    #[arg(long)]
+    pub no_final_check: bool,
     #[arg(long, default_value_t = 1)]
     pub consult_tokens: usize,
     /// The reward head; default: the one shipped for --slm.
@@ -91,6 +95,9 @@ pub struct Setting {
     pub verify: bool,
     #[serde(default)]
     pub verify_every: usize,
+    /// Gated policies with verification check the answer's tail before it ends.
+    #[serde(default)]
+    pub final_check: bool,
 }
 
 impl Setting {
@@ -101,6 +108,7 @@ impl Setting {
             PolicyKind::Never => return "slm-only".into(),
             PolicyKind::Always => return "cloud-only".into(),
             PolicyKind::Verify => format!("verify@{}/every{}", self.threshold, self.verify_every),
+            p if self.verify && self.final_check => format!("{p}@{}+verify+final", self.threshold),
             p if self.verify => format!("{p}@{}+verify", self.threshold),
             p => format!("{p}@{}", self.threshold),
         };
@@ -182,7 +190,7 @@ pub struct SettingSummary {
 /// SLM-only and cloud-only first, then each listed policy at each of its thresholds.
 fn settings(args: &HumanEvalArgs) -> anyhow::Result<Vec<Setting>> {
     let consult_tokens = args.consult_tokens;
-    let plain = |policy, threshold| Setting { policy, threshold, consult_tokens, verify: false, verify_every: 0 };
+    let plain = |policy, threshold| Setting { policy, threshold, consult_tokens, verify: false, verify_every: 0, final_check: false };
     let mut all = vec![plain(PolicyKind::Never, 0.0), plain(PolicyKind::Always, 1.0)];
     for item in &args.thresholds {
         let (policies, value) = match item.split_once('=') {
@@ -196,7 +204,8 @@ fn settings(args: &HumanEvalArgs) -> anyhow::Result<Vec<Setting>> {
             Policy::new(policy, threshold, 0)?;
             let verify = policy == PolicyKind::Verify || !args.no_verify;
             let verify_every = if policy == PolicyKind::Verify { args.verify_every.max(1) } else { 0 };
-            all.push(Setting { verify, verify_every, ..plain(policy, threshold) });
+            let final_check = policy == PolicyKind::Verify || (verify && !args.no_final_check);
+            all.push(Setting { verify, verify_every, final_check, ..plain(policy, threshold) });
         }
     }
     Ok(all)
@@ -241,8 +250,7 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
     let mut cloud_model = match pending(&settings[1]) {
         // The server's kernels: cloud-only answers are what `hybrid serve` would give.
         true => Some(
-            Model::load_with(&crate::eval::resolve_model(&args.cloud_model)?, LoadOptions::cloud())
-                .with_context(|| format!("loading {}", args.cloud_model))?,
+            Model::load_with(&crate::eval::resolve_model(&args.cloud_model)?, LoadOptions::cloud()).with_context(|| format!("loading {}", args.cloud_model))?,
         ),
         false => None,
     };
@@ -299,8 +307,13 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
                 _ => {
                     // Each setting has its own prefix cache on the server (`cache_salt`): its
                     // cloud work is counted from cold, not from another setting's consults.
-                    let config =
-                        HybridConfig { verify: setting.verify, verify_every: setting.verify_every.max(1), cache_salt: Some(setting.key()), ..config.clone() };
+                    let config = HybridConfig {
+                        verify: setting.verify,
+                        verify_every: setting.verify_every.max(1),
+                        final_check: setting.final_check,
+                        cache_salt: Some(setting.key()),
+                        ..config.clone()
+                    };
                     let mut run = HybridLoop {
                         slm: &mut slm.decoder,
                         tokenizer: &slm.tokenizer,
@@ -563,9 +576,9 @@ mod tests {
             |id: &str| Problem { task_id: id.into(), prompt: String::new(), canonical_solution: String::new(), test: String::new(), entry_point: "f".into() };
         let problems = [problem("a"), problem("b"), problem("c")];
         let settings = [
-            Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens: 1, verify: false, verify_every: 0 },
-            Setting { policy: PolicyKind::Always, threshold: 1.0, consult_tokens: 1, verify: false, verify_every: 0 },
-            Setting { policy: PolicyKind::MaxProb, threshold: 0.5, consult_tokens: 1, verify: false, verify_every: 0 },
+            Setting { policy: PolicyKind::Never, threshold: 0.0, consult_tokens: 1, verify: false, verify_every: 0, final_check: false },
+            Setting { policy: PolicyKind::Always, threshold: 1.0, consult_tokens: 1, verify: false, verify_every: 0, final_check: false },
+            Setting { policy: PolicyKind::MaxProb, threshold: 0.5, consult_tokens: 1, verify: false, verify_every: 0, final_check: false },
         ];
         let records = vec![
             record("slm-only", "a", false, 50, 0, &[]),
@@ -591,8 +604,21 @@ mod tests {
         assert!((s[2].billed_vs_cloud_only - 252.0 / 300.0).abs() < 1e-12);
         assert_eq!(s[2].decode_vs_cloud_only, 0.02);
         assert_eq!(s[1].billed_vs_cloud_only, 1.0);
-        assert_eq!(Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 4, verify: false, verify_every: 0 }.key(), "reward@0.25/k4");
-        assert_eq!(Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 1, verify: true, verify_every: 0 }.key(), "reward@0.25+verify");
-        assert_eq!(Setting { policy: PolicyKind::Verify, threshold: 0.7, consult_tokens: 1, verify: true, verify_every: 32 }.key(), "verify@0.7/every32");
+        assert_eq!(
+            Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 4, verify: false, verify_every: 0, final_check: false }.key(),
+            "reward@0.25/k4"
+        );
+        assert_eq!(
+            Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 1, verify: true, verify_every: 0, final_check: false }.key(),
+            "reward@0.25+verify"
+        );
+        assert_eq!(
+            Setting { policy: PolicyKind::MaxProb, threshold: 0.4, consult_tokens: 1, verify: true, verify_every: 0, final_check: true }.key(),
+            "maxprob@0.4+verify+final"
+        );
+        assert_eq!(
+            Setting { policy: PolicyKind::Verify, threshold: 0.7, consult_tokens: 1, verify: true, verify_every: 32, final_check: true }.key(),
+            "verify@0.7/every32"
+        );
     }
 }
