@@ -105,6 +105,7 @@ test-e2e:
 	node tests/e2e/extension.test.mjs
 	node tests/e2e/backend.test.mjs
 	node tests/e2e/verify.test.mjs
+	node tests/e2e/cloud-failures.test.mjs
 	node tests/e2e/sdk.test.mjs
 
 ## The aarch64 NEON kernels for real: cross-built (musl, zig from PyPI) and run under qemu-user

@@ -487,13 +487,14 @@ impl CloudClient {
         }
         let mut response = call.send(body.as_bytes()).map_err(|e| Error::Cloud(format!("cannot reach the cloud at {url}: {e}")))?;
         let status = response.status().as_u16();
+        let retry_after = crate::backoff::parse_retry_after(response.headers().get("retry-after").and_then(|v| v.to_str().ok()));
         let text = response
             .body_mut()
             .with_config()
             .limit(64 << 20)
             .read_to_string()
             .map_err(|e| Error::Cloud(format!("reading the cloud's answer from {url}: {e}")))?;
-        Completion::from_http(&url, status, body.len(), &text)
+        Completion::from_http(&url, status, body.len(), &text).map_err(|e| e.with_retry_after(retry_after))
     }
 }
 
@@ -505,7 +506,7 @@ impl Completion {
         let json = serde_json::from_str::<serde_json::Value>(text);
         if status >= 400 {
             let message = json.ok().and_then(|j| Some(j.pointer("/error/message")?.as_str()?.to_string())).unwrap_or_else(|| crate::error::first_line(&text));
-            return Err(Error::CloudStatus { status, message: format!("the cloud at {url} answered HTTP {status}: {message}") });
+            return Err(Error::CloudStatus { status, message: format!("the cloud at {url} answered HTTP {status}: {message}"), retry_after: None });
         }
         let json = json.map_err(|_| {
             Error::Cloud(format!("the cloud at {url} answered HTTP {status} with a body that is not JSON: {}", crate::error::first_line(&text)))

@@ -38,9 +38,10 @@ pub enum Error {
     #[error("{0}")]
     Cloud(String),
 
-    /// The cloud answered with an HTTP error status (its own message in `message`).
+    /// The cloud answered with an HTTP error status (its own message in `message`; how long
+    /// it asked to wait, from `Retry-After`).
     #[error("{message}")]
-    CloudStatus { status: u16, message: String },
+    CloudStatus { status: u16, message: String, retry_after: Option<std::time::Duration> },
 
     // candle appends a backtrace to its messages when RUST_BACKTRACE is set: keep the message.
     #[error("tensor computation failed: {}", first_line(.0))]
@@ -48,6 +49,16 @@ pub enum Error {
 
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The cloud's `Retry-After` for an HTTP error status (see `backoff::parse_retry_after`).
+    pub fn with_retry_after(self, wait: Option<std::time::Duration>) -> Self {
+        match self {
+            Error::CloudStatus { status, message, .. } => Error::CloudStatus { status, message, retry_after: wait },
+            other => other,
+        }
+    }
 }
 
 /// The first line of a message (candle appends a backtrace when RUST_BACKTRACE is set).

@@ -11,6 +11,7 @@
 //! Only the transport of the cloud call ([`CloudTransport`]) and the model backend ([`Slm`])
 //! differ between native and wasm; the loop is `async` so the browser can await `fetch`.
 //! `hybrid generate` is this loop with the `never` policy.
+use crate::backoff::{Backoff, CloudHold};
 use crate::cloud::{Completion, CompletionRequest, PositionScore, Prompt};
 use crate::model::decoder::{Decoder, Step};
 use crate::model::tokenizer::{TextStream, Tokenizer};
@@ -20,7 +21,6 @@ use crate::sampler::{Sampler, TopLogits};
 use crate::verify::{Pending, Verdict};
 use crate::{Error, Result};
 use serde::Serialize;
-use std::time::Duration;
 use web_time::Instant;
 
 /// The small model as the loop sees it. `forward` is async because on the GPU the browser
@@ -142,64 +142,12 @@ pub enum StopReason {
     Stopped,
 }
 
-/// When consults pause after failures, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackoffConfig {
-    /// Consecutive failed consults before the first pause.
-    pub failures_before_pause: u32,
-    pub first_pause: Duration,
-    /// Pauses double up to this.
-    pub max_pause: Duration,
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        Self { failures_before_pause: 3, first_pause: Duration::from_secs(2), max_pause: Duration::from_secs(60) }
-    }
-}
-
-/// Consults pause after `failures_before_pause` failures in a row; once a pause is over one
-/// consult is tried, and if it fails too the next pause is twice as long. A success resets.
-/// Time is passed in (time since the loop started), so the logic is testable.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    config: BackoffConfig,
-    failures_in_row: u32,
-    pauses: u32,
-    paused_until: Option<Duration>,
-}
-
-impl Backoff {
-    pub fn new(config: BackoffConfig) -> Self {
-        Self { config, failures_in_row: 0, pauses: 0, paused_until: None }
-    }
-
-    /// Whether a consult may be tried at `now`.
-    pub fn allows(&self, now: Duration) -> bool {
-        self.paused_until.is_none_or(|until| now >= until)
-    }
-
-    pub fn record_success(&mut self) {
-        *self = Self::new(self.config);
-    }
-
-    pub fn record_failure(&mut self, now: Duration) {
-        self.failures_in_row += 1;
-        if self.failures_in_row >= self.config.failures_before_pause {
-            let pause = self.config.first_pause.saturating_mul(1 << self.pauses.min(16)).min(self.config.max_pause);
-            self.paused_until = Some(now + pause);
-            self.pauses += 1;
-        }
-    }
-}
-
 /// Everything the loop needs besides the models.
 #[derive(Debug, Clone)]
 pub struct HybridConfig {
     pub max_tokens: usize,
     /// Tokens one consult asks the cloud for (1 as in the paper; more saves round trips).
     pub consult_tokens: usize,
-    pub backoff: BackoffConfig,
     /// Each consult also checks the local tokens since the previous one (`--no-verify` turns
     /// it off: consults then only answer).
     pub verify: bool,
@@ -225,7 +173,6 @@ impl Default for HybridConfig {
         Self {
             max_tokens: 256,
             consult_tokens: 1,
-            backoff: BackoffConfig::default(),
             verify: true,
             verify_every: DEFAULT_VERIFY_EVERY,
             final_check: true,
@@ -273,6 +220,8 @@ pub struct HybridStats {
     pub stop: StopReason,
     /// The last consult failure, for the UI's banner.
     pub last_cloud_error: Option<String>,
+    /// Why consults were held back when the answer ended (the back-off outlives the answer).
+    pub cloud_hold: Option<CloudHold>,
     /// Text of bytes still pending after the last token (an incomplete character), to append.
     pub tail: String,
 }
@@ -302,6 +251,7 @@ impl HybridStats {
             consult_ms: Vec::new(),
             stop: StopReason::MaxTokens,
             last_cloud_error: None,
+            cloud_hold: None,
             tail: String::new(),
         }
     }
@@ -356,14 +306,16 @@ impl HybridStats {
             "consult_ms_p95": r2(self.consult_ms_percentile(95.0)),
             "stop": self.stop,
             "last_cloud_error": self.last_cloud_error,
+            "cloud_hold": self.cloud_hold,
         })
     }
 }
 
-/// Whether a failed consult was the engine refusing the request (a 4xx other than a timeout
-/// or a rate limit) rather than the network or the server failing, or the server being busy.
+/// Whether a failed consult was the engine refusing the request (a 4xx other than a refused
+/// key, a timeout or a rate limit) rather than the network or the server failing, the key
+/// being wrong or the server being busy.
 fn is_refusal(e: &Error) -> bool {
-    matches!(e, Error::CloudStatus { status: 400..=499, .. } if !matches!(e, Error::CloudStatus { status: 408 | 429, .. }))
+    matches!(e, Error::CloudStatus { status: 400..=499, .. } if !matches!(e, Error::CloudStatus { status: 401 | 403 | 408 | 429, .. }))
 }
 
 /// Nearest-rank percentile of unsorted values; 0 for none.
@@ -388,6 +340,8 @@ pub struct HybridLoop<'a, M: Slm, C: CloudTransport> {
     pub policy: Policy,
     pub sampler: Sampler,
     pub config: HybridConfig,
+    /// Kept by the caller across the answers sent to the same cloud settings.
+    pub backoff: &'a mut Backoff,
 }
 
 /// The tokens one consult supplied; `ended` when the cloud chose to end the answer after them.
@@ -439,9 +393,7 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
         if lossless && !self.config.verify {
             return Err(Error::InvalidInput("the verify policy checks every token: it cannot run with verification off (drop --no-verify)".into()));
         }
-        let started = Instant::now();
         let mut stats = HybridStats::new(prompt.len());
-        let mut backoff = Backoff::new(self.config.backoff);
         let mut context = prompt.to_vec();
         let mut answer: Vec<Emitted> = Vec::new();
         // Tokens of `answer` before this index are checked (or came from the cloud).
@@ -483,7 +435,7 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
             } else {
                 let budget = (self.config.max_tokens - stats.tokens).min(self.config.consult_tokens.max(1));
                 let score_from = (self.config.verify && unchecked > 0 && !scoring_unavailable).then_some(prompt.len() + checked);
-                match self.consult(&context, budget, score_from, &mut backoff, started, &mut stats).await {
+                match self.consult(&context, budget, score_from, &mut stats).await {
                     None if stop_requested => {
                         stats.stop = StopReason::Stopped;
                         break 'generation;
@@ -613,6 +565,7 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
             stats.decode_steps += 1;
         }
         stats.unverified_tokens = answer[checked..].iter().filter(|e| e.source != Source::Cloud).count();
+        stats.cloud_hold = self.backoff.hold(self.backoff.now());
         stats.tail = text.finish();
         Ok(stats)
     }
@@ -623,20 +576,12 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
     /// Engines leave the end-of-generation token out of the answer and say `finish_reason:
     /// "stop"` instead (llama.cpp lists it last): then the answer ends there (possibly with no
     /// tokens at all).
-    async fn consult(
-        &mut self,
-        context: &[u32],
-        budget: usize,
-        score_from: Option<usize>,
-        backoff: &mut Backoff,
-        started: Instant,
-        stats: &mut HybridStats,
-    ) -> Option<CloudAnswer> {
+    async fn consult(&mut self, context: &[u32], budget: usize, score_from: Option<usize>, stats: &mut HybridStats) -> Option<CloudAnswer> {
         let Some(cloud) = self.cloud.as_deref_mut() else {
             stats.skipped_consults += 1;
             return None;
         };
-        if !backoff.allows(started.elapsed()) {
+        if !self.backoff.allows(self.backoff.now()) {
             stats.skipped_consults += 1;
             return None;
         }
@@ -686,12 +631,12 @@ impl<M: Slm, C: CloudTransport> HybridLoop<'_, M, C> {
         });
         match checked {
             Ok(answer) => {
-                backoff.record_success();
+                self.backoff.record_success();
                 stats.cloud_completion_tokens += answer.ids.len();
                 Some(answer)
             }
             Err(e) => {
-                backoff.record_failure(started.elapsed());
+                self.backoff.record_failure(self.backoff.now(), &e);
                 stats.failed_consults += 1;
                 stats.last_cloud_error = Some(e.to_string());
                 None
@@ -711,29 +656,10 @@ mod tests {
         // An error page that is not JSON still carries its status and first line.
         let page = answer(422, "<html>Unprocessable</html>\n<body>");
         assert!(is_refusal(&page) && page.to_string().contains("HTTP 422: <html>Unprocessable</html>"), "{page}");
-        for status in [408, 429, 500, 503] {
+        for status in [401, 403, 408, 429, 500, 503] {
             assert!(!is_refusal(&answer(status, r#"{"error":{"message":"busy"}}"#)), "{status}");
         }
         assert!(!is_refusal(&Error::Cloud("cannot reach the cloud".into())));
-    }
-
-    #[test]
-    fn backoff_pauses_after_repeated_failures_doubles_and_resets() {
-        let s = Duration::from_secs;
-        let mut b = Backoff::new(BackoffConfig { failures_before_pause: 3, first_pause: s(2), max_pause: s(5) });
-        for _ in 0..2 {
-            b.record_failure(s(0));
-            assert!(b.allows(s(0)), "paused before the third failure");
-        }
-        b.record_failure(s(10));
-        assert!(!b.allows(s(11)) && b.allows(s(12)), "first pause is 2 s");
-        b.record_failure(s(12));
-        assert!(!b.allows(s(15)) && b.allows(s(16)), "a failed retry pauses twice as long");
-        b.record_failure(s(16));
-        assert!(!b.allows(s(20)) && b.allows(s(21)), "pauses are capped at 5 s");
-        b.record_success();
-        b.record_failure(s(30));
-        assert!(b.allows(s(30)), "a success starts the count afresh");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! function), and abort (the per-token callback answers whether to go on). The engine only
 //! ever sees bytes and JSON, so its interface is small and the worker is its only caller.
 use crate::backend::{GpuChoice, SmallModel};
+use crate::backoff::{parse_retry_after, Backoff};
 use crate::cloud::{Completion, CompletionRequest};
 use crate::generate::{CloudTransport, HybridConfig, HybridLoop, LoopEvent, Slm};
 use crate::gpu::Gpu;
@@ -36,6 +37,9 @@ struct Loaded {
     chat: Option<ChatTemplate>,
     slm: SmallModel,
     head: Option<RewardHead>,
+    /// Outlives answers: a refused key or a rate limit holds consults until the worker says
+    /// the cloud settings changed (`resetCloudBackoff`).
+    backoff: Backoff,
 }
 
 /// The tokenizer, chat template and reward head (checked against the model's width).
@@ -114,7 +118,7 @@ impl Engine {
         let (tokenizer, chat, head) = Loaded::text_side(&content, reward_head)?;
         let decoder = Decoder::from_gguf(&content, &mut reader, &candle_core::Device::Cpu, Default::default())?;
         let slm = SmallModel::cpu(decoder, "this engine was made for the CPU");
-        Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head })) })
+        Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head, backoff: Backoff::default() })) })
     }
 
     /// Like the constructor, with `gpu` choosing the backend (`info()` says which and why):
@@ -130,7 +134,7 @@ impl Engine {
         let content = gguf::read_content(&mut std::io::Cursor::new(&gguf_bytes[..]))?;
         let (tokenizer, chat, head) = Loaded::text_side(&content, reward_head)?;
         let slm = SmallModel::choose(gguf_bytes, &content, adapter, choice).await?;
-        Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head })) })
+        Ok(Engine { inner: Rc::new(RefCell::new(Loaded { tokenizer, chat, slm, head, backoff: Backoff::default() })) })
     }
 
     /// What was loaded, as JSON: `{arch, layers, hiddenSize, vocabSize, contextLength,
@@ -153,6 +157,15 @@ impl Engine {
             "calibration": loaded.slm.calibration(),
         })
         .to_string()
+    }
+
+    /// Forgets consult failures: the worker calls it when the cloud settings change, so a
+    /// fixed key or URL is tried at once.
+    #[wasm_bindgen(js_name = resetCloudBackoff)]
+    pub fn reset_cloud_backoff(&self) -> std::result::Result<(), JsError> {
+        let mut loaded = self.inner.try_borrow_mut().map_err(|_| JsError::new("a generation is running on this engine"))?;
+        loaded.backoff = Backoff::default();
+        Ok(())
     }
 
     /// Token ids of a conversation (`[{role, content}, …]` as JSON) through the model's chat
@@ -248,7 +261,7 @@ async fn run_generation(
     };
     let mut guard =
         inner.try_borrow_mut().map_err(|_| Error::InvalidInput("a generation is already running on this engine: wait for it or abort it".into()))?;
-    let Loaded { slm, tokenizer, head, .. } = &mut *guard;
+    let Loaded { slm, tokenizer, head, backoff, .. } = &mut *guard;
     let mut run = HybridLoop {
         slm,
         tokenizer,
@@ -264,6 +277,7 @@ async fn run_generation(
             final_check: options.final_check,
             ..Default::default()
         },
+        backoff,
     };
     let stats = run.run(prompt, async |event: &LoopEvent| emit(&on_event, event).await).await?;
     let mut summary = stats.summary();
@@ -310,7 +324,8 @@ impl CloudTransport for JsCloud {
         let field = |name: &str| js_sys::Reflect::get(&answer, &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED);
         let status = field("status").as_f64().unwrap_or(0.0) as u16;
         let text = field("text").as_string().unwrap_or_default();
-        Completion::from_http(&self.url, status, body.len(), &text)
+        let retry_after = parse_retry_after(field("retryAfter").as_string().as_deref());
+        Completion::from_http(&self.url, status, body.len(), &text).map_err(|e| e.with_retry_after(retry_after))
     }
 }
 

@@ -159,6 +159,7 @@ fn answer(
     threshold: f32,
     prompt: &[u32],
 ) -> hybrid_assistant::Result<(Vec<u32>, hybrid_assistant::generate::HybridStats)> {
+    use hybrid_assistant::backoff::Backoff;
     use hybrid_assistant::generate::{HybridConfig, HybridLoop, LoopEvent};
     use hybrid_assistant::policy::Policy;
     use hybrid_assistant::sampler::{Sampler, SamplerConfig};
@@ -170,6 +171,7 @@ fn answer(
         policy: Policy::new(kind, threshold, 7).unwrap(),
         sampler: Sampler::new(SamplerConfig::default()),
         config: HybridConfig { max_tokens: MAX_TOKENS, consult_tokens: 4, ..Default::default() },
+        backoff: &mut Backoff::default(),
     };
     let mut ids = Vec::new();
     let stats = pollster::block_on(hybrid.run(prompt, async |e| {

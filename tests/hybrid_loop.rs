@@ -1,11 +1,13 @@
 //! The hybrid loop against a real `hybrid serve` on 127.0.0.1, smollm2-135m on both sides:
 //! `never` gives only local tokens (the small model's greedy answer), `always` gives the
 //! cloud's greedy answer exactly (one token or several per consult), and a server killed
-//! mid-answer turns the rest into fallbacks without losing text, with consults backing off.
+//! mid-answer turns the rest into fallbacks without losing text, with consults backing off;
+//! a refused key is sent once in a session and a rate limit's `Retry-After` is waited out.
 #![cfg(not(target_arch = "wasm32"))] // native only; tests/web.rs is the browser suite
 mod common;
 
 use common::server::{completion, Server};
+use hybrid_assistant::backoff::{Backoff, CloudHold};
 use hybrid_assistant::cloud::{CloudClient, CloudConfig, Completion, CompletionRequest};
 use hybrid_assistant::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud, Source, TokenEvent};
 use hybrid_assistant::model::decoder::LoadOptions;
@@ -29,6 +31,17 @@ fn client(server: &Server) -> CloudClient {
 }
 
 fn run<C: CloudTransport>(model: &mut Model, cloud: Option<&mut C>, policy: PolicyKind, consult_tokens: usize) -> (Vec<TokenEvent>, HybridStats) {
+    run_with(model, cloud, policy, consult_tokens, &mut Backoff::default())
+}
+
+/// One answer; `backoff` carries consult failures over from the caller's earlier answers.
+fn run_with<C: CloudTransport>(
+    model: &mut Model,
+    cloud: Option<&mut C>,
+    policy: PolicyKind,
+    consult_tokens: usize,
+    backoff: &mut Backoff,
+) -> (Vec<TokenEvent>, HybridStats) {
     let prompt = model.tokenizer.encode(&model.chat_prompt(PROMPT).unwrap()).unwrap();
     let mut hybrid = HybridLoop {
         slm: &mut model.decoder,
@@ -38,6 +51,7 @@ fn run<C: CloudTransport>(model: &mut Model, cloud: Option<&mut C>, policy: Poli
         policy: Policy::new(policy, 0.5, 1).unwrap(),
         sampler: Sampler::new(SamplerConfig::default()),
         config: HybridConfig { max_tokens: MAX_TOKENS, consult_tokens, ..Default::default() },
+        backoff,
     };
     let mut events = Vec::new();
     let stats = pollster::block_on(hybrid.run(&prompt, async |e| {
@@ -149,4 +163,81 @@ fn a_server_killed_mid_answer_turns_into_fallbacks_without_losing_text() {
     assert!(stats.failed_consults >= 3 && stats.skipped_consults > 0, "{stats:?}");
     assert_eq!(stats.failed_consults + stats.skipped_consults, stats.fallbacks);
     assert!(stats.last_cloud_error.as_deref().unwrap_or_default().contains("cannot reach the cloud"), "{:?}", stats.last_cloud_error);
+}
+
+#[test]
+fn a_refused_key_is_tried_once_in_a_session_and_its_answers_complete_locally() {
+    let server = Server::smollm2(&["--api-key", "the-right-key"]);
+    let mut model = model();
+    let local = ids(&run::<NoCloud>(&mut model, None, PolicyKind::Never, 1).0);
+    let mut cloud = CloudClient::new(CloudConfig {
+        url: server.url.clone(),
+        api_key: Some("a-wrong-key".into()),
+        model: "smollm2-135m".into(),
+        timeout: Duration::from_secs(30),
+    });
+    let mut backoff = Backoff::default();
+    for answer in 0..2 {
+        let (events, stats) = run_with(&mut model, Some(&mut cloud), PolicyKind::Always, 1, &mut backoff);
+        assert_eq!(ids(&events), local, "answer {answer}: the small model's answer, whole");
+        assert!(events.iter().all(|e| e.source == Source::Fallback));
+        // One request in the whole session: the 401 holds every later consult, across answers.
+        assert_eq!(stats.failed_consults, usize::from(answer == 0), "answer {answer}: {stats:?}");
+        assert_eq!(stats.cloud_hold, Some(CloudHold::Unauthorized { status: 401 }));
+        assert_eq!(stats.summary()["cloud_hold"]["kind"], "unauthorized");
+    }
+    // New settings, new back-off: the right key is used at once.
+    cloud = CloudClient::new(CloudConfig { api_key: Some("the-right-key".into()), ..cloud.config().clone() });
+    let (_, stats) = run_with(&mut model, Some(&mut cloud), PolicyKind::Always, 1, &mut Backoff::default());
+    assert_eq!((stats.failed_consults, stats.cloud_tokens), (0, stats.tokens), "{stats:?}");
+}
+
+/// A loopback HTTP server that answers every request with 429 and `Retry-After: 30`, counting them.
+fn rate_limited_cloud() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#;
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 30\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, requests)
+}
+
+#[test]
+fn a_rate_limit_holds_consults_for_its_retry_after() {
+    let (url, requests) = rate_limited_cloud();
+    let mut model = model();
+    let mut cloud = CloudClient::new(CloudConfig { url, api_key: None, model: "smollm2-135m".into(), timeout: Duration::from_secs(30) });
+    let (events, stats) = run(&mut model, Some(&mut cloud), PolicyKind::Always, 1);
+    assert_eq!(events.len(), MAX_TOKENS);
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1, "consults went on during the Retry-After wait");
+    assert_eq!((stats.failed_consults, stats.skipped_consults), (1, MAX_TOKENS - 1), "{stats:?}");
+    match stats.cloud_hold {
+        Some(CloudHold::RateLimited { retry_after_s }) => assert!((20.0..=30.0).contains(&retry_after_s), "{retry_after_s}"),
+        other => panic!("expected a rate-limit hold, got {other:?}"),
+    }
+    assert!(stats.last_cloud_error.as_deref().unwrap_or_default().contains("HTTP 429: slow down"), "{:?}", stats.last_cloud_error);
 }

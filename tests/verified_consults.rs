@@ -6,6 +6,7 @@
 mod common;
 
 use common::server::Server;
+use hybrid_assistant::backoff::Backoff;
 use hybrid_assistant::cloud::{CloudClient, CloudConfig, Completion, CompletionRequest};
 use hybrid_assistant::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud, Source};
 use hybrid_assistant::model::decoder::LoadOptions;
@@ -80,6 +81,7 @@ fn run<C: CloudTransport>(slm: &mut Model, cloud: Option<&mut C>, prompt: &[u32]
         policy: Policy::new(s.policy, s.threshold, 1).unwrap(),
         sampler: Sampler::new(s.sampler),
         config: HybridConfig { max_tokens: s.max_tokens, verify: s.verify, verify_every: s.verify_every, final_check: s.final_check, ..Default::default() },
+        backoff: &mut Backoff::default(),
     };
     let mut screen = Screen::default();
     let stats = pollster::block_on(hybrid.run(prompt, async |e| {

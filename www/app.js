@@ -61,6 +61,49 @@ function showError(message) {
   show('banner-error', message);
 }
 
+// The cloud banner says what happened and what to do: a failed consult's `trouble` (worker.js)
+// or, at the end of an answer, the engine's back-off hold (`stats.cloud_hold`, src/backoff.rs).
+let countdown = null;
+function showCloudTrouble(trouble, error) {
+  clearInterval(countdown);
+  const banner = $('banner-cloud');
+  const say = (text) => { banner.querySelector('.detail').textContent = text; };
+  const kind = trouble?.kind;
+  banner.dataset.kind = kind || 'failing';
+  if (kind === 'unauthorized') {
+    say(`The cloud refused the API key (HTTP ${trouble.status}). Set the right key in Settings; until then no consult is sent.`);
+  } else if (kind === 'rate_limited' && trouble.retryAfterS != null) {
+    const until = performance.now() + trouble.retryAfterS * 1000;
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((until - performance.now()) / 1000));
+      say(`The cloud is rate-limiting this key: consults wait ${left} s (its Retry-After).`);
+      if (!left) clearInterval(countdown);
+    };
+    tick();
+    countdown = setInterval(tick, 1000);
+  } else if (kind === 'rate_limited') {
+    say(`The cloud is rate-limiting this key (HTTP 429): consults back off. ${error ?? ''}`);
+  } else if (kind === 'timeout') {
+    say(`The cloud did not answer in time: ${error}. Consults back off and retry; a longer timeout in Settings may help.`);
+  } else if (kind === 'network') {
+    say(`${error}.`);
+  } else if (kind === 'paused') {
+    say(`Consults are paused after repeated failures; the next one is tried in ${Math.ceil(trouble.pauseS)} s.${error ? ` The last: ${error}.` : ''}`);
+  } else if (kind === 'server') {
+    say(`The cloud failed (HTTP ${trouble.status}): ${error}. Consults back off and retry.`);
+  } else {
+    say(`The cloud refused the request: ${error}.`);
+  }
+  banner.hidden = false;
+}
+
+// The engine's hold at the end of an answer, in the same words as the consult that caused it.
+function showCloudHold(hold, error) {
+  if (hold.kind === 'unauthorized') showCloudTrouble({ kind: 'unauthorized', status: hold.status }, error);
+  else if (hold.kind === 'rate_limited') showCloudTrouble({ kind: 'rate_limited', retryAfterS: hold.retry_after_s }, error);
+  else if ($('banner-cloud').hidden) showCloudTrouble({ kind: 'paused', pauseS: hold.pause_s }, error);
+}
+
 // ---- controls ----
 
 function renderControls() {
@@ -252,13 +295,13 @@ async function send(text) {
     maxTokens: controls.maxTokens,
     consultTokens: controls.consultTokens,
     signal: running.signal,
-    onConsult: ({ ms, error }) => {
+    onConsult: ({ ms, error, trouble }) => {
       consultMs.push(ms);
       live.consults = consultMs.length;
       live.consult_ms_p50 = percentile(consultMs, 50);
       live.consult_ms_p95 = percentile(consultMs, 95);
-      if (error) show('banner-cloud', error);
-      else $('banner-cloud').hidden = true;
+      if (error) showCloudTrouble(trouble, error);
+      else { clearInterval(countdown); $('banner-cloud').hidden = true; }
     },
   };
   // Left out, the engine's defaults apply (verification on; its own stretch length).
@@ -302,7 +345,8 @@ async function send(text) {
   if (stats) {
     if (stats.tail) { el.append(stats.tail); tokens.push([stats.tail, 'local', null, null]); }
     showStats(stats);
-    if (stats.failed_consults && stats.last_cloud_error) show('banner-cloud', stats.last_cloud_error);
+    // The back-off outlives the answer: a hold set by an earlier answer is shown again.
+    if (stats.cloud_hold) showCloudHold(stats.cloud_hold, stats.last_cloud_error);
     if (stats.backend) showBackend(stats.backend, stats.cpu_reason || whyOf(assistant.info));
   }
   const noteText = failure ? `The answer stopped: ${failure}` : stats?.stop === 'stopped' ? 'Stopped.' : null;

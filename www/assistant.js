@@ -41,8 +41,14 @@ export class Assistant {
   #worker;
   #nextId = 1;
   #pending = new Map(); // id -> {onMessage, onFailure}
-  cloud;
+  #cloud;
+  // Bumped by every assignment to `cloud`: the engine then forgets its back-off (a refused key,
+  // a rate limit), so saved settings are tried at once even when they did not change.
+  #cloudVersion = 0;
   info = null;
+
+  get cloud() { return this.#cloud; }
+  set cloud(cloud) { this.#cloud = cloud; this.#cloudVersion += 1; }
 
   constructor(worker, cloud) {
     this.#worker = worker;
@@ -86,8 +92,9 @@ export class Assistant {
   }
 
   /** Streams the reply to `messages` ([{role, content}]): the engine's events (tokens,
-   *  withdrawals, checks; see the header), then {done: true, stats}. */
-  /** `onConsult({ms, error})` hears of each cloud request as it returns. */
+   *  withdrawals, checks; see the header), then {done: true, stats}. `onConsult({ms, error,
+   *  trouble})` hears of each cloud request as it returns (worker.js lists the kinds of
+   *  `trouble`; `stats.cloud_hold` says why consults were held back at the end). */
   async *generate(messages, { signal, onConsult = () => {}, ...options } = {}) {
     const id = this.#nextId++;
     const queue = [];
@@ -98,14 +105,14 @@ export class Assistant {
       onFailure: (error) => push({ error }),
       onMessage: (m) => {
         if (m.type === 'event') push(m.event);
-        else if (m.type === 'consult') onConsult({ ms: m.ms, error: m.error });
+        else if (m.type === 'consult') onConsult({ ms: m.ms, error: m.error, trouble: m.trouble });
         else if (m.type === 'done') push({ done: true, stats: m.stats });
         else if (m.type === 'error') push({ error: new Error(m.message) });
       },
     });
     const abort = () => this.#worker.postMessage({ type: 'abort', id });
     signal?.addEventListener('abort', abort);
-    this.#worker.postMessage({ type: 'generate', id, messages, options, cloud: this.cloud });
+    this.#worker.postMessage({ type: 'generate', id, messages, options, cloud: this.#cloud, cloudVersion: this.#cloudVersion });
     try {
       for (;;) {
         while (!queue.length) await new Promise((r) => { wake = r; });

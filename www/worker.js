@@ -2,18 +2,23 @@
 // talks to the page only by messages (see assistant.js for the protocol's other side).
 //
 // page -> worker: {type: 'load', id, model, rewardHead}
-//                 {type: 'generate', id, messages, options, cloud: {url, apiKey, model, timeoutMs}}
+//                 {type: 'generate', id, messages, options, cloud: {url, apiKey, model, timeoutMs}, cloudVersion}
 //                 {type: 'abort', id}
 // worker -> page: {type: 'progress', id, file, loaded, total, fromCache}
 //                 {type: 'loaded', id, info}
 //                 {type: 'event', id, event}   (an engine event: a token, {withdraw_from}, {verified_to})
-//                 {type: 'consult', id, ms, error}   (one per cloud request, as it returns)
+//                 {type: 'consult', id, ms, error, trouble}   (one per cloud request, as it returns;
+//                   trouble: {kind: 'unauthorized'|'rate_limited'|'timeout'|'network'|'server'|
+//                   'refused', status, retryAfterS} when it failed)
 //                 {type: 'done', id, stats}
 //                 {type: 'error', id, message, download}
 import init, { Engine } from './pkg/hybrid_assistant.js';
 import { fetchVerified, DownloadError } from './download.js';
 
 let engine = null;
+// The cloud settings' version of the last answer: the engine's back-off (a refused key, a rate
+// limit) holds until the page sets the cloud again.
+let lastCloudVersion = null;
 const aborts = new Map(); // generation id -> AbortController
 
 // A macrotask boundary: lets an 'abort' message in between two tokens.
@@ -46,12 +51,14 @@ async function load({ id, model, rewardHead, gpu = 'auto' }) {
   postMessage({ type: 'loaded', id, info: JSON.parse(engine.info()) });
 }
 
-async function generate({ id, messages, options, cloud }) {
+async function generate({ id, messages, options, cloud, cloudVersion }) {
   if (!engine) throw new Error('no model is loaded yet');
   const controller = new AbortController();
   aborts.set(id, controller);
   try {
     const prompt = engine.encodeChat(JSON.stringify(messages));
+    if (cloudVersion !== lastCloudVersion) engine.resetCloudBackoff();
+    lastCloudVersion = cloudVersion;
     const cloudUrl = cloud?.url ? completionsUrl(cloud.url) : null;
     // Stop cuts a consult short, except under the verify policy: there the engine's last
     // consult checks what stands before it stops, and the timeout still bounds it.
@@ -60,11 +67,14 @@ async function generate({ id, messages, options, cloud }) {
       const started = performance.now();
       try {
         const answer = await consult(cloudUrl, cloud, body, consultSignal);
-        const error = answer.status >= 400 ? `HTTP ${answer.status}: ${errorMessage(answer.text)}` : null;
-        postMessage({ type: 'consult', id, ms: performance.now() - started, error });
+        const failed = answer.status >= 400;
+        const error = failed ? `HTTP ${answer.status}: ${errorMessage(answer.text)}` : null;
+        const trouble = failed ? httpTrouble(answer.status, answer.retryAfter) : null;
+        postMessage({ type: 'consult', id, ms: performance.now() - started, error, trouble });
         return answer;
       } catch (e) {
-        postMessage({ type: 'consult', id, ms: performance.now() - started, error: e.message });
+        const trouble = { kind: e.timeout ? 'timeout' : 'network' };
+        if (!controller.signal.aborted) postMessage({ type: 'consult', id, ms: performance.now() - started, error: e.message, trouble });
         throw e;
       }
     } : undefined;
@@ -90,14 +100,27 @@ function completionsUrl(base) {
   return url.endsWith('/v1') ? `${url}/completions` : `${url}/v1/completions`;
 }
 
+// What kind of failure an HTTP error status is (the page says what to do about each).
+function httpTrouble(status, retryAfter) {
+  if (status === 401 || status === 403) return { kind: 'unauthorized', status };
+  if (status === 429) return { kind: 'rate_limited', status, retryAfterS: retryAfter && Number.isFinite(+retryAfter) ? +retryAfter : null };
+  if (status === 408) return { kind: 'timeout', status };
+  return { kind: status >= 500 ? 'server' : 'refused', status };
+}
+
 async function consult(url, cloud, body, abortSignal) {
   const headers = { 'Content-Type': 'application/json' };
   if (cloud.apiKey) headers.Authorization = `Bearer ${cloud.apiKey}`;
-  const signal = AbortSignal.any([abortSignal, AbortSignal.timeout(cloud.timeoutMs || 10000)].filter(Boolean));
+  const timeoutMs = cloud.timeoutMs || 10000;
+  const signal = AbortSignal.any([abortSignal, AbortSignal.timeout(timeoutMs)].filter(Boolean));
   try {
     const response = await fetch(url, { method: 'POST', headers, body, signal });
-    return { status: response.status, text: await response.text() };
+    // Retry-After reaches a page only when the server lists it in Access-Control-Expose-Headers (hybrid serve does).
+    return { status: response.status, text: await response.text(), retryAfter: response.headers.get('Retry-After') };
   } catch (e) {
-    throw new Error(e.name === 'TimeoutError' ? `no answer within ${cloud.timeoutMs || 10000} ms` : e.message);
+    if (e.name === 'TimeoutError') throw Object.assign(new Error(`no answer within ${timeoutMs} ms`), { timeout: true });
+    // fetch says only "Failed to fetch" for a refused connection and a CORS refusal alike.
+    const origin = new URL(url).origin;
+    throw new Error(`the browser could not reach ${origin} (${e.message}): the server is down, or it does not allow requests from this page's origin ${self.location.origin} (CORS)`);
   }
 }

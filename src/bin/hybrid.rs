@@ -1,6 +1,7 @@
 //! `hybrid`: the command-line front of hybrid-assistant.
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hybrid_assistant::backoff::Backoff;
 use hybrid_assistant::cloud::{CloudClient, CloudConfig};
 use hybrid_assistant::fetch::Fetcher;
 use hybrid_assistant::generate::{HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud, Source};
@@ -324,6 +325,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         policy: Policy::new(PolicyKind::Never, 0.0, 0)?,
         sampler: Sampler::new(SamplerConfig { temperature: args.temperature, top_p: args.top_p, seed: args.seed }),
         config: HybridConfig { max_tokens: args.max_tokens, ..Default::default() },
+        backoff: &mut Backoff::default(),
     };
     let mut out = TokenPrinter::new(args.json, false, false);
     let stats = pollster::block_on(run.run(&prompt, async |event| out.event(event)))?;
@@ -417,6 +419,7 @@ fn chat(args: ChatArgs) -> Result<()> {
             final_check: !args.no_final_check,
             ..Default::default()
         },
+        backoff: &mut Backoff::default(),
     };
     let colour = !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
     // A pipe cannot take text back: it gets only checked text (and the rest at the end).

@@ -15,6 +15,7 @@
 use super::humaneval::{instruction, load_problems, Problem};
 use super::plot::{line_plot, HLine, PlotSpec, Series};
 use super::sandbox;
+use crate::backoff::Backoff;
 use crate::cloud::{CloudClient, CloudConfig};
 use crate::generate::{CloudTransport, HybridConfig, HybridLoop, HybridStats, LoopEvent, NoCloud};
 use crate::model::decoder::LoadOptions;
@@ -295,6 +296,7 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
                         policy: Policy::new(PolicyKind::Never, 0.0, 0)?,
                         sampler: Sampler::new(Default::default()),
                         config: config.clone(),
+                        backoff: &mut Backoff::default(),
                     };
                     let (answer, mut stats) = answer_with(&mut run, &prompt)?;
                     // The whole answer is the cloud's, from one request.
@@ -323,6 +325,7 @@ pub fn run(args: &HumanEvalArgs) -> anyhow::Result<()> {
                         policy,
                         sampler: Sampler::new(Default::default()),
                         config,
+                        backoff: &mut Backoff::default(),
                     };
                     answer_with(&mut run, &prompt)?
                 }
