@@ -70,6 +70,8 @@ function showCloudTrouble(trouble, error) {
   const say = (text) => { banner.querySelector('.detail').textContent = text; };
   const kind = trouble?.kind;
   banner.dataset.kind = kind || 'failing';
+  // What the user can fix in the settings: the key, or the URL the browser cannot reach.
+  banner.querySelector('.open-settings').hidden = !['unauthorized', 'network'].includes(kind);
   if (kind === 'unauthorized') {
     say(`The cloud refused the API key (HTTP ${trouble.status}). Set the right key in Settings; until then no consult is sent.`);
   } else if (kind === 'rate_limited' && trouble.retryAfterS != null) {
@@ -90,7 +92,7 @@ function showCloudTrouble(trouble, error) {
   } else if (kind === 'paused') {
     say(`Consults are paused after repeated failures; the next one is tried in ${Math.ceil(trouble.pauseS)} s.${error ? ` The last: ${error}.` : ''}`);
   } else if (kind === 'server') {
-    say(`The cloud failed (HTTP ${trouble.status}): ${error}. Consults back off and retry.`);
+    say(`The cloud failed: ${error}. Consults back off and retry.`);
   } else {
     say(`The cloud refused the request: ${error}.`);
   }
@@ -477,6 +479,7 @@ export async function startApp(host) {
     renderHistory();
   });
   $('open-settings').addEventListener('click', () => host.editSettings());
+  $('banner-cloud').querySelector('.open-settings').addEventListener('click', () => host.editSettings());
   $('retry-download').addEventListener('click', loadEngine);
   host.onPrompt?.((text) => {
     $('prompt').value = text;

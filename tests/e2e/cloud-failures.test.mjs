@@ -4,8 +4,8 @@
 //   unauthorized  401: the banner names the key and Settings; the back-off outlives the answer
 //                 (the next answer sends no request) and a settings change lifts it
 //   rate_limited  429 with Retry-After: 30: a countdown, one request for the whole answer
-//   cors          no Access-Control-Allow-Origin: the banner names the cloud's origin, the
-//                 page's origin and CORS
+//   cors          no Access-Control-Allow-Origin: the banner (state 'network': fetch cannot tell
+//                 it from a server that is down) names the cloud's origin, the page's and CORS
 //   timeout       never answers (timeout 800 ms in Settings): the banner says so
 //   server        500: a server error
 // Every answer completes with fallback tokens. Screenshots: target/e2e/cloud-<kind>.png.
@@ -62,7 +62,7 @@ async function answer(page) {
       spans: el.querySelectorAll('.tok').length,
       fallback: el.querySelectorAll('.tok.fallback').length,
       note: el.querySelector('.note')?.textContent ?? null,
-      banner: banner.hidden ? null : { kind: banner.dataset.kind, text: banner.innerText },
+      banner: banner.hidden ? null : { kind: banner.dataset.kind, text: banner.innerText, settingsButton: !banner.querySelector('.open-settings').hidden },
     };
   });
 }
@@ -85,8 +85,10 @@ async function main() {
     await page.fill('#max-tokens', String(MAX_TOKENS));
     await page.$eval('#max-tokens', (el) => el.dispatchEvent(new Event('change')));
 
-    const check = async (kind, expect, settings = {}) => {
-      cloud.state.mode = kind;
+    // `kind`: the cloud's failure mode and the banner's state, except that the browser cannot
+    // tell a CORS refusal from a server that is down (both are 'network').
+    const check = async (mode, expect, settings = {}, kind = mode) => {
+      cloud.state.mode = mode;
       await saveSettings(page, { url: cloud.url, ...settings });
       const before = cloud.state.requests;
       const a = await answer(page);
@@ -94,12 +96,17 @@ async function main() {
       assert.ok(a.spans > 0 && a.fallback === a.spans, `${kind}: every token is a fallback: ${JSON.stringify(a)}`);
       assert.equal(a.banner?.kind, kind, `${kind}: the banner's state: ${JSON.stringify(a.banner)}`);
       for (const words of expect) assert.ok(a.banner.text.includes(words), `${kind}: the banner says "${words}": ${a.banner.text}`);
-      await page.screenshot({ path: `${shots}/cloud-${kind}.png` });
-      console.log(`ok ${kind}: ${cloud.state.requests - before} request(s); "${a.banner.text.split('\n')[0]}"`);
+      assert.equal(a.banner.settingsButton, ['unauthorized', 'network'].includes(kind), `${kind}: a settings button where the fix is there`);
+      await page.screenshot({ path: `${shots}/cloud-${mode}.png` });
+      console.log(`ok ${mode}: ${cloud.state.requests - before} request(s); "${a.banner.text.split('\n')[0]}"`);
       return cloud.state.requests - before;
     };
 
     assert.equal(await check('unauthorized', ['refused the API key (HTTP 401)', 'Settings'], { apiKey: 'wrong-1' }), 1, 'one request, then the key is held');
+    // The banner's button opens the settings dialog.
+    await page.click('#banner-cloud .open-settings');
+    assert.ok(await page.$eval('#settings', (d) => d.open), 'the banner opens the cloud settings');
+    await page.click('#settings button[value=cancel]');
     const again = await answer(page);
     assert.equal(cloud.state.requests, 1, 'the next answer sends nothing with the same refused key');
     assert.equal(again.banner?.kind, 'unauthorized', 'and still says why');
@@ -109,7 +116,7 @@ async function main() {
     const countdown = await page.$eval('#banner-cloud', (el) => Number(/wait (\d+) s/.exec(el.innerText)?.[1]));
     assert.ok(countdown > 0 && countdown <= 30, `a countdown from Retry-After: ${countdown}`);
 
-    await check('cors', ['could not reach', cloud.url, new URL(server.url).origin, 'CORS']);
+    await check('cors', ['could not reach', cloud.url, new URL(server.url).origin, 'CORS'], {}, 'network');
     await check('timeout', ['did not answer in time', 'no answer within 800 ms'], { timeoutMs: 800 });
     await check('server', ['HTTP 500', 'the model crashed']);
     assert.deepEqual(errors, [], 'no uncaught errors on the page');
