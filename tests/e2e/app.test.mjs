@@ -100,7 +100,8 @@ async function main() {
     assert.ok(await page.$eval('option[value=reward]', (o) => o.disabled), 'no reward head for smollm2: the reward policy is off');
     console.log(`ok load: ${progress.length} progress updates, last "${progress.at(-1)}"`);
 
-    // 2. Threshold 1: every token from the cloud. Threshold 0: none.
+    // 2. Threshold 1: every token from the cloud. Threshold 0: none but the final check's
+    // (the answer's last token is the cloud's call, src/generate.rs final_check).
     const all = await ask(page, { policy: 'maxprob', threshold: 1, maxTokens: 24 });
     assert.ok(all.spans > 0, 'an answer streamed');
     assert.equal(all.cloud, all.spans, `threshold 1: every token is a .tok.cloud span (${all.cloud} of ${all.spans})`);
@@ -108,7 +109,7 @@ async function main() {
     console.log(`ok threshold 1: ${all.cloud}/${all.spans} cloud`);
     const none = await ask(page, { policy: 'maxprob', threshold: 0, maxTokens: 24 });
     assert.ok(none.spans > 0, 'an answer streamed');
-    assert.equal(none.cloud, 0, 'threshold 0: no .tok.cloud span');
+    assert.ok(none.cloud <= 1, `threshold 0: no .tok.cloud span but the final check's (${none.cloud})`);
     statsMatchSpans(none, 'threshold 0');
     console.log(`ok threshold 0: ${none.cloud}/${none.spans} cloud`);
 
@@ -133,7 +134,7 @@ async function main() {
     const afterReload = await page.evaluate(() => window.__progress);
     assert.ok(afterReload.some((t) => t.includes('from the browser cache')), `cached: ${afterReload}`);
     assert.equal(await page.locator('.msg.assistant[data-done=true]').count(), 3, 'the answers survive a reload');
-    assert.equal(await page.locator('.msg.assistant .tok.cloud').count(), all.cloud, 'with their cloud marks');
+    assert.equal(await page.locator('.msg.assistant .tok.cloud').count(), all.cloud + none.cloud + stopped.cloud, 'with their cloud marks');
     console.log('ok reload: model from the cache, conversation kept');
 
     // 4. The static site on another origin, asking this server as its cloud.
