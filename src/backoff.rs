@@ -37,8 +37,9 @@ pub enum CloudHold {
 
 /// Consults pause after `failures_before_pause` failures in a row; once a pause is over one
 /// consult is tried, and if it fails too the next pause is twice as long. A success resets.
-/// A 401/403 stops consults for good and a 429 with `Retry-After` pauses at once for as long
-/// as it says.
+/// A timeout pauses at once (it already stalled the answer for the whole timeout, so a cloud
+/// that does not answer costs one timeout per pause); a 401/403 stops consults for good and a
+/// 429 with `Retry-After` pauses at once for as long as it says.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     config: BackoffConfig,
@@ -95,14 +96,19 @@ impl Backoff {
                 self.paused_until = Some(now + wait);
                 self.hold = Some(CloudHold::RateLimited { retry_after_s: wait.as_secs_f64() });
             }
-            _ if self.failures_in_row >= self.config.failures_before_pause => {
-                let pause = self.config.first_pause.saturating_mul(1 << self.pauses.min(16)).min(self.config.max_pause);
-                self.paused_until = Some(now + pause);
-                self.pauses += 1;
-                self.hold = Some(CloudHold::Failing { pause_s: pause.as_secs_f64() });
-            }
+            Error::CloudTimeout(_) => self.pause(now),
+            _ if self.failures_in_row >= self.config.failures_before_pause => self.pause(now),
             _ => {}
         }
+    }
+}
+
+impl Backoff {
+    fn pause(&mut self, now: Duration) {
+        let pause = self.config.first_pause.saturating_mul(1 << self.pauses.min(16)).min(self.config.max_pause);
+        self.paused_until = Some(now + pause);
+        self.pauses += 1;
+        self.hold = Some(CloudHold::Failing { pause_s: pause.as_secs_f64() });
     }
 }
 
@@ -140,6 +146,9 @@ mod tests {
         b.record_success();
         b.record_failure(s(30), &unreachable);
         assert!(b.allows(s(30)) && b.hold(s(30)).is_none(), "a success starts the count afresh");
+        b.record_success();
+        b.record_failure(s(40), &Error::CloudTimeout("no answer within 10000 ms".into()));
+        assert!(!b.allows(s(41)) && b.allows(s(42)), "a timeout pauses at once");
     }
 
     #[test]

@@ -485,15 +485,17 @@ impl CloudClient {
         if let Some(key) = &self.config.api_key {
             call = call.header("Authorization", &format!("Bearer {key}"));
         }
-        let mut response = call.send(body.as_bytes()).map_err(|e| Error::Cloud(format!("cannot reach the cloud at {url}: {e}")))?;
+        let late = || Error::CloudTimeout(format!("the cloud at {url} gave no answer within {} ms", self.config.timeout.as_millis()));
+        let mut response = call.send(body.as_bytes()).map_err(|e| match e {
+            ureq::Error::Timeout(_) => late(),
+            e => Error::Cloud(format!("cannot reach the cloud at {url}: {e}")),
+        })?;
         let status = response.status().as_u16();
         let retry_after = crate::backoff::parse_retry_after(response.headers().get("retry-after").and_then(|v| v.to_str().ok()));
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .map_err(|e| Error::Cloud(format!("reading the cloud's answer from {url}: {e}")))?;
+        let text = response.body_mut().with_config().limit(64 << 20).read_to_string().map_err(|e| match e {
+            ureq::Error::Timeout(_) => late(),
+            e => Error::Cloud(format!("reading the cloud's answer from {url}: {e}")),
+        })?;
         Completion::from_http(&url, status, body.len(), &text).map_err(|e| e.with_retry_after(retry_after))
     }
 }

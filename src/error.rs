@@ -38,6 +38,10 @@ pub enum Error {
     #[error("{0}")]
     Cloud(String),
 
+    /// The cloud did not answer within the consult's timeout.
+    #[error("{0}")]
+    CloudTimeout(String),
+
     /// The cloud answered with an HTTP error status (its own message in `message`; how long
     /// it asked to wait, from `Retry-After`).
     #[error("{message}")]

@@ -333,10 +333,14 @@ fn to_js(e: Error) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
 
+/// The worker's `fetch` failure: a timeout carries `timeout: true` (worker.js).
 fn cloud_error(url: &str, e: JsValue) -> Error {
     let message = match e.dyn_ref::<js_sys::Error>() {
         Some(err) => String::from(err.message()),
         None => e.as_string().unwrap_or_else(|| format!("{e:?}")),
     };
+    if js_sys::Reflect::get(&e, &JsValue::from_str("timeout")).is_ok_and(|t| t.is_truthy()) {
+        return Error::CloudTimeout(format!("the cloud at {url}: {message}"));
+    }
     Error::Cloud(format!("cannot reach the cloud at {url}: {message}"))
 }

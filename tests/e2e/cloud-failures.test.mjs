@@ -117,7 +117,7 @@ async function main() {
     assert.ok(countdown > 0 && countdown <= 30, `a countdown from Retry-After: ${countdown}`);
 
     await check('cors', ['could not reach', cloud.url, new URL(server.url).origin, 'CORS'], {}, 'network');
-    await check('timeout', ['did not answer in time', 'no answer within 800 ms'], { timeoutMs: 800 });
+    assert.equal(await check('timeout', ['did not answer in time', 'no answer within 800 ms'], { timeoutMs: 800 }), 1, 'a timeout pauses consults at once');
     await check('server', ['HTTP 500', 'the model crashed']);
     assert.deepEqual(errors, [], 'no uncaught errors on the page');
   } finally {
