@@ -4,19 +4,36 @@ answers are cloud-only's, against SLM-only and cloud-only answers made by the sa
 The hybrid rows and the baselines come from separate `hybrid eval humaneval` runs (run side by
 side on two cores); this script lines them up on the problems both have answered.
 
-    python3 analysis/verify_summary.py [assets/eval/verify]
+    python3 analysis/verify_summary.py [FOLDER [MORE_BASELINES ...]]
+
+The hybrid settings are FOLDER's (default assets/eval/verify). Baselines are FOLDER's, and for
+problems it has none for, those of the next folders in order: answers made on another CPU
+(another kernel set) may differ from this one's at near-ties, so a setting is compared with
+baselines from its own machine wherever they exist.
 """
 import glob
 import json
 import os
 import sys
 
-folder = sys.argv[1] if len(sys.argv) > 1 else "assets/eval/verify"
-records = []
-for path in sorted(glob.glob(os.path.join(folder, "*.answers.jsonl"))):
-    records += [json.loads(line) for line in open(path) if line.strip()]
-cloud = {r["task_id"]: r for r in records if r["setting"] == "cloud-only"}
-slm = {r["task_id"]: r for r in records if r["setting"] == "slm-only"}
+folders = sys.argv[1:] or ["assets/eval/verify"]
+
+
+def load(folder):
+    records = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.answers.jsonl"))):
+        records += [json.loads(line) for line in open(path) if line.strip()]
+    return records
+
+
+records = load(folders[0])
+cloud, slm = {}, {}
+for folder in reversed(folders):
+    for r in load(folder):
+        if r["setting"] == "cloud-only":
+            cloud[r["task_id"]] = r
+        elif r["setting"] == "slm-only":
+            slm[r["task_id"]] = r
 settings = sorted({r["setting"] for r in records} - {"cloud-only", "slm-only"})
 
 for setting in settings:
