@@ -101,9 +101,8 @@ impl Backoff {
             _ => {}
         }
     }
-}
 
-impl Backoff {
+    /// Pauses consults, twice as long as the previous pause (up to `max_pause`).
     fn pause(&mut self, now: Duration) {
         let pause = self.config.first_pause.saturating_mul(1 << self.pauses.min(16)).min(self.config.max_pause);
         self.paused_until = Some(now + pause);

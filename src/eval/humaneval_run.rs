@@ -607,21 +607,12 @@ mod tests {
         assert!((s[2].billed_vs_cloud_only - 252.0 / 300.0).abs() < 1e-12);
         assert_eq!(s[2].decode_vs_cloud_only, 0.02);
         assert_eq!(s[1].billed_vs_cloud_only, 1.0);
-        assert_eq!(
-            Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 4, verify: false, verify_every: 0, final_check: false }.key(),
-            "reward@0.25/k4"
-        );
-        assert_eq!(
-            Setting { policy: PolicyKind::Reward, threshold: 0.25, consult_tokens: 1, verify: true, verify_every: 0, final_check: false }.key(),
-            "reward@0.25+verify"
-        );
-        assert_eq!(
-            Setting { policy: PolicyKind::MaxProb, threshold: 0.4, consult_tokens: 1, verify: true, verify_every: 0, final_check: true }.key(),
-            "maxprob@0.4+verify+final"
-        );
-        assert_eq!(
-            Setting { policy: PolicyKind::Verify, threshold: 0.7, consult_tokens: 1, verify: true, verify_every: 32, final_check: true }.key(),
-            "verify@0.7/every32"
-        );
+        let key = |policy, threshold, consult_tokens, verify, verify_every, final_check| {
+            Setting { policy, threshold, consult_tokens, verify, verify_every, final_check }.key()
+        };
+        assert_eq!(key(PolicyKind::Reward, 0.25, 4, false, 0, false), "reward@0.25/k4");
+        assert_eq!(key(PolicyKind::Reward, 0.25, 1, true, 0, false), "reward@0.25+verify");
+        assert_eq!(key(PolicyKind::MaxProb, 0.4, 1, true, 0, true), "maxprob@0.4+verify+final");
+        assert_eq!(key(PolicyKind::Verify, 0.7, 1, true, 32, true), "verify@0.7/every32");
     }
 }
